@@ -1,0 +1,240 @@
+//! The node configuration file (TOML, SPEC §3).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use depfs_proto::NodeName;
+use serde::Deserialize;
+
+/// Replication mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Every node writable.
+    MultiWriter,
+    /// A manager writes, workers follow read-only.
+    OneWay,
+}
+
+/// Role in one-way mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Manager,
+    Worker,
+}
+
+/// Certificate files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPaths {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: String,
+    data_dir: PathBuf,
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    peers: Vec<String>,
+    #[serde(default)]
+    mode: Option<Mode>,
+    #[serde(default)]
+    role: Option<Role>,
+    #[serde(default)]
+    tls: Option<TlsPaths>,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+// `source`, `listen`, `peers`, `mode` and `tls` drive the replicator (next issue).
+#[allow(dead_code)]
+pub struct Config {
+    /// Where the configuration was read from.
+    pub source: PathBuf,
+    pub node: NodeName,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub peers: Vec<String>,
+    pub mode: Mode,
+    /// `Some` exactly in one-way mode.
+    pub role: Option<Role>,
+    pub tls: Option<TlsPaths>,
+}
+
+/// The QUIC port used when `listen` is not given.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7400";
+
+impl Config {
+    /// Reads and validates `path`. Errors name the file and, for syntax errors, the line.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text read from `source`.
+    pub fn parse(text: &str, source: &Path) -> Result<Config> {
+        let at = source.display();
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_string();
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    anyhow::anyhow!("config {at}, line {line}: {message}")
+                }
+                None => anyhow::anyhow!("config {at}: {message}"),
+            }
+        })?;
+        let node = NodeName::new(&raw.node).map_err(|e| {
+            anyhow::anyhow!(
+                "config {at}: node {:?} is not a valid node name: {e}",
+                raw.node
+            )
+        })?;
+        if raw.data_dir.as_os_str().is_empty() {
+            bail!("config {at}: data_dir is empty");
+        }
+        let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            anyhow::anyhow!("config {at}: listen {listen_text:?} is not an address:port")
+        })?;
+        for peer in &raw.peers {
+            let port_ok = peer
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                bail!("config {at}: peer {peer:?} is not host:port");
+            }
+        }
+        let mode = raw.mode.unwrap_or(Mode::MultiWriter);
+        match (mode, raw.role) {
+            (Mode::MultiWriter, Some(_)) => {
+                bail!("config {at}: role is only meaningful with mode = \"one-way\"")
+            }
+            (Mode::OneWay, None) => {
+                bail!("config {at}: mode = \"one-way\" needs role = \"manager\" or \"worker\"")
+            }
+            _ => {}
+        }
+        if !raw.peers.is_empty() && raw.tls.is_none() {
+            bail!("config {at}: a [tls] section (ca, cert, key) is required when peers are configured");
+        }
+        let base = source.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        Ok(Config {
+            source: source.to_path_buf(),
+            node,
+            data_dir: resolve(&raw.data_dir),
+            listen,
+            peers: raw.peers,
+            mode,
+            role: raw.role,
+            tls: raw.tls.map(|t| TlsPaths {
+                ca: resolve(&t.ca),
+                cert: resolve(&t.cert),
+                key: resolve(&t.key),
+            }),
+        })
+    }
+
+    /// True if this node must refuse local writes.
+    pub fn read_only(&self) -> bool {
+        self.role == Some(Role::Worker)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/etc/depfs/gw1.toml"))
+    }
+
+    #[test]
+    fn a_single_node_needs_no_tls() {
+        let c = parse("node = \"gw1\"\ndata_dir = \"/var/lib/depfs/gw1\"\npeers = []\n").unwrap();
+        assert_eq!(c.node.as_str(), "gw1");
+        assert_eq!(c.mode, Mode::MultiWriter);
+        assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert!(!c.read_only());
+    }
+
+    #[test]
+    fn the_spec_example_parses() {
+        let c = parse(
+            r#"
+node = "gw1"
+data_dir = "/var/lib/depfs/gw1"
+listen = "0.0.0.0:7400"
+peers = ["gw2.example:7400", "gw3.example:7400"]
+mode = "one-way"
+role = "worker"
+[tls]
+ca = "/etc/depfs/ca.pem"
+cert = "/etc/depfs/gw1.pem"
+key = "/etc/depfs/gw1.key"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.role, Some(Role::Worker));
+        assert!(c.read_only());
+    }
+
+    #[test]
+    fn errors_say_what_and_where_on_one_line() {
+        let cases = [
+            ("node = \"gw1\"\ndata_dir = \"/x\"\nbogus = 1\n", "line 3"),
+            (
+                "node = \"gw 1\"\ndata_dir = \"/x\"\n",
+                "not a valid node name",
+            ),
+            ("node = \"gw1\"\n", "data_dir"),
+            (
+                "node = \"gw1\"\ndata_dir = \"/x\"\nlisten = \"nowhere\"\n",
+                "listen",
+            ),
+            (
+                "node = \"gw1\"\ndata_dir = \"/x\"\npeers = [\"gw2\"]\n",
+                "host:port",
+            ),
+            (
+                "node = \"gw1\"\ndata_dir = \"/x\"\npeers = [\"gw2:7400\"]\n",
+                "[tls]",
+            ),
+            (
+                "node = \"gw1\"\ndata_dir = \"/x\"\nmode = \"one-way\"\n",
+                "role",
+            ),
+            (
+                "node = \"gw1\"\ndata_dir = \"/x\"\nrole = \"worker\"\n",
+                "one-way",
+            ),
+            (
+                "node = \"gw1\"\ndata_dir = \"/x\"\nmode = \"sideways\"\n",
+                "line 3",
+            ),
+            ("node = \"gw1\"\ndata_dir = \"/x\n", "line"),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text:?} gave {err:?}");
+            assert!(err.starts_with("config /etc/depfs/gw1.toml"), "{err}");
+            assert!(!err.contains('\n'), "multi-line error: {err:?}");
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! `depfs mount`: open the store, import on first mount, serve the filesystem until
+//! unmounted or signalled, and (without `-f`) do it in the background once the mount is
+//! ready.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use depfs_fs::ops::FuseAdapter;
+use depfs_fs::{DepFs, FsConfig};
+use depfs_proto::{Kind, Meta, Timespec};
+use depfs_store::{Store, StoreOptions};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::config::Config;
+use crate::options::MountOptions;
+
+/// The line a background daemon prints on its status pipe once the mount is ready.
+const READY: &str = "ready";
+
+/// Arguments of `depfs mount`.
+pub struct MountArgs {
+    pub config: PathBuf,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub options: Vec<String>,
+    /// Internal: this process is the background daemon started by `depfs mount`.
+    pub daemon_child: bool,
+}
+
+/// Runs `depfs mount`.
+pub fn run(args: MountArgs) -> Result<()> {
+    let config = Config::load(&args.config)?;
+    let options = MountOptions::parse(args.options.iter().map(String::as_str))?;
+    let mountpoint = check_mountpoint(&args.mountpoint)?;
+    if args.foreground {
+        crate::init_logging(None);
+        serve(&config, &mountpoint, &options, |_| {})
+    } else if args.daemon_child {
+        let log = config.data_dir.join("depfs.log");
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+        crate::init_logging(Some(&log));
+        let result = serve(&config, &mountpoint, &options, |status| {
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "{status}");
+            let _ = out.flush();
+            detach_stdio();
+        });
+        if let Err(e) = &result {
+            tracing::error!("{e:#}");
+            println!("error: {e:#}");
+        }
+        result
+    } else {
+        spawn_daemon(&args)
+    }
+}
+
+fn check_mountpoint(path: &Path) -> Result<PathBuf> {
+    let md = std::fs::metadata(path).map_err(|e| anyhow!("mount point {}: {e}", path.display()))?;
+    if !md.is_dir() {
+        bail!("mount point {}: not a directory", path.display());
+    }
+    path.canonicalize()
+        .map_err(|e| anyhow!("mount point {}: {e}", path.display()))
+}
+
+/// Starts this program again as the background daemon and waits until it reports the
+/// mount ready (exit 0) or fails (its error, exit non-zero).
+fn spawn_daemon(args: &MountArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the depfs executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("mount")
+        .arg(&args.config)
+        .arg(&args.mountpoint)
+        .arg("--daemon-child");
+    for o in &args.options {
+        cmd.arg("-o").arg(o);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe; the daemon leaves the caller's session so a
+    // terminal hang-up does not stop it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the depfs daemon")?;
+    let stdout = child.stdout.take().context("daemon status pipe missing")?;
+    let mut last = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap_or_default();
+        if line == READY {
+            return Ok(());
+        }
+        last = line;
+    }
+    let status = child.wait().context("waiting for the depfs daemon")?;
+    let message = last.strip_prefix("error: ").unwrap_or(&last).to_string();
+    if message.is_empty() {
+        bail!("the depfs daemon exited ({status}) before the mount was ready");
+    }
+    bail!("{message}")
+}
+
+/// Points stdin/stdout/stderr at /dev/null once the parent has our status.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto the standard descriptors of this process.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+        }
+    }
+}
+
+/// Opens the store, imports on first mount, mounts, reports readiness through `ready`,
+/// and serves until unmounted (by `umount`, SIGTERM, SIGINT or SIGHUP).
+fn serve(
+    config: &Config,
+    mountpoint: &Path,
+    options: &MountOptions,
+    ready: impl FnOnce(&str),
+) -> Result<()> {
+    let root_md = std::fs::metadata(mountpoint)?;
+    let store = open_store(config, &root_md)?;
+    if !store.is_initialized()? {
+        let non_empty = std::fs::read_dir(mountpoint)?.next().is_some();
+        if non_empty {
+            tracing::info!(dir = %mountpoint.display(), "first mount over a non-empty directory: importing it");
+            let stats = depfs_fs::import_dir(&store, mountpoint, now_ms)
+                .with_context(|| format!("cannot import {}", mountpoint.display()))?;
+            tracing::info!(?stats, "import complete");
+        }
+        store.mark_initialized()?;
+    }
+
+    let staging = config.data_dir.join("staging");
+    std::fs::create_dir_all(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    let mut fs_config = FsConfig::new(staging);
+    fs_config.read_only = options.read_only || config.read_only();
+    let fs = Arc::new(DepFs::new(store, fs_config));
+
+    let mut session = fuser::Session::new(
+        FuseAdapter::new(fs.clone()),
+        mountpoint,
+        &fuse_config(config, options),
+    )
+    .map_err(|e| anyhow!("cannot mount {}: {e}", mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let signal_handle = signals.handle();
+    let mp = mountpoint.to_path_buf();
+    let signal_thread = std::thread::Builder::new()
+        .name("depfs-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!(signal, "unmounting on signal");
+                if let Err(e) = unmounter.unmount() {
+                    tracing::warn!(error = %e, "unmount failed, detaching lazily");
+                    lazy_unmount(&mp);
+                }
+            }
+        })?;
+    tracing::info!(node = %config.node, mountpoint = %mountpoint.display(), "mounted");
+    ready(READY);
+    let result = session.run();
+    signal_handle.close();
+    let _ = signal_thread.join();
+    fs.publish_all();
+    tracing::info!("unmounted");
+    result.map_err(|e| anyhow!("serving {} failed: {e}", mountpoint.display()))
+}
+
+fn open_store(config: &Config, root: &std::fs::Metadata) -> Result<Store> {
+    use std::os::unix::fs::MetadataExt;
+    let t = Timespec::new(root.mtime(), root.mtime_nsec() as u32);
+    let root = Meta {
+        kind: Kind::Dir,
+        perm: root.mode() & 0o7777,
+        uid: root.uid(),
+        gid: root.gid(),
+        mtime: t,
+        ctime: t,
+    };
+    Store::open(&config.data_dir, &config.node, &StoreOptions::new(root))
+        .map_err(|e| anyhow!("{e}"))
+}
+
+fn fuse_config(config: &Config, options: &MountOptions) -> fuser::Config {
+    use fuser::MountOption as O;
+    let mut c = fuser::Config::default();
+    c.mount_options.push(O::FSName(
+        options
+            .fsname
+            .clone()
+            .unwrap_or_else(|| format!("depfs:{}", config.node)),
+    ));
+    c.mount_options.push(O::Subtype("depfs".into()));
+    c.mount_options.push(O::DefaultPermissions);
+    c.mount_options.push(O::NoAtime);
+    if options.read_only || config.read_only() {
+        c.mount_options.push(O::RO);
+    }
+    for flag in &options.kernel_flags {
+        c.mount_options.push(match flag.as_str() {
+            "nosuid" => O::NoSuid,
+            "suid" => O::Suid,
+            "nodev" => O::NoDev,
+            "dev" => O::Dev,
+            "noexec" => O::NoExec,
+            "exec" => O::Exec,
+            "sync" => O::Sync,
+            _ => O::DirSync,
+        });
+    }
+    if options.allow_other {
+        c.acl = fuser::SessionACL::All;
+    } else if options.allow_root {
+        c.acl = fuser::SessionACL::RootAndOwner;
+    }
+    c.n_threads = Some(2);
+    c
+}
+
+fn lazy_unmount(mountpoint: &Path) {
+    let Ok(path) = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: a valid C string; MNT_DETACH only detaches the mount.
+    if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
+        tracing::error!(error = %std::io::Error::last_os_error(), "lazy unmount failed");
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,151 @@
+//! Importing an existing directory into a new store.
+//!
+//! WSO2 ships default artifacts in `repository/deployment/server`; when depfs is first
+//! mounted over it, what is there becomes the initial tree, so nothing the operator had
+//! disappears.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use depfs_proto::{Content, Kind, Meta, Node, RelPath, Timespec};
+use depfs_store::{Durability, PinGuard, Store, StoreError};
+
+/// What an import found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    /// Devices, FIFOs and sockets, which depfs does not store.
+    pub skipped: u64,
+}
+
+/// Why an import failed. The source directory is never modified, so a failed import
+/// loses nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("import {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("import {path}: name not allowed: {source}")]
+    Name {
+        path: PathBuf,
+        source: depfs_proto::NameError,
+    },
+    #[error("import: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Entries committed per change during an import.
+const BATCH: usize = 512;
+
+/// Copies the tree under `dir` (including the attributes of `dir` itself, which become
+/// the root's) into `store`, in changes of at most [`BATCH`] entries, parents first.
+pub fn import_dir(
+    store: &Store,
+    dir: &Path,
+    wall_ms: impl Fn() -> u64,
+) -> Result<ImportStats, ImportError> {
+    let mut stats = ImportStats::default();
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ImportError::Io { path, source }
+    };
+    let root_meta = fs::symlink_metadata(dir).map_err(io(dir))?;
+    let mut batch: Vec<(RelPath, Node, PinGuard)> = vec![(
+        RelPath::root(),
+        Node {
+            meta: meta_of(&root_meta, Kind::Dir),
+            content: Content::empty(),
+        },
+        PinGuard::none(),
+    )];
+    let mut queue = vec![(dir.to_path_buf(), RelPath::root())];
+    while let Some((fs_dir, rel_dir)) = queue.pop() {
+        let mut children: Vec<_> = fs::read_dir(&fs_dir)
+            .map_err(io(&fs_dir))?
+            .collect::<Result<_, _>>()
+            .map_err(io(&fs_dir))?;
+        children.sort_by_key(|e| e.file_name());
+        for child in children {
+            let fs_path = child.path();
+            let rel = rel_dir
+                .join(child.file_name().as_bytes())
+                .map_err(|source| ImportError::Name {
+                    path: fs_path.clone(),
+                    source,
+                })?;
+            let md = fs::symlink_metadata(&fs_path).map_err(io(&fs_path))?;
+            let ft = md.file_type();
+            let (kind, content, pin) = if ft.is_dir() {
+                stats.dirs += 1;
+                queue.push((fs_path.clone(), rel.clone()));
+                (Kind::Dir, Content::empty(), PinGuard::none())
+            } else if ft.is_file() {
+                let file = fs::File::open(&fs_path).map_err(io(&fs_path))?;
+                let (content, pin) = store.write_content_from(file, md.len())?;
+                stats.files += 1;
+                stats.bytes += md.len();
+                (Kind::File, content, pin)
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&fs_path).map_err(io(&fs_path))?;
+                stats.symlinks += 1;
+                (
+                    Kind::Symlink,
+                    Content::Inline(target.as_os_str().as_bytes().to_vec()),
+                    PinGuard::none(),
+                )
+            } else {
+                tracing::warn!(path = %fs_path.display(), "import skips a device, FIFO or socket");
+                stats.skipped += 1;
+                continue;
+            };
+            batch.push((
+                rel,
+                Node {
+                    meta: meta_of(&md, kind),
+                    content,
+                },
+                pin,
+            ));
+            if batch.len() >= BATCH {
+                commit(store, &mut batch, wall_ms())?;
+            }
+        }
+    }
+    commit(store, &mut batch, wall_ms())?;
+    store.sync()?;
+    Ok(stats)
+}
+
+fn commit(
+    store: &Store,
+    batch: &mut Vec<(RelPath, Node, PinGuard)>,
+    wall_ms: u64,
+) -> Result<(), ImportError> {
+    let mut tx = store.transaction();
+    let mut pins = Vec::with_capacity(batch.len());
+    for (path, node, pin) in batch.drain(..) {
+        tx.put(path, node);
+        pins.push(pin);
+    }
+    tx.commit(wall_ms, Durability::Process)?;
+    drop(pins);
+    Ok(())
+}
+
+fn meta_of(md: &fs::Metadata, kind: Kind) -> Meta {
+    Meta {
+        kind,
+        perm: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime: Timespec::new(md.mtime(), md.mtime_nsec() as u32),
+        ctime: Timespec::new(md.ctime(), md.ctime_nsec() as u32),
+    }
+}

@@ -1,0 +1,191 @@
+//! The depfs filesystem: POSIX calls over the store. Knows nothing about the network.
+//!
+//! [`DepFs`] implements every call as a plain method returning an errno result, and
+//! [`ops`] adapts those methods to `fuser`. Content written through a file handle is
+//! staged ([`staging`]) and committed to the store as one change when the file is closed
+//! or fsynced (publish-on-close); every other mutation commits at once. A file created
+//! here is *pending* until its first close: it exists in this node's view but is not in
+//! the store, so no other node ever sees it empty or half written.
+//!
+//! Locks are taken in one order only: an open file's data, then the store's writer lock
+//! (a transaction), then the inode tables, which are never held while waiting for
+//! anything else.
+
+mod attr;
+mod error;
+mod file;
+mod import;
+mod namespace;
+pub mod ops;
+mod staging;
+mod tables;
+
+pub use attr::Attr;
+pub use error::{Errno, FsResult};
+pub use import::{import_dir, ImportError, ImportStats};
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use depfs_proto::{Meta, RelPath, Timespec};
+use depfs_store::Store;
+use parking_lot::Mutex;
+
+use crate::tables::Tables;
+
+/// How the filesystem behaves.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    /// Refuse every change with `EROFS` (one-way mode workers).
+    pub read_only: bool,
+    /// How long the kernel may cache entries and attributes. Changes from other nodes
+    /// invalidate the kernel's caches explicitly, so this can be long.
+    pub ttl: Duration,
+    /// Where staged content larger than `spill_threshold` is kept.
+    pub staging_dir: PathBuf,
+    /// Staged content above this size moves from memory to a temporary file.
+    pub spill_threshold: u64,
+}
+
+impl FsConfig {
+    /// Defaults: writable, 1 s cache, spill above 4 MiB into `staging_dir`.
+    pub fn new(staging_dir: PathBuf) -> Self {
+        FsConfig {
+            read_only: false,
+            ttl: Duration::from_secs(1),
+            staging_dir,
+            spill_threshold: 4 << 20,
+        }
+    }
+}
+
+/// The filesystem of one mount.
+pub struct DepFs {
+    store: Store,
+    config: FsConfig,
+    tables: Mutex<Tables>,
+}
+
+/// Attribute changes of a `setattr` call.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub mtime: Option<Timespec>,
+}
+
+/// Who is making a call (for the owner of new entries).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// `statfs` figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Statfs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+impl DepFs {
+    /// A filesystem over `store`.
+    pub fn new(store: Store, config: FsConfig) -> Self {
+        DepFs {
+            store,
+            config,
+            tables: Mutex::new(Tables::new()),
+        }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    fn check_writable(&self) -> FsResult<()> {
+        if self.config.read_only {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The path of `parent`/`name`, validated by Linux rules.
+    fn child_path(&self, parent: u64, name: &[u8]) -> FsResult<RelPath> {
+        let tables = self.tables.lock();
+        let dir = tables.path(parent).ok_or(Errno::ENOENT)?;
+        Ok(dir.join(name)?)
+    }
+
+    /// `statfs`: the data directory's filesystem, since that is where content goes.
+    pub fn statfs(&self) -> FsResult<Statfs> {
+        let dir = std::ffi::CString::new(self.store.dir().as_os_str().as_encoded_bytes())
+            .map_err(|_| Errno::EINVAL)?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `dir` is a valid C string and `st` a valid out-pointer.
+        if unsafe { libc::statvfs(dir.as_ptr(), &mut st) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(Statfs {
+            blocks: st.f_blocks as u64 * st.f_frsize as u64 / 4096,
+            bfree: st.f_bfree as u64 * st.f_frsize as u64 / 4096,
+            bavail: st.f_bavail as u64 * st.f_frsize as u64 / 4096,
+            files: st.f_files as u64,
+            ffree: st.f_ffree as u64,
+            bsize: 4096,
+            namelen: depfs_proto::limits::MAX_NAME_LEN as u32,
+        })
+    }
+}
+
+/// The wall clock now, as a timespec.
+pub(crate) fn now() -> Timespec {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Timespec::new(d.as_secs() as i64, d.subsec_nanos())
+}
+
+/// The wall clock in milliseconds, for HLC ticks.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Attributes for a new entry made by `caller` in a directory with attributes `parent`:
+/// setgid directories pass their group on, as on Linux.
+pub(crate) fn new_meta(kind: depfs_proto::Kind, perm: u32, caller: Caller, parent: &Meta) -> Meta {
+    let t = now();
+    let gid = if parent.perm & libc::S_ISGID != 0 {
+        parent.gid
+    } else {
+        caller.gid
+    };
+    let mut perm = perm & 0o7777;
+    if kind == depfs_proto::Kind::Dir && parent.perm & libc::S_ISGID != 0 {
+        perm |= libc::S_ISGID;
+    }
+    Meta {
+        kind,
+        perm,
+        uid: caller.uid,
+        gid,
+        mtime: t,
+        ctime: t,
+    }
+}

@@ -1,0 +1,210 @@
+//! Staged file content: the bytes of a file being written, kept until the file is closed
+//! or fsynced and its new content is committed as one change.
+//!
+//! Small files stay in memory; past a threshold the content moves to an anonymous
+//! temporary file in the data directory, so a 1 GiB write does not need 1 GiB of RAM.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use depfs_store::{ContentReader, Store};
+
+use crate::error::FsResult;
+
+/// Content being written.
+#[derive(Debug)]
+pub(crate) enum Staging {
+    Memory(Vec<u8>),
+    Disk { file: File, len: u64 },
+}
+
+/// Where staging spills to disk, and from what size.
+#[derive(Debug, Clone)]
+pub(crate) struct SpillPolicy<'a> {
+    pub(crate) dir: &'a Path,
+    pub(crate) threshold: u64,
+}
+
+impl Staging {
+    /// Staging initialised with the current committed content (copy-on-first-write).
+    pub(crate) fn from_content(
+        store: &Store,
+        reader: &ContentReader,
+        spill: &SpillPolicy<'_>,
+    ) -> FsResult<Staging> {
+        let size = reader.size();
+        let mut staging = Staging::Memory(Vec::new());
+        const STEP: usize = 1 << 20;
+        let mut offset = 0u64;
+        while offset < size {
+            let data = reader.read(store, offset, STEP)?;
+            if data.is_empty() {
+                break;
+            }
+            staging.write(offset, &data, spill)?;
+            offset += data.len() as u64;
+        }
+        Ok(staging)
+    }
+
+    pub(crate) fn empty() -> Staging {
+        Staging::Memory(Vec::new())
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            Staging::Memory(buf) => buf.len() as u64,
+            Staging::Disk { len, .. } => *len,
+        }
+    }
+
+    pub(crate) fn read(&self, offset: u64, size: usize) -> io::Result<Vec<u8>> {
+        let len = self.len();
+        if offset >= len {
+            return Ok(Vec::new());
+        }
+        let end = len.min(offset.saturating_add(size as u64));
+        match self {
+            Staging::Memory(buf) => Ok(buf[offset as usize..end as usize].to_vec()),
+            Staging::Disk { file, .. } => {
+                let mut out = vec![0u8; (end - offset) as usize];
+                file.read_exact_at(&mut out, offset)?;
+                Ok(out)
+            }
+        }
+    }
+
+    pub(crate) fn write(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        spill: &SpillPolicy<'_>,
+    ) -> io::Result<()> {
+        let end = offset + data.len() as u64;
+        if let Staging::Memory(buf) = self {
+            if end > spill.threshold {
+                let file = tempfile::tempfile_in(spill.dir)?;
+                file.write_all_at(buf, 0)?;
+                *self = Staging::Disk {
+                    file,
+                    len: buf.len() as u64,
+                };
+            }
+        }
+        match self {
+            Staging::Memory(buf) => {
+                let end = end as usize;
+                if buf.len() < end {
+                    buf.resize(end, 0);
+                }
+                buf[offset as usize..end].copy_from_slice(data);
+            }
+            Staging::Disk { file, len } => {
+                file.write_all_at(data, offset)?;
+                *len = (*len).max(end);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn truncate(&mut self, size: u64, spill: &SpillPolicy<'_>) -> io::Result<()> {
+        match self {
+            Staging::Memory(buf) if size <= spill.threshold => buf.resize(size as usize, 0),
+            Staging::Memory(_) => {
+                // Growing a memory buffer past the threshold: spill, then extend.
+                self.write(size, &[], spill)?;
+                return self.truncate(size, spill);
+            }
+            Staging::Disk { file, len } => {
+                file.set_len(size)?;
+                *len = size;
+            }
+        }
+        Ok(())
+    }
+
+    /// A reader over the whole staged content, for committing it.
+    pub(crate) fn reader(&self) -> Box<dyn Read + '_> {
+        match self {
+            Staging::Memory(buf) => Box::new(&buf[..]),
+            Staging::Disk { file, len } => Box::new(PositionalReader {
+                file,
+                offset: 0,
+                len: *len,
+            }),
+        }
+    }
+}
+
+/// Reads a file from the start with `pread`, leaving the file offset alone.
+struct PositionalReader<'a> {
+    file: &'a File,
+    offset: u64,
+    len: u64,
+}
+
+impl Read for PositionalReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let remaining = self.len.saturating_sub(self.offset);
+        let want = (buf.len() as u64).min(remaining) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.offset)?;
+        if n == 0 {
+            // A hole past the file's real end (after set_len) reads as zeros.
+            buf[..want].fill(0);
+            self.offset += want as u64;
+            return Ok(want);
+        }
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_spills_to_disk_and_keeps_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = SpillPolicy {
+            dir: dir.path(),
+            threshold: 100,
+        };
+        let mut s = Staging::empty();
+        s.write(0, b"hello", &spill).unwrap();
+        assert!(matches!(s, Staging::Memory(_)));
+        s.write(200, b"world", &spill).unwrap();
+        assert!(matches!(s, Staging::Disk { .. }));
+        assert_eq!(s.len(), 205);
+        assert_eq!(s.read(0, 5).unwrap(), b"hello");
+        assert_eq!(s.read(5, 3).unwrap(), vec![0, 0, 0]);
+        assert_eq!(s.read(200, 100).unwrap(), b"world");
+        s.truncate(300, &spill).unwrap();
+        let mut all = Vec::new();
+        s.reader().read_to_end(&mut all).unwrap();
+        assert_eq!(all.len(), 300);
+        assert_eq!(&all[200..205], b"world");
+        assert!(all[205..].iter().all(|&b| b == 0));
+        s.truncate(2, &spill).unwrap();
+        assert_eq!(s.read(0, 10).unwrap(), b"he");
+    }
+
+    #[test]
+    fn growing_truncate_past_threshold_spills() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = SpillPolicy {
+            dir: dir.path(),
+            threshold: 10,
+        };
+        let mut s = Staging::empty();
+        s.write(0, b"abc", &spill).unwrap();
+        s.truncate(50, &spill).unwrap();
+        assert_eq!(s.len(), 50);
+        assert_eq!(s.read(0, 4).unwrap(), b"abc\0");
+    }
+}

@@ -1,0 +1,259 @@
+//! Inode and file-handle tables.
+//!
+//! depfs entries are identified by path; the kernel speaks inode numbers. An inode here is
+//! a path the kernel has looked up (or a file still open after its path went away).
+//! Inode numbers are never reused within a mount, so no generation numbers are needed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use depfs_proto::{Kind, Meta, RelPath};
+
+use crate::file::OpenFile;
+
+/// The root's inode number (FUSE's fixed `FUSE_ROOT_ID`).
+pub(crate) const ROOT_INO: u64 = 1;
+
+#[derive(Debug)]
+pub(crate) struct Inode {
+    /// Where the entry is; `None` once it was unlinked or replaced while open.
+    pub(crate) path: Option<RelPath>,
+    pub(crate) kind: Kind,
+    /// The kernel's lookup count (FUSE `nlookup`).
+    pub(crate) lookups: u64,
+    /// Open file handles.
+    pub(crate) open: u32,
+    /// State shared by the open handles of a regular file.
+    pub(crate) file: Option<Arc<OpenFile>>,
+    /// Created here and not yet committed: the entry exists only in this table until
+    /// its first close publishes it with its content.
+    pub(crate) pending: bool,
+    /// Attributes of an entry that was unlinked while open.
+    pub(crate) detached: Option<Meta>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Handle {
+    File {
+        ino: u64,
+        writable: bool,
+    },
+    Dir {
+        /// The listing taken at `opendir`: (inode number hint, kind, name).
+        entries: Vec<(u64, Kind, Vec<u8>)>,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct Tables {
+    pub(crate) inodes: HashMap<u64, Inode>,
+    pub(crate) by_path: HashMap<RelPath, u64>,
+    pub(crate) handles: HashMap<u64, Handle>,
+    next_ino: u64,
+    next_fh: u64,
+}
+
+impl Tables {
+    pub(crate) fn new() -> Self {
+        let mut inodes = HashMap::new();
+        inodes.insert(
+            ROOT_INO,
+            Inode {
+                path: Some(RelPath::root()),
+                kind: Kind::Dir,
+                lookups: 1,
+                open: 0,
+                file: None,
+                pending: false,
+                detached: None,
+            },
+        );
+        let mut by_path = HashMap::new();
+        by_path.insert(RelPath::root(), ROOT_INO);
+        Tables {
+            inodes,
+            by_path,
+            handles: HashMap::new(),
+            next_ino: ROOT_INO + 1,
+            next_fh: 1,
+        }
+    }
+
+    /// The path of a live inode.
+    pub(crate) fn path(&self, ino: u64) -> Option<&RelPath> {
+        self.inodes.get(&ino).and_then(|i| i.path.as_ref())
+    }
+
+    /// The inode for `path`, created if needed, with its lookup count raised by one.
+    pub(crate) fn intern(&mut self, path: &RelPath, kind: Kind) -> u64 {
+        if let Some(&ino) = self.by_path.get(path) {
+            if let Some(inode) = self.inodes.get_mut(&ino) {
+                if inode.kind == kind {
+                    inode.lookups += 1;
+                    return ino;
+                }
+            }
+            // The path now holds another kind of entry: it is a different inode.
+            self.detach(path, None);
+        }
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        self.inodes.insert(
+            ino,
+            Inode {
+                path: Some(path.clone()),
+                kind,
+                lookups: 1,
+                open: 0,
+                file: None,
+                pending: false,
+                detached: None,
+            },
+        );
+        self.by_path.insert(path.clone(), ino);
+        ino
+    }
+
+    /// Allocates an inode for a newly created entry.
+    pub(crate) fn insert_new(&mut self, path: &RelPath, inode: Inode) -> u64 {
+        self.detach(path, None);
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        self.inodes.insert(ino, inode);
+        self.by_path.insert(path.clone(), ino);
+        ino
+    }
+
+    /// The entry at `path` is gone (unlinked, or replaced by a rename): its inode keeps
+    /// living for open handles and outstanding lookups, with the given last attributes.
+    pub(crate) fn detach(&mut self, path: &RelPath, last: Option<Meta>) {
+        if let Some(ino) = self.by_path.remove(path) {
+            if let Some(inode) = self.inodes.get_mut(&ino) {
+                inode.path = None;
+                inode.pending = false;
+                if inode.detached.is_none() {
+                    inode.detached = last;
+                }
+            }
+            self.maybe_drop(ino);
+        }
+    }
+
+    /// Moves the inodes of `from` and everything below it to `to`.
+    pub(crate) fn rebase(&mut self, from: &RelPath, to: &RelPath) {
+        let moved: Vec<(RelPath, u64)> = self
+            .by_path
+            .iter()
+            .filter(|(p, _)| *p == from || from.is_ancestor_of(p))
+            .map(|(p, &i)| (p.clone(), i))
+            .collect();
+        for (old, _) in &moved {
+            self.by_path.remove(old);
+        }
+        for (old, ino) in moved {
+            if let Some(new) = from.rebase(&old, to) {
+                if let Some(inode) = self.inodes.get_mut(&ino) {
+                    inode.path = Some(new.clone());
+                }
+                self.by_path.insert(new, ino);
+            }
+        }
+    }
+
+    /// Drops the kernel's `n` lookups of `ino`.
+    pub(crate) fn forget(&mut self, ino: u64, n: u64) {
+        if let Some(inode) = self.inodes.get_mut(&ino) {
+            inode.lookups = inode.lookups.saturating_sub(n);
+        }
+        self.maybe_drop(ino);
+    }
+
+    /// Removes an inode nobody refers to any more.
+    pub(crate) fn maybe_drop(&mut self, ino: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let unused = self
+            .inodes
+            .get(&ino)
+            .is_some_and(|i| i.lookups == 0 && i.open == 0 && !i.pending);
+        if unused {
+            if let Some(inode) = self.inodes.remove(&ino) {
+                if let Some(path) = inode.path {
+                    if self.by_path.get(&path) == Some(&ino) {
+                        self.by_path.remove(&path);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn new_handle(&mut self, handle: Handle) -> u64 {
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.handles.insert(fh, handle);
+        fh
+    }
+
+    /// Pending (not yet committed) files directly inside `dir`: (ino, name).
+    pub(crate) fn pending_children(&self, dir: &RelPath) -> Vec<(u64, Vec<u8>)> {
+        self.inodes
+            .iter()
+            .filter(|(_, i)| i.pending)
+            .filter_map(|(&ino, i)| {
+                let path = i.path.as_ref()?;
+                (path.parent().as_ref() == Some(dir)).then(|| (ino, path.name().to_vec()))
+            })
+            .collect()
+    }
+
+    /// Pending files at or below `dir`.
+    pub(crate) fn pending_under(&self, dir: &RelPath) -> Vec<u64> {
+        self.inodes
+            .iter()
+            .filter(|(_, i)| i.pending)
+            .filter(|(_, i)| {
+                i.path
+                    .as_ref()
+                    .is_some_and(|p| p == dir || dir.is_ancestor_of(p))
+            })
+            .map(|(&ino, _)| ino)
+            .collect()
+    }
+
+    /// The pending inode at `path`, if any.
+    pub(crate) fn pending_at(&self, path: &RelPath) -> Option<u64> {
+        let &ino = self.by_path.get(path)?;
+        self.inodes.get(&ino).filter(|i| i.pending).map(|_| ino)
+    }
+}
+
+impl Tables {
+    /// Swaps the inodes at and below `a` with those at and below `b` (`RENAME_EXCHANGE`).
+    pub(crate) fn exchange(&mut self, a: &RelPath, b: &RelPath) {
+        let take = |t: &mut Tables, root: &RelPath| -> Vec<(RelPath, u64)> {
+            let moved: Vec<(RelPath, u64)> = t
+                .by_path
+                .iter()
+                .filter(|(p, _)| *p == root || root.is_ancestor_of(p))
+                .map(|(p, &i)| (p.clone(), i))
+                .collect();
+            for (p, _) in &moved {
+                t.by_path.remove(p);
+            }
+            moved
+        };
+        let under_a = take(self, a);
+        let under_b = take(self, b);
+        for (list, from, to) in [(under_a, a, b), (under_b, b, a)] {
+            for (old, ino) in list {
+                if let Some(new) = from.rebase(&old, to) {
+                    if let Some(inode) = self.inodes.get_mut(&ino) {
+                        inode.path = Some(new.clone());
+                    }
+                    self.by_path.insert(new, ino);
+                }
+            }
+        }
+    }
+}

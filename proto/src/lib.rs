@@ -1,0 +1,30 @@
+//! The vocabulary of depfs: everything that is stored on disk or sent between nodes.
+//!
+//! This crate is pure — no I/O, no clock reads, no threads — so that the same types and
+//! rules run unchanged in the store, the replicator and the deterministic simulation.
+//!
+//! * [`name`]: node names and file names, validated by Linux rules.
+//! * [`path`]: relative paths inside a mount and their ordered key encoding.
+//! * [`hlc`]: the hybrid logical clock that orders concurrent changes.
+//! * [`vv`]: version vectors (per-path causal contexts and per-node progress).
+//! * [`entry`]: what a path holds: kind, attributes and content reference.
+//! * [`version`]: one version of one path, as the change log and the merge rules see it.
+//! * [`codec`]: the versioned `postcard` encoding of stored values and bounded frames.
+//! * [`limits`]: every size bound in one place.
+
+pub mod codec;
+pub mod entry;
+pub mod hlc;
+pub mod limits;
+pub mod name;
+pub mod path;
+pub mod version;
+pub mod vv;
+
+pub use codec::{decode_value, encode_value, DecodeError};
+pub use entry::{ChunkHash, ChunkRef, Content, Kind, Meta, Node, Timespec};
+pub use hlc::{ClockDrift, Hlc, HlcClock};
+pub use name::{FileName, NameError, NodeName};
+pub use path::RelPath;
+pub use version::{Dot, Stamp, State, Version};
+pub use vv::VersionVector;

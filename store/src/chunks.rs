@@ -1,0 +1,313 @@
+//! Content: inline bytes or blake3-addressed chunks cut by FastCDC.
+//!
+//! Chunks are deduplicated by hash and reference-counted by the entries (and conflicts)
+//! that use them. A chunk is deleted in the commit that drops its count to zero, unless
+//! it is *pinned*: an open file (possibly already unlinked or replaced) or a content being
+//! committed holds pins, and a pinned chunk's deletion waits until the last pin goes.
+//!
+//! Chunks written for a commit that never happens (a crash between writing chunks and
+//! committing) carry a `pending` marker and are swept at the next open.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::sync::Arc;
+
+use depfs_proto::limits::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, INLINE_MAX, MAX_FILE_SIZE};
+use depfs_proto::{ChunkHash, ChunkRef, Content};
+use rocksdb::WriteBatch;
+
+use crate::db::cf;
+use crate::error::{Result, StoreError};
+use crate::keys::{CF_CHUNKS, CF_PENDING, CF_REFS};
+use crate::{Inner, Store};
+
+/// Chunk batches are written in pieces of about this size, bounding the memory a large
+/// file's commit needs.
+const CHUNK_BATCH_BYTES: usize = 8 << 20;
+
+/// Pins by hash, and the zero-reference chunks whose deletion waits for an unpin.
+#[derive(Default)]
+pub(crate) struct PinTable {
+    counts: HashMap<ChunkHash, u32>,
+    /// Chunks whose count reached zero while pinned.
+    deferred: HashSet<ChunkHash>,
+    /// Deferred chunks whose last pin has gone: to be checked by the next commit.
+    releasable: Vec<ChunkHash>,
+}
+
+impl PinTable {
+    fn pin(&mut self, hash: ChunkHash) {
+        *self.counts.entry(hash).or_insert(0) += 1;
+    }
+
+    fn unpin(&mut self, hash: &ChunkHash) {
+        if let Some(count) = self.counts.get_mut(hash) {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(hash);
+                if self.deferred.remove(hash) {
+                    self.releasable.push(*hash);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn is_pinned(&self, hash: &ChunkHash) -> bool {
+        self.counts.contains_key(hash)
+    }
+
+    pub(crate) fn defer(&mut self, hash: ChunkHash) {
+        self.deferred.insert(hash);
+    }
+
+    pub(crate) fn take_releasable(&mut self) -> Vec<ChunkHash> {
+        std::mem::take(&mut self.releasable)
+    }
+}
+
+/// Keeps a set of chunks from being deleted while it lives.
+#[must_use = "chunks are unpinned when the guard is dropped"]
+pub struct PinGuard {
+    inner: Option<Arc<Inner>>,
+    hashes: Vec<ChunkHash>,
+}
+
+impl PinGuard {
+    /// A guard that pins nothing (inline content).
+    pub fn none() -> Self {
+        PinGuard {
+            inner: None,
+            hashes: Vec::new(),
+        }
+    }
+}
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        if let Some(inner) = &self.inner {
+            let mut pins = inner.pins.lock();
+            for hash in &self.hashes {
+                pins.unpin(hash);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for PinGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PinGuard({} chunks)", self.hashes.len())
+    }
+}
+
+impl Store {
+    /// Pins the chunks of `content` (they stay readable until the guard is dropped).
+    /// The caller must have read `content` from the store while no commit could delete
+    /// its chunks: use [`Store::get_pinned`] for entries.
+    pub fn pin(&self, content: &Content) -> PinGuard {
+        let hashes: Vec<ChunkHash> = content.chunks().iter().map(|c| c.hash).collect();
+        if hashes.is_empty() {
+            return PinGuard::none();
+        }
+        let mut pins = self.inner.pins.lock();
+        for hash in &hashes {
+            pins.pin(*hash);
+        }
+        PinGuard {
+            inner: Some(self.inner.clone()),
+            hashes,
+        }
+    }
+
+    /// Stores `data` as content: inline if small, else as chunks (written now, counted
+    /// when a commit references them). The guard keeps the chunks alive until that commit.
+    pub fn write_content(&self, data: &[u8]) -> Result<(Content, PinGuard)> {
+        if data.len() <= INLINE_MAX {
+            return Ok((Content::Inline(data.to_vec()), PinGuard::none()));
+        }
+        let cuts = fastcdc::v2020::FastCDC::new(data, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
+        let mut writer = ChunkWriter::new(self);
+        for cut in cuts {
+            writer.add(&data[cut.offset..cut.offset + cut.length])?;
+        }
+        writer.finish()
+    }
+
+    /// Like [`Store::write_content`] for content read from `source` (a staging file),
+    /// without holding it all in memory.
+    pub fn write_content_from(&self, source: impl Read, len: u64) -> Result<(Content, PinGuard)> {
+        if len > MAX_FILE_SIZE {
+            return Err(StoreError::TooLarge(len));
+        }
+        if len <= INLINE_MAX as u64 {
+            let mut data = Vec::with_capacity(len as usize);
+            source
+                .take(len)
+                .read_to_end(&mut data)
+                .map_err(|e| StoreError::io("read staged content", e))?;
+            return Ok((Content::Inline(data), PinGuard::none()));
+        }
+        let mut writer = ChunkWriter::new(self);
+        let cuts =
+            fastcdc::v2020::StreamCDC::new(source.take(len), CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
+        for cut in cuts {
+            let cut = cut.map_err(|e| StoreError::io("read staged content", e.into()))?;
+            writer.add(&cut.data)?;
+        }
+        writer.finish()
+    }
+
+    /// Reads one chunk and checks it against its hash.
+    pub fn read_chunk(&self, hash: &ChunkHash) -> Result<Vec<u8>> {
+        let db = &self.inner.db;
+        match db.get_pinned_cf(cf(db, CF_CHUNKS), hash.0)? {
+            Some(bytes) if hash.verifies(&bytes) => Ok(bytes.to_vec()),
+            Some(_) => Err(StoreError::BadChunk(*hash)),
+            None => Err(StoreError::MissingChunk(*hash)),
+        }
+    }
+
+    /// Deletes chunks that were written for a commit that never happened.
+    pub(crate) fn sweep_uncommitted_chunks(&self) -> Result<()> {
+        let db = &self.inner.db;
+        let mut batch = WriteBatch::default();
+        let mut swept = 0usize;
+        for item in db.iterator_cf(cf(db, CF_PENDING), rocksdb::IteratorMode::Start) {
+            let (key, _) = item?;
+            if db.get_pinned_cf(cf(db, CF_REFS), &key)?.is_none() {
+                batch.delete_cf(cf(db, CF_CHUNKS), &key);
+                swept += 1;
+            }
+            batch.delete_cf(cf(db, CF_PENDING), &key);
+        }
+        if !batch.is_empty() {
+            db.write(batch)?;
+        }
+        if swept > 0 {
+            tracing::info!(swept, "removed chunks of commits interrupted by a crash");
+        }
+        Ok(())
+    }
+}
+
+/// Writes the chunks of one content in bounded batches, pinning each before it checks
+/// whether the chunk is already stored (so a concurrent commit cannot delete it between
+/// the check and our commit).
+struct ChunkWriter<'a> {
+    store: &'a Store,
+    batch: WriteBatch,
+    batch_bytes: usize,
+    refs: Vec<ChunkRef>,
+    pins: PinGuard,
+    written: HashSet<ChunkHash>,
+}
+
+impl<'a> ChunkWriter<'a> {
+    fn new(store: &'a Store) -> Self {
+        ChunkWriter {
+            store,
+            batch: WriteBatch::default(),
+            batch_bytes: 0,
+            refs: Vec::new(),
+            pins: PinGuard {
+                inner: Some(store.inner.clone()),
+                hashes: Vec::new(),
+            },
+            written: HashSet::new(),
+        }
+    }
+
+    fn add(&mut self, data: &[u8]) -> Result<()> {
+        let hash = ChunkHash::of(data);
+        self.refs.push(ChunkRef {
+            hash,
+            len: data.len() as u32,
+        });
+        self.store.inner.pins.lock().pin(hash);
+        self.pins.hashes.push(hash);
+        let db = &self.store.inner.db;
+        if !self.written.contains(&hash) && db.get_pinned_cf(cf(db, CF_REFS), hash.0)?.is_none() {
+            self.batch.put_cf(cf(db, CF_CHUNKS), hash.0, data);
+            self.batch.put_cf(cf(db, CF_PENDING), hash.0, []);
+            self.batch_bytes += data.len();
+            self.written.insert(hash);
+            if self.batch_bytes >= CHUNK_BATCH_BYTES {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        if !batch.is_empty() {
+            self.store.inner.db.write(batch)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(Content, PinGuard)> {
+        self.flush()?;
+        let pins = std::mem::replace(&mut self.pins, PinGuard::none());
+        Ok((Content::Chunked(std::mem::take(&mut self.refs)), pins))
+    }
+}
+
+/// Random access to one content: inline bytes, or chunks located by a prefix-sum index.
+#[derive(Debug, Clone)]
+pub struct ContentReader {
+    content: Content,
+    /// Start offset of each chunk, plus the total size at the end.
+    offsets: Vec<u64>,
+}
+
+impl ContentReader {
+    /// Indexes `content` for reading.
+    pub fn new(content: Content) -> Self {
+        let mut offsets = Vec::with_capacity(content.chunks().len() + 1);
+        let mut at = 0u64;
+        for chunk in content.chunks() {
+            offsets.push(at);
+            at += u64::from(chunk.len);
+        }
+        offsets.push(at);
+        ContentReader { content, offsets }
+    }
+
+    /// The content read.
+    pub fn content(&self) -> &Content {
+        &self.content
+    }
+
+    /// Total size.
+    pub fn size(&self) -> u64 {
+        self.content.size()
+    }
+
+    /// Up to `len` bytes at `offset` (fewer at the end of the content). Every chunk read
+    /// is verified against its hash.
+    pub fn read(&self, store: &Store, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let size = self.size();
+        if offset >= size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = size.min(offset.saturating_add(len as u64));
+        match &self.content {
+            Content::Inline(bytes) => Ok(bytes[offset as usize..end as usize].to_vec()),
+            Content::Chunked(chunks) => {
+                let mut out = Vec::with_capacity((end - offset) as usize);
+                // The chunk containing `offset`: the last start <= offset.
+                let mut i = self.offsets.partition_point(|&start| start <= offset) - 1;
+                while i < chunks.len() && self.offsets[i] < end {
+                    let data = store.read_chunk(&chunks[i].hash)?;
+                    let start = self.offsets[i];
+                    let from = offset.saturating_sub(start) as usize;
+                    let to = ((end - start) as usize).min(data.len());
+                    out.extend_from_slice(&data[from..to]);
+                    i += 1;
+                }
+                Ok(out)
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The depfs store: the one place that decides what the tree is.
+//!
+//! A node keeps its full copy of the tree in RocksDB: one entry per path (its winning
+//! version), tombstones for deleted paths, conflict records for losing concurrent
+//! versions, blake3-addressed content chunks with reference counts, and the change log.
+//! Every local change is committed in one `WriteBatch` together with its log record and
+//! the node's sequence number and clock, so the log can never disagree with the tree.
+//!
+//! See `docs/design.md` for the model. Modules:
+//!
+//! * [`keys`]: column families and key layouts.
+//! * [`chunks`]: content-defined chunking, chunk storage, pins for open files.
+//! * [`tx`]: local transactions, committed as one change.
+//! * [`log`]: the change log record.
+
+mod chunks;
+mod db;
+mod error;
+mod keys;
+mod lock;
+pub mod log;
+mod tree;
+mod tx;
+
+pub use chunks::{ContentReader, PinGuard};
+pub use error::{Result, StoreError};
+pub use tree::{DirEntry, StoreStats};
+pub use tx::{Committed, Durability, Tx};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use depfs_proto::{HlcClock, Meta, NodeName};
+use parking_lot::Mutex;
+
+use crate::chunks::PinTable;
+use crate::lock::DirLock;
+use crate::tx::Writer;
+
+/// How to open a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Attributes of the root directory of a brand-new store.
+    pub root: Meta,
+    /// RocksDB block cache size in bytes.
+    pub block_cache_bytes: usize,
+    /// How far ahead of the local clock a peer's clock is followed.
+    pub max_clock_drift_ms: u64,
+}
+
+impl StoreOptions {
+    /// Defaults with the given root attributes.
+    pub fn new(root: Meta) -> Self {
+        StoreOptions {
+            root,
+            block_cache_bytes: 64 << 20,
+            max_clock_drift_ms: HlcClock::DEFAULT_MAX_DRIFT_MS,
+        }
+    }
+}
+
+/// A node's store. Cheap to clone; all clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) db: rocksdb::DB,
+    pub(crate) dir: PathBuf,
+    pub(crate) node: NodeName,
+    pub(crate) writer: Mutex<Writer>,
+    pub(crate) pins: Mutex<PinTable>,
+    /// True if the store was created by this open (nothing was there before).
+    pub(crate) created: bool,
+    _lock: DirLock,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` for node `node`. Fails with
+    /// [`StoreError::InUse`] if another process has it open, and with
+    /// [`StoreError::WrongNode`] if it was created for another node.
+    pub fn open(dir: &Path, node: &NodeName, options: &StoreOptions) -> Result<Store> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::io(format!("create data_dir {}", dir.display()), e))?;
+        let lock = DirLock::acquire(dir)?;
+        let (db, created) = db::open(dir, options)?;
+        let inner = db::init(db, dir, node, options, created, lock)?;
+        let store = Store {
+            inner: Arc::new(inner),
+        };
+        store.sweep_uncommitted_chunks()?;
+        Ok(store)
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &NodeName {
+        &self.inner.node
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// True if this open created the store (first start of this node).
+    pub fn was_created(&self) -> bool {
+        self.inner.created
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .field("node", &self.inner.node)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Syncs the write-ahead log: every change committed so far survives power loss.
+    pub fn sync(&self) -> Result<()> {
+        self.inner.db.flush_wal(true)?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// True once the first mount finished setting the store up (for example importing
+    /// the directory it was mounted over). An interrupted import is redone.
+    pub fn is_initialized(&self) -> Result<bool> {
+        let db = &self.inner.db;
+        Ok(db
+            .get_cf(db::cf(db, keys::CF_META), keys::META_IMPORTED)?
+            .is_some())
+    }
+
+    /// Records that the first-mount set-up is complete.
+    pub fn mark_initialized(&self) -> Result<()> {
+        let db = &self.inner.db;
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        db.put_cf_opt(
+            db::cf(db, keys::CF_META),
+            keys::META_IMPORTED,
+            b"1",
+            &options,
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,220 @@
+//! The store on its own: commits, the change log, chunking and reference counting,
+//! persistence and the data-directory lock.
+
+use depfs_proto::{Content, Kind, Meta, Node, NodeName, RelPath, Timespec};
+use depfs_store::{ContentReader, Durability, Store, StoreError, StoreOptions};
+
+fn node_name() -> NodeName {
+    NodeName::new("gw1").unwrap()
+}
+
+fn meta(kind: Kind) -> Meta {
+    Meta {
+        kind,
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: Timespec::new(1_700_000_000, 0),
+        ctime: Timespec::new(1_700_000_000, 0),
+    }
+}
+
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(dir, &node_name(), &StoreOptions::new(meta(Kind::Dir))).unwrap()
+}
+
+fn p(s: &str) -> RelPath {
+    RelPath::parse(s.as_bytes()).unwrap()
+}
+
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as u8
+        })
+        .collect()
+}
+
+fn put_file(store: &Store, path: &str, bytes: &[u8], wall: u64) {
+    let (content, _pin) = store.write_content(bytes).unwrap();
+    let mut tx = store.transaction();
+    tx.put(
+        p(path),
+        Node {
+            meta: meta(Kind::File),
+            content,
+        },
+    );
+    tx.commit(wall, Durability::Process).unwrap().unwrap();
+}
+
+fn read_all(store: &Store, path: &str) -> Vec<u8> {
+    let node = store.get(&p(path)).unwrap().unwrap();
+    let reader = ContentReader::new(node.content);
+    reader.read(store, 0, reader.size() as usize).unwrap()
+}
+
+#[test]
+fn every_commit_is_logged_with_origin_sequence_and_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    put_file(&store, "a.xml", b"<a/>", 1000);
+    put_file(&store, "b.xml", b"<b/>", 1000);
+    assert_eq!(store.last_seq(), 2);
+    let recent = store.recent_changes(10).unwrap();
+    assert_eq!(recent.len(), 2);
+    assert_eq!(recent[0].0.seq, 2);
+    assert_eq!(recent[0].0.node, node_name());
+    assert_eq!(recent[0].1.paths, vec![p("b.xml")]);
+    assert!(recent[0].1.hlc > recent[1].1.hlc, "HLC times grow");
+    let version = store.get_version(&p("a.xml")).unwrap().unwrap();
+    assert_eq!(version.dot.seq, 1);
+    assert_eq!(version.ctx.get(&node_name()), 1);
+}
+
+#[test]
+fn overwrites_supersede_log_records_so_the_log_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 0..200 {
+        put_file(&store, "same.xml", format!("<v{i}/>").as_bytes(), 1000 + i);
+    }
+    let stats = store.stats().unwrap();
+    assert_eq!(
+        stats.log_records, 1,
+        "only the current version's change is kept"
+    );
+    assert_eq!(read_all(&store, "same.xml"), b"<v199/>");
+}
+
+#[test]
+fn large_content_is_chunked_deduplicated_and_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let big = data(3 << 20, 1);
+    put_file(&store, "a.war", &big, 1);
+    let chunks_one = store.stats().unwrap().chunks;
+    assert!(chunks_one > 20, "3 MiB is many chunks: {chunks_one}");
+    // The same content elsewhere adds no chunks.
+    put_file(&store, "copy.war", &big, 2);
+    assert_eq!(store.stats().unwrap().chunks, chunks_one);
+    // A 1 MiB change in the middle adds about 1 MiB of chunks.
+    let mut changed = big.clone();
+    changed[1 << 20..2 << 20].copy_from_slice(&data(1 << 20, 2));
+    put_file(&store, "a.war", &changed, 3);
+    let added = store.stats().unwrap().chunks - chunks_one;
+    assert!((40..100).contains(&added), "changed chunks: {added}");
+    assert_eq!(read_all(&store, "a.war"), changed);
+    assert_eq!(read_all(&store, "copy.war"), big);
+    // Deleting everything frees every chunk.
+    let mut tx = store.transaction();
+    tx.delete(p("a.war"));
+    tx.delete(p("copy.war"));
+    tx.commit(4, Durability::Process).unwrap();
+    assert_eq!(store.stats().unwrap().chunks, 0);
+}
+
+#[test]
+fn pinned_content_stays_readable_after_it_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let old = data(200_000, 3);
+    put_file(&store, "f", &old, 1);
+    let (node, pin) = store.get_pinned(&p("f")).unwrap().unwrap();
+    put_file(&store, "f", &data(200_000, 4), 2);
+    let reader = ContentReader::new(node.content);
+    assert_eq!(reader.read(&store, 0, old.len()).unwrap(), old);
+    drop(pin);
+    // The next commit collects the chunks nobody references any more.
+    put_file(&store, "other", b"x", 3);
+    let live: u64 = store.stats().unwrap().chunks;
+    assert!(
+        live <= (200_000 / 4096) as u64 + 1,
+        "old chunks were collected: {live}"
+    );
+    assert!(matches!(
+        reader.read(&store, 0, 10),
+        Err(StoreError::MissingChunk(_))
+    ));
+}
+
+#[test]
+fn a_corrupt_chunk_is_an_error_never_wrong_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let node_content = store.write_content(&data(100_000, 5)).unwrap().0;
+    let Content::Chunked(chunks) = &node_content else {
+        panic!("not chunked")
+    };
+    // Asking for a chunk under the wrong hash is what corruption looks like to a reader.
+    let mut wrong = chunks[0];
+    wrong.hash.0[0] ^= 1;
+    assert!(matches!(
+        store.read_chunk(&wrong.hash),
+        Err(StoreError::MissingChunk(_))
+    ));
+    assert!(store.read_chunk(&chunks[0].hash).is_ok());
+}
+
+#[test]
+fn the_tree_survives_reopening_and_the_clock_never_goes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (digest, last_hlc) = {
+        let store = open(dir.path());
+        put_file(&store, "a", b"1", 5_000);
+        put_file(&store, "b", &data(50_000, 6), 5_000);
+        let mut tx = store.transaction();
+        tx.put(
+            p("d"),
+            Node {
+                meta: meta(Kind::Dir),
+                content: Content::empty(),
+            },
+        );
+        tx.commit(5_000, Durability::Machine).unwrap();
+        (
+            store.tree_digest().unwrap(),
+            store.recent_changes(1).unwrap()[0].1.hlc,
+        )
+    };
+    let store = open(dir.path());
+    assert_eq!(store.tree_digest().unwrap(), digest);
+    assert_eq!(store.last_seq(), 3);
+    put_file(&store, "c", b"3", 1_000); // wall clock went backwards
+    let hlc = store.recent_changes(1).unwrap()[0].1.hlc;
+    assert!(hlc > last_hlc);
+}
+
+#[test]
+fn one_process_per_data_dir_and_one_node_per_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    match Store::open(
+        dir.path(),
+        &node_name(),
+        &StoreOptions::new(meta(Kind::Dir)),
+    ) {
+        Err(StoreError::InUse { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    drop(store);
+    let other = NodeName::new("gw2").unwrap();
+    match Store::open(dir.path(), &other, &StoreOptions::new(meta(Kind::Dir))) {
+        Err(StoreError::WrongNode { stored, .. }) => assert_eq!(stored, "gw1"),
+        other => panic!("expected WrongNode, got {other:?}"),
+    }
+}
+
+#[test]
+fn deleting_nothing_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut tx = store.transaction();
+    tx.delete(p("missing"));
+    assert_eq!(tx.commit(1, Durability::Process).unwrap(), None);
+    assert_eq!(store.last_seq(), 0);
+}

@@ -1,0 +1,177 @@
+//! Shared helpers for end-to-end tests: real `depfs` daemons on real FUSE mounts.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The `depfs` binary under test.
+pub fn depfs_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_depfs")
+}
+
+/// Runs `depfs` with `args`.
+pub fn depfs(args: &[&str]) -> Output {
+    Command::new(depfs_bin())
+        .args(args)
+        .output()
+        .expect("cannot run depfs")
+}
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// True if `path` is a mount point (listed in /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let target = path.to_string_lossy();
+    info.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|mp| mp == target))
+}
+
+/// One node: a config, a data directory and a mount point in a temporary directory.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub mountpoint: PathBuf,
+}
+
+impl Node {
+    /// A single node named `name` with no peers.
+    pub fn new(name: &str) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix("depfs-test-")
+            .tempdir()
+            .expect("tempdir");
+        let data_dir = dir.path().join("data");
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).unwrap();
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "node = \"{name}\"\ndata_dir = \"{}\"\npeers = []\n",
+                data_dir.display()
+            ),
+        )
+        .unwrap();
+        Node {
+            dir,
+            name: name.to_string(),
+            config,
+            data_dir,
+            mountpoint,
+        }
+    }
+
+    /// `depfs mount CONFIG MOUNTPOINT` (background daemon); panics if it fails.
+    pub fn mount(&self) {
+        let out = self.try_mount(&[]);
+        assert!(
+            out.status.success(),
+            "depfs mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            is_mounted(&self.mountpoint),
+            "mount returned before the mount was ready"
+        );
+    }
+
+    /// `depfs mount` with extra arguments, returning its output.
+    pub fn try_mount(&self, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "mount",
+            self.config.to_str().unwrap(),
+            self.mountpoint.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        depfs(&args)
+    }
+
+    /// The daemon's pid, from the data directory lock file.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.data_dir.join("depfs.lock"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// True while some process holds the data directory.
+    pub fn daemon_alive(&self) -> bool {
+        self.daemon_pid()
+            .is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0)
+    }
+
+    /// `umount MOUNTPOINT` and waits for the daemon to exit.
+    pub fn unmount(&self) {
+        let status = Command::new("umount")
+            .arg(&self.mountpoint)
+            .status()
+            .expect("umount");
+        assert!(status.success(), "umount failed");
+        assert!(
+            wait_until(Duration::from_secs(20), || !self.daemon_alive()),
+            "daemon still running after umount"
+        );
+    }
+
+    /// `kill -9` the daemon and clear the dead mount.
+    pub fn kill9(&self) {
+        let pid = self.daemon_pid().expect("daemon pid");
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert!(wait_until(Duration::from_secs(20), || !self.daemon_alive()));
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mountpoint)
+            .status();
+        assert!(wait_until(Duration::from_secs(10), || !is_mounted(
+            &self.mountpoint
+        )));
+    }
+
+    /// A path inside the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mountpoint.join(rel)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if is_mounted(&self.mountpoint) {
+            let _ = Command::new("umount").arg(&self.mountpoint).status();
+            if is_mounted(&self.mountpoint) {
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.mountpoint)
+                    .status();
+            }
+        }
+        if let Some(pid) = self.daemon_pid() {
+            if wait_until(
+                Duration::from_secs(10),
+                || unsafe { libc::kill(pid, 0) } != 0,
+            ) {
+                return;
+            }
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}

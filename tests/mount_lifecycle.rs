@@ -1,0 +1,285 @@
+//! Mounting, persistence, crash recovery, import, and the refusals of `depfs mount`.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::Duration;
+
+use common::{depfs, is_mounted, wait_until, Node};
+
+/// Deterministic bytes for a file of `len` bytes.
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
+        .collect()
+}
+
+fn write_file(path: &std::path::Path, data: &[u8], sync: bool) {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(data).unwrap();
+    if sync {
+        f.sync_all().unwrap();
+    }
+}
+
+#[test]
+fn unmount_and_remount_keep_the_tree() {
+    let node = Node::new("gw1");
+    node.mount();
+    std::fs::create_dir_all(node.path("synapse-configs/default/api")).unwrap();
+    let files = [
+        ("synapse-configs/default/api/a.xml", pattern(1, 3_000)),
+        ("synapse-configs/default/api/b.xml", pattern(2, 40_000)),
+        ("webapps/am.war", pattern(3, 3 << 20)),
+        ("empty", Vec::new()),
+    ];
+    std::fs::create_dir_all(node.path("webapps")).unwrap();
+    for (path, data) in &files {
+        write_file(&node.path(path), data, false);
+    }
+    std::os::unix::fs::symlink("webapps/am.war", node.path("link")).unwrap();
+    std::fs::set_permissions(
+        node.path("webapps/am.war"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let mtime_before = std::fs::metadata(node.path("webapps/am.war"))
+        .unwrap()
+        .mtime_nsec();
+
+    node.unmount();
+    assert!(!is_mounted(&node.mountpoint));
+    assert_eq!(
+        std::fs::read_dir(&node.mountpoint).unwrap().count(),
+        0,
+        "the mount point shows its own (empty) directory again"
+    );
+    node.mount();
+
+    for (path, data) in &files {
+        assert_eq!(&std::fs::read(node.path(path)).unwrap(), data, "{path}");
+    }
+    assert_eq!(
+        std::fs::read_link(node.path("link")).unwrap().to_str(),
+        Some("webapps/am.war")
+    );
+    let md = std::fs::metadata(node.path("webapps/am.war")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o600);
+    assert_eq!(md.mtime_nsec(), mtime_before, "mtime survives exactly");
+}
+
+#[test]
+fn kill_9_after_close_or_fsync_loses_nothing() {
+    let node = Node::new("gw1");
+    node.mount();
+    let closed = pattern(7, 100_000);
+    let synced = pattern(8, 5_000);
+    write_file(&node.path("closed.bin"), &closed, false);
+    write_file(&node.path("synced.xml"), &synced, true);
+    std::fs::create_dir(node.path("dir")).unwrap();
+    std::fs::rename(node.path("synced.xml"), node.path("dir/renamed.xml")).unwrap();
+    node.kill9();
+
+    node.mount();
+    assert_eq!(std::fs::read(node.path("closed.bin")).unwrap(), closed);
+    assert_eq!(std::fs::read(node.path("dir/renamed.xml")).unwrap(), synced);
+    assert!(!node.path("synced.xml").exists());
+}
+
+#[test]
+fn an_open_unclosed_file_is_not_published_before_close() {
+    let node = Node::new("gw1");
+    node.mount();
+    write_file(&node.path("api.xml"), b"<old/>", false);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(node.path("api.xml"))
+        .unwrap();
+    f.write_all(b"<new-but-unfinished").unwrap();
+    // A reader on the same node sees its own writes at once.
+    assert_eq!(
+        std::fs::read(node.path("api.xml")).unwrap(),
+        b"<new-but-unfinished"
+    );
+    // The daemon dies before the writer closes: the store still has the old content.
+    node.kill9();
+    drop(f);
+    node.mount();
+    assert_eq!(std::fs::read(node.path("api.xml")).unwrap(), b"<old/>");
+}
+
+#[test]
+fn first_mount_imports_the_existing_directory() {
+    let node = Node::new("gw1");
+    let mp = &node.mountpoint;
+    std::fs::create_dir_all(mp.join("synapse-configs/default/sequences")).unwrap();
+    std::fs::write(
+        mp.join("synapse-configs/default/sequences/main.xml"),
+        b"<sequence name=\"main\"/>",
+    )
+    .unwrap();
+    std::fs::write(mp.join("big.car"), pattern(9, 1 << 20)).unwrap();
+    std::fs::set_permissions(mp.join("big.car"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::symlink("big.car", mp.join("current.car")).unwrap();
+    let t = std::time::SystemTime::UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789);
+    std::fs::File::options()
+        .write(true)
+        .open(mp.join("big.car"))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+
+    node.mount();
+    assert_eq!(
+        std::fs::read(node.path("synapse-configs/default/sequences/main.xml")).unwrap(),
+        b"<sequence name=\"main\"/>"
+    );
+    assert_eq!(
+        std::fs::read(node.path("big.car")).unwrap(),
+        pattern(9, 1 << 20)
+    );
+    let md = std::fs::metadata(node.path("big.car")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o640);
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_600_000_000, 123_456_789));
+    assert_eq!(
+        std::fs::read_link(node.path("current.car"))
+            .unwrap()
+            .to_str(),
+        Some("big.car")
+    );
+
+    // Later mounts do not import again: a file deleted through depfs stays deleted even
+    // though the original is still on the underlying disk.
+    std::fs::remove_file(node.path("big.car")).unwrap();
+    node.unmount();
+    assert!(
+        mp.join("big.car").exists(),
+        "import never modifies the source directory"
+    );
+    node.mount();
+    assert!(!node.path("big.car").exists());
+}
+
+#[test]
+fn a_second_mount_of_the_same_data_dir_is_refused() {
+    let node = Node::new("gw1");
+    node.mount();
+    let other_mp = node.dir.path().join("mnt2");
+    std::fs::create_dir(&other_mp).unwrap();
+    let out = depfs(&[
+        "mount",
+        node.config.to_str().unwrap(),
+        other_mp.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another depfs process"), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", node.daemon_pid().unwrap())),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+    assert!(!is_mounted(&other_mp));
+    // The first mount is unaffected.
+    std::fs::write(node.path("still-works"), b"yes").unwrap();
+}
+
+#[test]
+fn bad_config_mount_point_and_options_give_one_line_errors() {
+    let node = Node::new("gw1");
+    let bad_config = node.dir.path().join("bad.toml");
+    std::fs::write(&bad_config, "node = \"gw1\"\ndata_dir = 42\n").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                bad_config.display().to_string(),
+                node.mountpoint.display().to_string(),
+            ],
+            "line 2",
+        ),
+        (
+            vec![
+                "/nonexistent/gw.toml".into(),
+                node.mountpoint.display().to_string(),
+            ],
+            "cannot read config",
+        ),
+        (
+            vec![node.config.display().to_string(), "/nonexistent/mnt".into()],
+            "mount point /nonexistent/mnt",
+        ),
+        (
+            vec![
+                node.config.display().to_string(),
+                node.config.display().to_string(),
+            ],
+            "not a directory",
+        ),
+        (
+            vec![
+                node.config.display().to_string(),
+                node.mountpoint.display().to_string(),
+                "-o".into(),
+                "allow_other,bogus".into(),
+            ],
+            "unknown mount option \"bogus\"",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut all = vec!["mount".to_string()];
+        all.extend(args);
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        let out = depfs(&refs);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{all:?} succeeded");
+        assert!(err.contains(expected), "{all:?}: {err}");
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{all:?}: not one line: {err}"
+        );
+    }
+    assert!(!is_mounted(&node.mountpoint));
+}
+
+#[test]
+fn sigterm_unmounts_cleanly() {
+    let node = Node::new("gw1");
+    node.mount();
+    write_file(&node.path("f"), b"data", false);
+    let pid = node.daemon_pid().unwrap();
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(wait_until(Duration::from_secs(20), || !node.daemon_alive()));
+    assert!(!is_mounted(&node.mountpoint));
+    node.mount();
+    assert_eq!(std::fs::read(node.path("f")).unwrap(), b"data");
+}
+
+#[test]
+fn foreground_mount_serves_until_unmounted() {
+    let node = Node::new("gw1");
+    let mut child = std::process::Command::new(common::depfs_bin())
+        .args([
+            "mount",
+            node.config.to_str().unwrap(),
+            node.mountpoint.to_str().unwrap(),
+            "-f",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(30), || is_mounted(
+        &node.mountpoint
+    )));
+    write_file(&node.path("f"), b"fg", false);
+    assert_eq!(std::fs::read(node.path("f")).unwrap(), b"fg");
+    assert!(std::process::Command::new("umount")
+        .arg(&node.mountpoint)
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "foreground daemon exit: {status}");
+}
