@@ -115,6 +115,15 @@ impl HlcClock {
         Ok(())
     }
 
+    /// Moves the clock past `seen` unconditionally: a local change to a path must come
+    /// after every version of it the node holds, or the change would not be visible
+    /// where it was made.
+    pub fn advance_past(&mut self, seen: Hlc) {
+        if seen > self.last {
+            self.last = seen;
+        }
+    }
+
     fn successor_of_last(&self) -> Hlc {
         match self.last.logical.checked_add(1) {
             Some(logical) => Hlc::new(self.last.wall_ms, logical),

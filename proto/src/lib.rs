@@ -9,6 +9,7 @@
 //! * [`vv`]: version vectors (per-path causal contexts and per-node progress).
 //! * [`entry`]: what a path holds: kind, attributes and content reference.
 //! * [`version`]: one version of one path, as the change log and the merge rules see it.
+//! * [`wire`]: changes and the messages of the synchronisation protocol.
 //! * [`codec`]: the versioned `postcard` encoding of stored values and bounded frames.
 //! * [`limits`]: every size bound in one place.
 
@@ -20,6 +21,7 @@ pub mod name;
 pub mod path;
 pub mod version;
 pub mod vv;
+pub mod wire;
 
 pub use codec::{decode_value, encode_value, DecodeError};
 pub use entry::{ChunkHash, ChunkRef, Content, Kind, Meta, Node, Timespec};
@@ -28,3 +30,4 @@ pub use name::{FileName, NameError, NodeName};
 pub use path::RelPath;
 pub use version::{Dot, Stamp, State, Version};
 pub use vv::VersionVector;
+pub use wire::{Change, ChangeOp, Message};

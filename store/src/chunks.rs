@@ -105,6 +105,12 @@ impl Store {
     /// its chunks: use [`Store::get_pinned`] for entries.
     pub fn pin(&self, content: &Content) -> PinGuard {
         let hashes: Vec<ChunkHash> = content.chunks().iter().map(|c| c.hash).collect();
+        self.pin_hashes(&hashes)
+    }
+
+    /// Pins chunks by hash.
+    pub(crate) fn pin_hashes(&self, hashes: &[ChunkHash]) -> PinGuard {
+        let hashes = hashes.to_vec();
         if hashes.is_empty() {
             return PinGuard::none();
         }
@@ -226,6 +232,8 @@ impl<'a> ChunkWriter<'a> {
         self.pins.hashes.push(hash);
         let db = &self.store.inner.db;
         if !self.written.contains(&hash) && db.get_pinned_cf(cf(db, CF_REFS), hash.0)?.is_none() {
+            // Unreferenced until a commit uses it: collected when unpinned if none does.
+            self.store.inner.pins.lock().defer(hash);
             self.batch.put_cf(cf(db, CF_CHUNKS), hash.0, data);
             self.batch.put_cf(cf(db, CF_PENDING), hash.0, []);
             self.batch_bytes += data.len();

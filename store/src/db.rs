@@ -110,9 +110,16 @@ fn write_genesis(db: &DB, node: &NodeName, root: &Meta) -> Result<()> {
         }),
     };
     let mut batch = rocksdb::WriteBatch::default();
+    if let State::Live(node) = &genesis.state {
+        batch.put_cf(
+            cf(db, CF_ENTRIES),
+            RelPath::root().key(),
+            encode_value(node),
+        );
+    }
     batch.put_cf(
-        cf(db, CF_ENTRIES),
-        RelPath::root().key(),
+        cf(db, CF_HEADS),
+        head_key(&RelPath::root(), &genesis.dot),
         encode_value(&genesis),
     );
     batch.put_cf(cf(db, CF_META), META_NODE, node.as_str().as_bytes());

@@ -52,6 +52,9 @@ pub enum StoreError {
     /// A referenced chunk is not in the store.
     #[error("chunk {0:?} is missing")]
     MissingChunk(ChunkHash),
+    /// A change or key that no honest node produces.
+    #[error("malformed input: {0}")]
+    Malformed(String),
     /// A file larger than depfs accepts.
     #[error("file of {0} bytes exceeds the size limit")]
     TooLarge(u64),

@@ -1,27 +1,29 @@
 //! Column families and key layouts.
 //!
-//! | column family | key                              | value                         |
-//! |---------------|----------------------------------|-------------------------------|
-//! | `entries`     | path key (`parent NUL name`)     | live winning [`Version`]      |
-//! | `tombstones`  | path key                         | deleted winning [`Version`]   |
-//! | `conflicts`   | path key NUL node NUL seq (BE)   | losing live [`Version`]       |
-//! | `chunks`      | blake3 hash (32 bytes)           | chunk bytes                   |
-//! | `refs`        | blake3 hash                      | reference count (u64 LE)      |
-//! | `pending`     | blake3 hash                      | empty: written, not committed |
-//! | `log`         | node NUL seq (BE)                | [`LogRecord`]                 |
-//! | `meta`        | ASCII name                       | per-name value                |
+//! | column family | key                                  | value                          |
+//! |---------------|--------------------------------------|--------------------------------|
+//! | `entries`     | path key (`parent NUL name`)         | the visible [`Node`]           |
+//! | `heads`       | head key (`len path-key node NUL seq`) | a current [`Version`]        |
+//! | `conflicts`   | head key                             | empty: a losing live version   |
+//! | `chunks`      | blake3 hash (32 bytes)               | chunk bytes                    |
+//! | `refs`        | blake3 hash                          | reference count (u64 LE)       |
+//! | `pending`     | blake3 hash                          | empty: written, not committed  |
+//! | `log`         | node NUL seq (BE)                    | [`LogRecord`]                  |
+//! | `meta`        | ASCII name                           | per-name value                 |
 //!
-//! Path keys put the children of a directory in one contiguous range; log keys put the
-//! changes of one origin in sequence order, so "changes of node N after seq S" is one
-//! range scan.
+//! Path keys put the children of a directory in one contiguous range. Head keys start
+//! with the path key's length, so the heads of one path share a prefix that no other
+//! path's heads have. Log keys put the changes of one origin in sequence order, so
+//! "changes of node N after seq S" is one range scan.
 //!
+//! [`Node`]: depfs_proto::Node
 //! [`Version`]: depfs_proto::Version
 //! [`LogRecord`]: crate::log::LogRecord
 
-use depfs_proto::{Dot, NodeName};
+use depfs_proto::{Dot, NodeName, RelPath};
 
 pub(crate) const CF_ENTRIES: &str = "entries";
-pub(crate) const CF_TOMBSTONES: &str = "tombstones";
+pub(crate) const CF_HEADS: &str = "heads";
 pub(crate) const CF_CONFLICTS: &str = "conflicts";
 pub(crate) const CF_CHUNKS: &str = "chunks";
 pub(crate) const CF_REFS: &str = "refs";
@@ -31,7 +33,7 @@ pub(crate) const CF_META: &str = "meta";
 
 pub(crate) const ALL_CFS: [&str; 8] = [
     CF_ENTRIES,
-    CF_TOMBSTONES,
+    CF_HEADS,
     CF_CONFLICTS,
     CF_CHUNKS,
     CF_REFS,
@@ -43,6 +45,8 @@ pub(crate) const ALL_CFS: [&str; 8] = [
 pub(crate) const META_NODE: &[u8] = b"node";
 pub(crate) const META_WRITER: &[u8] = b"writer";
 pub(crate) const META_IMPORTED: &[u8] = b"imported";
+/// `acked/<node>`: the progress a peer last acknowledged.
+pub(crate) const META_ACKED_PREFIX: &[u8] = b"acked/";
 
 /// `node NUL seq` (big-endian, so keys sort by sequence).
 pub(crate) fn log_key(dot: &Dot) -> Vec<u8> {
@@ -51,6 +55,28 @@ pub(crate) fn log_key(dot: &Dot) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(&dot.seq.to_be_bytes());
     key
+}
+
+/// The prefix shared by the head keys of `path`: its key's length (u16 BE), then the key.
+pub(crate) fn heads_prefix(path: &RelPath) -> Vec<u8> {
+    let key = path.key();
+    let mut prefix = Vec::with_capacity(key.len() + 2);
+    prefix.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    prefix.extend_from_slice(&key);
+    prefix
+}
+
+/// The key of the head made by `dot` at `path`.
+pub(crate) fn head_key(path: &RelPath, dot: &Dot) -> Vec<u8> {
+    let mut key = heads_prefix(path);
+    key.extend_from_slice(&log_key(dot));
+    key
+}
+
+/// The path of a head key.
+pub(crate) fn head_key_path(key: &[u8]) -> Option<RelPath> {
+    let len = u16::from_be_bytes(key.get(..2)?.try_into().ok()?) as usize;
+    RelPath::from_key(key.get(2..2 + len)?).ok()
 }
 
 /// Inverse of [`log_key`]; `None` for a malformed key.
@@ -76,5 +102,17 @@ mod tests {
         assert!(a < b);
         assert_eq!(parse_log_key(&b), Some(Dot::new(n, 256)));
         assert_eq!(parse_log_key(b"short"), None);
+    }
+
+    #[test]
+    fn head_keys_of_one_path_share_a_prefix_no_other_path_has() {
+        let n = NodeName::new("gw1").unwrap();
+        let root = RelPath::root();
+        let top = RelPath::parse(b"gw1").unwrap();
+        let k = head_key(&top, &Dot::new(n.clone(), 1));
+        assert!(k.starts_with(&heads_prefix(&top)));
+        assert!(!k.starts_with(&heads_prefix(&root)));
+        assert!(!head_key(&root, &Dot::new(n, 1)).starts_with(&heads_prefix(&top)));
+        assert_eq!(head_key_path(&k), Some(top));
     }
 }

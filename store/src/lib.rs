@@ -11,19 +11,27 @@
 //! * [`keys`]: column families and key layouts.
 //! * [`chunks`]: content-defined chunking, chunk storage, pins for open files.
 //! * [`tx`]: local transactions, committed as one change.
+//! * [`merge`]: the merge rules (heads, winners, conflicts) and the batch applying them.
+//! * `remote`: what peers need, applying their changes, acknowledgements, collection.
 //! * [`log`]: the change log record.
 
+mod check;
 mod chunks;
 mod db;
 mod error;
 mod keys;
 mod lock;
 pub mod log;
+pub mod merge;
+mod overlay;
+mod remote;
 mod tree;
 mod tx;
 
 pub use chunks::{ContentReader, PinGuard};
 pub use error::{Result, StoreError};
+pub use remote::Applied;
+pub use tree::Conflict;
 pub use tree::{DirEntry, StoreStats};
 pub use tx::{Committed, Durability, Tx};
 

@@ -1,12 +1,13 @@
 //! Reading the tree.
 
-use depfs_proto::{decode_value, Content, Node, RelPath, Version};
+use depfs_proto::{decode_value, Content, Dot, Node, RelPath, State, Version};
 use rocksdb::{Direction, IteratorMode};
 
 use crate::chunks::PinGuard;
 use crate::db::cf;
 use crate::error::{Result, StoreError};
 use crate::keys::*;
+use crate::merge::decode;
 use crate::Store;
 
 /// One child of a directory.
@@ -18,11 +19,23 @@ pub struct DirEntry {
     pub node: Node,
 }
 
+/// A recorded conflict: a live version that lost and holds something else than what the
+/// path shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// Where it was written.
+    pub path: RelPath,
+    /// The losing version (its origin, time and content).
+    pub version: Version,
+}
+
 /// Sizes and counts, for `status` and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreStats {
-    /// Live entries (including the root).
+    /// Visible entries (including the root).
     pub entries: u64,
+    /// Current versions of all paths (live, tombstones and conflicts).
+    pub heads: u64,
     /// Tombstones kept for peers.
     pub tombstones: u64,
     /// Recorded conflicts.
@@ -33,36 +46,83 @@ pub struct StoreStats {
     pub log_records: u64,
 }
 
-pub(crate) fn decode_version(what: &str, key: &[u8], bytes: &[u8]) -> Result<Version> {
+pub(crate) fn decode_node(key: &[u8], bytes: &[u8]) -> Result<Node> {
     decode_value(bytes).map_err(|source| StoreError::Corrupt {
-        what: format!("{what}/{}", String::from_utf8_lossy(key)),
+        what: format!("entries/{}", String::from_utf8_lossy(key)),
         source,
     })
 }
 
 impl Store {
-    /// The live entry at `path`, if any.
+    /// The visible entry at `path`, if any.
     pub fn get(&self, path: &RelPath) -> Result<Option<Node>> {
-        Ok(self.get_version(path)?.and_then(|v| match v.state {
-            depfs_proto::State::Live(node) => Some(node),
-            depfs_proto::State::Deleted => None,
-        }))
-    }
-
-    /// The winning version at `path` (live entry or tombstone), if any.
-    pub fn get_version(&self, path: &RelPath) -> Result<Option<Version>> {
         let db = &self.inner.db;
         let key = path.key();
-        if let Some(bytes) = db.get_pinned_cf(cf(db, CF_ENTRIES), &key)? {
-            return Ok(Some(decode_version(CF_ENTRIES, &key, &bytes)?));
-        }
-        match db.get_pinned_cf(cf(db, CF_TOMBSTONES), &key)? {
-            Some(bytes) => Ok(Some(decode_version(CF_TOMBSTONES, &key, &bytes)?)),
+        match db.get_pinned_cf(cf(db, CF_ENTRIES), &key)? {
+            Some(bytes) => Ok(Some(decode_node(&key, &bytes)?)),
             None => Ok(None),
         }
     }
 
-    /// The live entry at `path` with its chunks pinned, so an open file stays readable
+    /// The current versions of `path`: what it shows, tombstones, and conflicts.
+    pub fn heads(&self, path: &RelPath) -> Result<Vec<Version>> {
+        let db = &self.inner.db;
+        let prefix = heads_prefix(path);
+        let mut out = Vec::new();
+        for item in db.iterator_cf(
+            cf(db, CF_HEADS),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            out.push(decode(&key, &value)?);
+        }
+        Ok(out)
+    }
+
+    /// The dots of the recorded conflicts of `path`.
+    pub(crate) fn conflict_dots(&self, path: &RelPath) -> Result<Vec<Dot>> {
+        let db = &self.inner.db;
+        let prefix = heads_prefix(path);
+        let mut out = Vec::new();
+        for item in db.iterator_cf(
+            cf(db, CF_CONFLICTS),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (key, _) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            if let Some(dot) = parse_log_key(&key[prefix.len()..]) {
+                out.push(dot);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every recorded conflict, in path order.
+    pub fn conflicts(&self) -> Result<Vec<Conflict>> {
+        let db = &self.inner.db;
+        let mut out = Vec::new();
+        for item in db.iterator_cf(cf(db, CF_CONFLICTS), IteratorMode::Start) {
+            let (key, _) = item?;
+            let Some(bytes) = db.get_pinned_cf(cf(db, CF_HEADS), &key)? else {
+                continue;
+            };
+            let Some(path) = head_key_path(&key) else {
+                continue;
+            };
+            out.push(Conflict {
+                path,
+                version: decode(&key, &bytes)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The visible entry at `path` with its chunks pinned, so an open file stays readable
     /// even if the path is overwritten or deleted while it is open.
     pub fn get_pinned(&self, path: &RelPath) -> Result<Option<(Node, PinGuard)>> {
         // Commits hold the pin table while they write, so the entry read here and the
@@ -76,7 +136,7 @@ impl Store {
         }))
     }
 
-    /// The live children of directory `dir`, in name order.
+    /// The visible children of directory `dir`, in name order.
     pub fn list(&self, dir: &RelPath) -> Result<Vec<DirEntry>> {
         let mut out = Vec::new();
         self.for_each_child(dir, |name, node| {
@@ -89,7 +149,7 @@ impl Store {
         Ok(out)
     }
 
-    /// True if `dir` has at least one live child.
+    /// True if `dir` has at least one visible child.
     pub fn has_children(&self, dir: &RelPath) -> Result<bool> {
         let mut any = false;
         self.for_each_child(dir, |_, _| {
@@ -99,7 +159,7 @@ impl Store {
         Ok(any)
     }
 
-    /// Calls `f(name, node)` for each live child until it returns false.
+    /// Calls `f(name, node)` for each visible child until it returns false.
     fn for_each_child(&self, dir: &RelPath, mut f: impl FnMut(&[u8], Node) -> bool) -> Result<()> {
         let db = &self.inner.db;
         let prefix = dir.children_prefix();
@@ -112,32 +172,40 @@ impl Store {
             if !key.starts_with(&prefix) {
                 break;
             }
-            let version = decode_version(CF_ENTRIES, &key, &value)?;
-            if let depfs_proto::State::Live(node) = version.state {
-                if !f(&key[prefix.len()..], node) {
-                    break;
-                }
+            if !f(&key[prefix.len()..], decode_node(&key, &value)?) {
+                break;
             }
         }
         Ok(())
     }
 
-    /// Every live entry below (not including) `dir`, depth first in key order of each
-    /// level. Used to move or check whole subtrees.
+    /// Every visible entry below (not including) `dir`.
     pub fn descendants(&self, dir: &RelPath) -> Result<Vec<(RelPath, Node)>> {
         let mut out = Vec::new();
         let mut stack = vec![dir.clone()];
         while let Some(d) = stack.pop() {
             for child in self.list(&d)? {
-                let path = d.join(&child.name).map_err(|_| StoreError::Corrupt {
-                    what: format!("entries under {d}"),
-                    source: depfs_proto::DecodeError::Empty,
-                })?;
+                let path = d
+                    .join(&child.name)
+                    .map_err(|_| StoreError::Malformed(format!("entry name under {d}")))?;
                 if child.node.meta.kind == depfs_proto::Kind::Dir {
                     stack.push(path.clone());
                 }
                 out.push((path, child.node));
             }
+        }
+        Ok(out)
+    }
+
+    /// Every visible entry, in key order (for digests, checks and tests).
+    pub fn all_entries(&self) -> Result<Vec<(RelPath, Node)>> {
+        let db = &self.inner.db;
+        let mut out = Vec::new();
+        for item in db.iterator_cf(cf(db, CF_ENTRIES), IteratorMode::Start) {
+            let (key, value) = item?;
+            let path = RelPath::from_key(&key)
+                .map_err(|_| StoreError::Malformed(format!("entry key {key:?}")))?;
+            out.push((path, decode_node(&key, &value)?));
         }
         Ok(out)
     }
@@ -153,9 +221,19 @@ impl Store {
             }
             Ok(n)
         };
+        let mut heads = 0;
+        let mut tombstones = 0;
+        for item in db.iterator_cf(cf(db, CF_HEADS), IteratorMode::Start) {
+            let (key, value) = item?;
+            heads += 1;
+            if matches!(decode(&key, &value)?.state, State::Deleted) {
+                tombstones += 1;
+            }
+        }
         Ok(StoreStats {
             entries: count(CF_ENTRIES)?,
-            tombstones: count(CF_TOMBSTONES)?,
+            heads,
+            tombstones,
             conflicts: count(CF_CONFLICTS)?,
             chunks: count(CF_CHUNKS)?,
             log_records: count(CF_LOG)?,
@@ -166,12 +244,9 @@ impl Store {
     /// ctimes, which record local arrival): two nodes have converged iff their digests
     /// are equal.
     pub fn tree_digest(&self) -> Result<blake3::Hash> {
-        let db = &self.inner.db;
         let mut hasher = blake3::Hasher::new();
-        for item in db.iterator_cf(cf(db, CF_ENTRIES), IteratorMode::Start) {
-            let (key, value) = item?;
-            let version = decode_version(CF_ENTRIES, &key, &value)?;
-            let Some(node) = version.node() else { continue };
+        for (path, node) in self.all_entries()? {
+            let key = path.key();
             hasher.update(&(key.len() as u64).to_le_bytes());
             hasher.update(&key);
             let m = &node.meta;

@@ -6,20 +6,18 @@
 //! *before* the transaction ([`Store::write_content`]), so chunking a large file never
 //! blocks other writers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use depfs_proto::{
-    encode_value, ChunkHash, Dot, Hlc, HlcClock, Kind, Node, RelPath, State, Version, VersionVector,
-};
+use depfs_proto::{encode_value, Dot, Hlc, HlcClock, Node, RelPath, State, Version, VersionVector};
 use parking_lot::MutexGuard;
-use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::db::cf;
 use crate::error::Result;
 use crate::keys::*;
 use crate::log::LogRecord;
-use crate::tree::{decode_version, DirEntry};
+use crate::merge::{Batch, RefDeltas};
+use crate::tree::DirEntry;
 use crate::Store;
 
 /// The writer's in-memory state, persisted in every commit.
@@ -27,6 +25,19 @@ pub(crate) struct Writer {
     pub(crate) clock: HlcClock,
     pub(crate) seq: u64,
     pub(crate) vv: VersionVector,
+}
+
+impl Writer {
+    pub(crate) fn persist(&self, batch: &mut Batch<'_>) {
+        let state = WriterState {
+            seq: self.seq,
+            hlc: self.clock.last(),
+            vv: self.vv.clone(),
+        };
+        batch
+            .overlay
+            .put(CF_META, META_WRITER.to_vec(), encode_value(&state));
+    }
 }
 
 /// What `meta/writer` holds.
@@ -62,6 +73,10 @@ pub struct Tx<'a> {
     writer: MutexGuard<'a, Writer>,
     ops: Vec<(RelPath, Option<Node>)>,
     index: HashMap<RelPath, usize>,
+    /// Paths whose new version also supersedes their recorded conflicts.
+    resolve: std::collections::HashSet<RelPath>,
+    /// Deletions to commit even though nothing is visible (they resolve conflicts).
+    forced_deletes: std::collections::HashSet<RelPath>,
 }
 
 impl Store {
@@ -72,6 +87,8 @@ impl Store {
             writer: self.inner.writer.lock(),
             ops: Vec::new(),
             index: HashMap::new(),
+            resolve: Default::default(),
+            forced_deletes: Default::default(),
         }
     }
 
@@ -87,7 +104,7 @@ impl Store {
 }
 
 impl<'a> Tx<'a> {
-    /// The live entry at `path` as this transaction sees it.
+    /// The visible entry at `path` as this transaction sees it.
     pub fn get(&self, path: &RelPath) -> Result<Option<Node>> {
         match self.index.get(path) {
             Some(&i) => Ok(self.ops[i].1.clone()),
@@ -95,9 +112,9 @@ impl<'a> Tx<'a> {
         }
     }
 
-    /// The live children of `dir` as this transaction sees them, in name order.
+    /// The visible children of `dir` as this transaction sees them, in name order.
     pub fn list(&self, dir: &RelPath) -> Result<Vec<DirEntry>> {
-        let mut children: std::collections::BTreeMap<Vec<u8>, Node> = self
+        let mut children: BTreeMap<Vec<u8>, Node> = self
             .store
             .list(dir)?
             .into_iter()
@@ -117,7 +134,7 @@ impl<'a> Tx<'a> {
             .collect())
     }
 
-    /// True if `dir` has a live child as this transaction sees it.
+    /// True if `dir` has a visible child as this transaction sees it.
     pub fn has_children(&self, dir: &RelPath) -> Result<bool> {
         if self
             .ops
@@ -139,6 +156,12 @@ impl<'a> Tx<'a> {
         self.stage(path, None);
     }
 
+    /// Stages a deletion that is committed even if nothing is visible at `path`.
+    fn delete_resolving(&mut self, path: RelPath) {
+        self.forced_deletes.insert(path.clone());
+        self.stage(path, None);
+    }
+
     fn stage(&mut self, path: RelPath, op: Option<Node>) {
         match self.index.get(&path) {
             Some(&i) => self.ops[i].1 = op,
@@ -157,155 +180,105 @@ impl<'a> Tx<'a> {
     /// Commits the staged operations as one change with the next sequence number and a
     /// new HLC time (from `wall_ms`, the caller's wall clock). Returns `None` if there was
     /// nothing to commit.
+    ///
+    /// Each new version supersedes the versions of its path that this node shows or has
+    /// made obsolete, but not conflicts recorded from other nodes: a local write never
+    /// silently resolves another node's conflicting write (see
+    /// [`Store::restore_conflict`]). This node's own earlier losing versions are
+    /// superseded by its newer write.
     pub fn commit(mut self, wall_ms: u64, durability: Durability) -> Result<Option<Committed>> {
         let store = self.store;
-        let db = &store.inner.db;
         let node = store.inner.node.clone();
+        let mut batch = Batch::new(store);
 
-        // Deleting what does not exist is no change.
-        let mut current = Vec::with_capacity(self.ops.len());
         let mut ops = Vec::with_capacity(self.ops.len());
         for (path, op) in std::mem::take(&mut self.ops) {
-            let old = store.get_version(&path)?;
-            let old_live = old.as_ref().is_some_and(|v| v.node().is_some());
-            if op.is_none() && !old_live {
+            // Deleting what is not there is no change.
+            if op.is_none() && !self.forced_deletes.contains(&path) && store.get(&path)?.is_none() {
                 continue;
             }
-            current.push(old);
-            ops.push((path, op));
+            let heads = batch.heads(&path)?;
+            let conflicted = if self.resolve.contains(&path) {
+                Vec::new()
+            } else {
+                store.conflict_dots(&path)?
+            };
+            ops.push((path, op, heads, conflicted));
         }
         if ops.is_empty() {
             return Ok(None);
         }
 
         let writer = &mut *self.writer;
+        for (_, _, heads, _) in &ops {
+            for head in heads {
+                writer.clock.advance_past(head.hlc);
+            }
+        }
         let seq = writer.seq + 1;
         let hlc = writer.clock.tick(wall_ms);
         let dot = Dot::new(node.clone(), seq);
-        let mut batch = WriteBatch::default();
-        let mut refs = RefDeltas::default();
-        let mut superseded: HashMap<Dot, u32> = HashMap::new();
 
-        for ((path, op), old) in ops.iter().zip(current) {
-            let key = path.key();
+        let mut paths = Vec::with_capacity(ops.len());
+        for (path, op, heads, conflicted) in ops {
             let mut ctx = VersionVector::new();
-            if let Some(old) = &old {
-                ctx = old.ctx.clone();
-                if let Some(old_node) = old.node() {
-                    refs.sub(old_node);
-                }
-                if old.dot.seq > 0 {
-                    *superseded.entry(old.dot.clone()).or_insert(0) += 1;
-                }
+            for head in heads.iter().filter(|h| !conflicted.contains(&h.dot)) {
+                ctx.merge(&head.ctx);
             }
             ctx.raise(&node, seq);
+            // Evict every head the new context covers — including this node's own older
+            // versions recorded as conflicts, which a version vector cannot leave out —
+            // exactly as the version evicts them when it arrives elsewhere.
+            for head in heads.iter().filter(|h| ctx.covers(&h.dot)) {
+                batch.evict(&path, head);
+            }
             let state = match op {
-                Some(node) => {
-                    refs.add(node);
-                    State::Live(node.clone())
-                }
+                Some(node) => State::Live(node),
                 None => State::Deleted,
             };
-            let live = matches!(state, State::Live(_));
-            let version = Version {
-                dot: dot.clone(),
-                hlc,
-                ctx,
-                state,
-            };
-            let (put_cf, del_cf) = if live {
-                (CF_ENTRIES, CF_TOMBSTONES)
-            } else {
-                (CF_TOMBSTONES, CF_ENTRIES)
-            };
-            batch.put_cf(cf(db, put_cf), &key, encode_value(&version));
-            batch.delete_cf(cf(db, del_cf), &key);
+            batch.admit(
+                &path,
+                Version {
+                    dot: dot.clone(),
+                    hlc,
+                    ctx,
+                    state,
+                },
+            );
+            paths.push(path);
         }
-
-        let record = LogRecord {
-            hlc,
-            paths: ops.iter().map(|(p, _)| p.clone()).collect(),
-            live: ops.len() as u32,
-        };
-        batch.put_cf(cf(db, CF_LOG), log_key(&dot), encode_value(&record));
-        store.release_superseded(&mut batch, superseded)?;
+        let live = paths.len() as u32;
+        batch.log(&dot, &LogRecord { hlc, paths, live });
+        batch.settle()?;
+        batch.release_log_records()?;
 
         writer.seq = seq;
         writer.vv.raise(&node, seq);
-        let state = WriterState {
-            seq,
-            hlc,
-            vv: writer.vv.clone(),
-        };
-        batch.put_cf(cf(db, CF_META), META_WRITER, encode_value(&state));
-        store.write_with_refs(batch, refs, durability)?;
+        writer.persist(&mut batch);
+        store.write_batch(batch, durability)?;
         Ok(Some(Committed { dot, hlc }))
     }
 }
 
-/// Reference-count changes of one commit, netted per chunk.
-#[derive(Default)]
-pub(crate) struct RefDeltas(HashMap<ChunkHash, i64>);
-
-impl RefDeltas {
-    pub(crate) fn add(&mut self, node: &Node) {
-        self.apply(node, 1);
-    }
-
-    pub(crate) fn sub(&mut self, node: &Node) {
-        self.apply(node, -1);
-    }
-
-    fn apply(&mut self, node: &Node, delta: i64) {
-        if node.meta.kind != Kind::File {
-            return;
-        }
-        for chunk in node.content.chunks() {
-            *self.0.entry(chunk.hash).or_insert(0) += delta;
-        }
-    }
-}
-
 impl Store {
-    /// Decrements the live counts of superseded changes' log records, deleting records
-    /// that reach zero.
-    pub(crate) fn release_superseded(
-        &self,
-        batch: &mut WriteBatch,
-        superseded: HashMap<Dot, u32>,
-    ) -> Result<()> {
-        let db = &self.inner.db;
-        for (dot, n) in superseded {
-            let key = log_key(&dot);
-            let Some(bytes) = db.get_pinned_cf(cf(db, CF_LOG), &key)? else {
-                continue;
-            };
-            let mut record: LogRecord =
-                depfs_proto::decode_value(&bytes).map_err(|source| crate::StoreError::Corrupt {
-                    what: format!("log/{dot}"),
-                    source,
-                })?;
-            record.live = record.live.saturating_sub(n);
-            if record.live == 0 {
-                batch.delete_cf(cf(db, CF_LOG), &key);
-            } else {
-                batch.put_cf(cf(db, CF_LOG), &key, encode_value(&record));
-            }
-        }
-        Ok(())
+    /// Writes a settled batch: applies its reference-count changes (deleting chunks that
+    /// drop to zero unless pinned) and writes everything in one RocksDB write. Must be
+    /// called with the writer lock held.
+    pub(crate) fn write_batch(&self, batch: Batch<'_>, durability: Durability) -> Result<()> {
+        let (overlay, refs) = batch.into_parts();
+        let mut write = overlay.into_batch(self);
+        self.write_with_refs(&mut write, refs, durability)
     }
 
-    /// Applies reference-count changes to `batch`, deleting chunks that drop to zero
-    /// unless pinned, and writes it. Must be called with the writer lock held.
-    pub(crate) fn write_with_refs(
+    fn write_with_refs(
         &self,
-        mut batch: WriteBatch,
+        batch: &mut rocksdb::WriteBatch,
         refs: RefDeltas,
         durability: Durability,
     ) -> Result<()> {
         let db = &self.inner.db;
         let mut zero = Vec::new();
-        for (hash, delta) in refs.0 {
+        for (&hash, &delta) in &refs.0 {
             if delta == 0 {
                 continue;
             }
@@ -330,25 +303,28 @@ impl Store {
         // tree, one that pinned before kept its chunks (see `chunks`).
         let mut pins = self.inner.pins.lock();
         for hash in pins.take_releasable() {
-            if db.get_pinned_cf(cf(db, CF_REFS), hash.0)?.is_none() && !zero.contains(&hash) {
+            let referenced_now = refs.0.get(&hash).is_some_and(|&d| d > 0);
+            if !referenced_now
+                && db.get_pinned_cf(cf(db, CF_REFS), hash.0)?.is_none()
+                && !zero.contains(&hash)
+            {
                 zero.push(hash);
             }
         }
         for hash in zero {
             if pins.is_pinned(&hash) {
+                // Kept for its pins; the marker gets it swept if we crash meanwhile.
                 pins.defer(hash);
+                batch.put_cf(cf(db, CF_PENDING), hash.0, []);
             } else {
                 batch.delete_cf(cf(db, CF_CHUNKS), hash.0);
                 batch.delete_cf(cf(db, CF_PENDING), hash.0);
             }
         }
-        db.write_opt(batch, &options)?;
+        db.write_opt(std::mem::take(batch), &options)?;
         Ok(())
     }
-}
 
-/// Gives tests access to the raw log.
-impl Store {
     /// The log record of `dot`, if it is still kept.
     pub fn log_record(&self, dot: &Dot) -> Result<Option<LogRecord>> {
         let db = &self.inner.db;
@@ -372,15 +348,11 @@ impl Store {
             let Some(dot) = parse_log_key(&key) else {
                 continue;
             };
-            let record: LogRecord = match depfs_proto::decode_value(&value) {
-                Ok(r) => r,
-                Err(source) => {
-                    return Err(crate::StoreError::Corrupt {
-                        what: format!("log/{dot}"),
-                        source,
-                    })
-                }
-            };
+            let record: LogRecord =
+                depfs_proto::decode_value(&value).map_err(|source| crate::StoreError::Corrupt {
+                    what: format!("log/{dot}"),
+                    source,
+                })?;
             all.push((dot, record));
         }
         all.sort_by_key(|r| std::cmp::Reverse(r.1.hlc));
@@ -389,7 +361,33 @@ impl Store {
     }
 }
 
-#[allow(unused)]
-fn _assert_decode_version_used() {
-    let _ = decode_version;
+impl Store {
+    /// Restores a recorded conflict: the losing version `dot` of `path` is written to `to`
+    /// (which may be `path` itself) as a new local change, and the conflict at `path` is
+    /// resolved in the same change. Returns `None` if there is no such conflict.
+    pub fn restore_conflict(
+        &self,
+        path: &RelPath,
+        dot: &Dot,
+        to: &RelPath,
+        wall_ms: u64,
+    ) -> Result<Option<Committed>> {
+        let Some(version) = self.heads(path)?.into_iter().find(|h| &h.dot == dot) else {
+            return Ok(None);
+        };
+        let State::Live(node) = version.state else {
+            return Ok(None);
+        };
+        let mut tx = self.transaction();
+        if to != path {
+            // The path keeps what it shows; the conflict is resolved.
+            match tx.get(path)? {
+                Some(shown) => tx.put(path.clone(), shown),
+                None => tx.delete_resolving(path.clone()),
+            }
+        }
+        tx.put(to.clone(), node);
+        tx.resolve.insert(path.clone());
+        tx.commit(wall_ms, Durability::Machine)
+    }
 }

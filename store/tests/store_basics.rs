@@ -71,7 +71,7 @@ fn every_commit_is_logged_with_origin_sequence_and_time() {
     assert_eq!(recent[0].0.node, node_name());
     assert_eq!(recent[0].1.paths, vec![p("b.xml")]);
     assert!(recent[0].1.hlc > recent[1].1.hlc, "HLC times grow");
-    let version = store.get_version(&p("a.xml")).unwrap().unwrap();
+    let version = store.heads(&p("a.xml")).unwrap().pop().unwrap();
     assert_eq!(version.dot.seq, 1);
     assert_eq!(version.ctx.get(&node_name()), 1);
 }

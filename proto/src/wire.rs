@@ -1,0 +1,96 @@
+//! What nodes say to each other: changes and the messages of the synchronisation
+//! protocol. Every message is encoded with [`crate::codec`] and bounded by
+//! [`crate::limits::MAX_VALUE_LEN`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::entry::ChunkHash;
+use crate::hlc::Hlc;
+use crate::name::NodeName;
+use crate::path::RelPath;
+use crate::version::{Dot, State, Version};
+use crate::vv::VersionVector;
+
+/// One path's part of a change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeOp {
+    /// The path written.
+    pub path: RelPath,
+    /// The new version's causal context at this path.
+    pub ctx: VersionVector,
+    /// Live entry or tombstone.
+    pub state: State,
+}
+
+/// A committed change as it travels: its identity, time, and the versions it made that
+/// are still current at the sender (superseded ones are not sent: the versions that
+/// superseded them are).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Origin node and sequence number.
+    pub dot: Dot,
+    /// HLC time of the change.
+    pub hlc: Hlc,
+    /// The versions, one per path.
+    pub ops: Vec<ChangeOp>,
+}
+
+impl Change {
+    /// The version this change made at `op`'s path.
+    pub fn version(&self, op: &ChangeOp) -> Version {
+        Version {
+            dot: self.dot.clone(),
+            hlc: self.hlc,
+            ctx: op.ctx.clone(),
+            state: op.state.clone(),
+        }
+    }
+}
+
+/// The synchronisation protocol between two nodes (see `docs/design.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// "This is what I have": sent on connect and periodically (anti-entropy). The
+    /// receiver answers with every change the sender lacks.
+    Hello {
+        /// The sender's node name.
+        node: NodeName,
+        /// The sender's progress.
+        vv: VersionVector,
+    },
+    /// One part of a batch of changes the receiver lacks. `base` is the progress the
+    /// sender assumed the receiver had; `upto`, on the last part, is the sender's
+    /// progress: once the receiver has applied every part of the batch, and its own
+    /// progress covered `base`, it covers `upto` too.
+    Changes {
+        /// The batch, numbered by the sender within the session.
+        batch: u64,
+        /// This part's number, from 0.
+        part: u32,
+        /// True on the batch's last part.
+        last: bool,
+        /// What the sender assumed the receiver had.
+        base: VersionVector,
+        /// The changes, oldest first per origin.
+        changes: Vec<Change>,
+        /// The sender's progress, on the last part.
+        upto: Option<VersionVector>,
+    },
+    /// The receiver's progress after applying changes.
+    Ack {
+        /// Its progress.
+        vv: VersionVector,
+    },
+    /// Content chunks the sender needs to apply changes.
+    GetChunks {
+        /// Their hashes.
+        hashes: Vec<ChunkHash>,
+    },
+    /// Chunks asked for, and those the sender no longer has.
+    Chunks {
+        /// Hash and bytes; the receiver checks every hash.
+        chunks: Vec<(ChunkHash, Vec<u8>)>,
+        /// Chunks no longer stored (their versions were superseded meanwhile).
+        missing: Vec<ChunkHash>,
+    },
+}

@@ -1,0 +1,648 @@
+//! The synchronisation protocol as a deterministic state machine: messages and ticks in,
+//! messages and store writes out. No sockets, no clock reads, no threads — the caller
+//! passes the time — so the same code runs in the cluster simulation and in the daemon.
+//!
+//! Per peer, the replica remembers what the peer is known to have (`known`: its last
+//! `Hello`, raised by everything sent to it since). Pushing to a peer sends every change
+//! it lacks — changes made here and changes relayed from others — in bounded `Changes`
+//! messages, at most [`ReplicaConfig::window`] unacknowledged at a time; the last message
+//! of a batch carries `upto`, this node's progress, which the receiver adopts if it
+//! already had `base`. Anything lost, duplicated or reordered on the way is repaired by
+//! the next `Hello`, which every node sends on connect and periodically.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use depfs_proto::{Change, ChunkHash, Dot, Message, NodeName, RelPath, VersionVector};
+use depfs_store::{PinGuard, Store, StoreError};
+
+/// Tunables, with defaults suited to a LAN cluster.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// Changes per `Changes` message at most.
+    pub batch_changes: usize,
+    /// Approximate bytes of inline content per `Changes` message at most.
+    pub batch_bytes: usize,
+    /// Unacknowledged `Changes` messages per peer at most (flow control).
+    pub window: usize,
+    /// Chunks asked for per `GetChunks` at most.
+    pub fetch_batch: usize,
+    /// Bytes of chunks per `Chunks` reply at most.
+    pub chunk_reply_bytes: usize,
+    /// Anti-entropy: a `Hello` to every peer this often.
+    pub hello_every_ms: u64,
+    /// A peer that acknowledges nothing for this long is resynchronised.
+    pub stall_ms: u64,
+    /// Tombstones are collected this often.
+    pub gc_every_ms: u64,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            batch_changes: 512,
+            batch_bytes: 4 << 20,
+            window: 4,
+            fetch_batch: 256,
+            chunk_reply_bytes: 8 << 20,
+            hello_every_ms: 5_000,
+            stall_ms: 15_000,
+            gc_every_ms: 60_000,
+        }
+    }
+}
+
+/// What the replica asks its driver to do.
+#[derive(Debug)]
+pub enum Output {
+    /// Send `msg` to `to`.
+    Send {
+        /// The peer.
+        to: NodeName,
+        /// The message.
+        msg: Message,
+    },
+    /// These paths changed on this node because of a peer: invalidate their caches.
+    Changed(Vec<RelPath>),
+}
+
+/// Why a peer's message was refused. The driver closes that peer's connection and logs
+/// the error; nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The peer said something no honest node says.
+    #[error("peer {peer}: {what}")]
+    Protocol {
+        /// The peer.
+        peer: NodeName,
+        /// What was wrong.
+        what: String,
+    },
+    /// The store failed (disk full, I/O error) or refused the peer's data.
+    #[error("peer {peer}: {source}")]
+    Store {
+        /// The peer.
+        peer: NodeName,
+        /// The store's error.
+        source: StoreError,
+    },
+}
+
+/// A `Changes` part waiting for its chunks.
+struct Waiting {
+    batch: u64,
+    part: u32,
+    last: bool,
+    base: VersionVector,
+    changes: Vec<Change>,
+    upto: Option<VersionVector>,
+    missing: BTreeSet<ChunkHash>,
+    _pins: PinGuard,
+}
+
+/// A batch of changes being sent to a peer.
+struct Outgoing {
+    batch: u64,
+    next_part: u32,
+    base: VersionVector,
+    upto: VersionVector,
+    dots: VecDeque<Dot>,
+}
+
+/// The parts of an incoming batch applied so far.
+#[derive(Default)]
+struct Incoming {
+    applied: BTreeSet<u32>,
+    /// From the last part: its number, `base` and `upto`.
+    last: Option<(u32, VersionVector, VersionVector)>,
+}
+
+/// Incoming batches remembered per peer (older ones are forgotten: their progress is
+/// recovered by the next `Hello`).
+const INCOMING_BATCHES: usize = 16;
+
+#[derive(Default)]
+struct Peer {
+    connected: bool,
+    known: Option<VersionVector>,
+    outgoing: Option<Outgoing>,
+    in_flight: usize,
+    last_progress_ms: u64,
+    last_hello_ms: Option<u64>,
+    waiting: VecDeque<Waiting>,
+    fetched: Vec<PinGuard>,
+    asked: BTreeSet<ChunkHash>,
+    /// When chunks were last asked for or received.
+    fetch_activity_ms: u64,
+    /// The last batch number used towards this peer.
+    batches_sent: u64,
+    /// Batches being received from this peer.
+    incoming: BTreeMap<u64, Incoming>,
+    /// Changes sent in this session that `known` does not cover (held here beyond our
+    /// own progress): not sent again until the peer's next `Hello`.
+    sent_beyond: BTreeSet<Dot>,
+}
+
+/// One node's side of replication with all its peers.
+pub struct Replica {
+    store: Store,
+    config: ReplicaConfig,
+    peers: BTreeMap<NodeName, Peer>,
+    configured: Vec<NodeName>,
+    last_gc_ms: u64,
+}
+
+impl Replica {
+    /// A replica over `store` whose configured peers are `configured` (tombstones are
+    /// kept until all of them have acknowledged).
+    pub fn new(store: Store, configured: Vec<NodeName>, config: ReplicaConfig) -> Self {
+        Replica {
+            store,
+            config,
+            peers: BTreeMap::new(),
+            configured,
+            last_gc_ms: 0,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Peers with an open connection.
+    pub fn connected_peers(&self) -> Vec<NodeName> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.connected)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// A connection to `peer` is up: say what we have.
+    pub fn connected(&mut self, peer: &NodeName, now_ms: u64) -> Vec<Output> {
+        let p = self.peers.entry(peer.clone()).or_default();
+        *p = Peer {
+            connected: true,
+            last_progress_ms: now_ms,
+            ..Peer::default()
+        };
+        vec![self.hello(peer, now_ms)]
+    }
+
+    /// The connection to `peer` is gone: forget the session (progress is in the store).
+    pub fn disconnected(&mut self, peer: &NodeName) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            *p = Peer::default();
+        }
+    }
+
+    fn hello(&mut self, peer: &NodeName, now_ms: u64) -> Output {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.last_hello_ms = Some(now_ms);
+        }
+        Output::Send {
+            to: peer.clone(),
+            msg: Message::Hello {
+                node: self.store.node().clone(),
+                vv: self.store.version_vector(),
+            },
+        }
+    }
+
+    /// Something was committed locally: push it to every peer.
+    pub fn local_commit(&mut self, now_ms: u64) -> Result<Vec<Output>, StoreError> {
+        let mut out = Vec::new();
+        let peers: Vec<NodeName> = self.connected_peers();
+        for peer in peers {
+            self.push(&peer, now_ms, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Periodic work: anti-entropy hellos, stalled peers, chunk re-requests, collection.
+    pub fn tick(&mut self, now_ms: u64) -> Result<Vec<Output>, StoreError> {
+        let mut out = Vec::new();
+        let peers: Vec<NodeName> = self.connected_peers();
+        for peer in peers {
+            let Some(p) = self.peers.get_mut(&peer) else {
+                continue;
+            };
+            if p.in_flight > 0 && now_ms.saturating_sub(p.last_progress_ms) >= self.config.stall_ms
+            {
+                // Acknowledgements were lost: start over from the peer's next Hello.
+                p.outgoing = None;
+                p.in_flight = 0;
+                p.known = None;
+                p.last_progress_ms = now_ms;
+            }
+            if !p.waiting.is_empty()
+                && now_ms.saturating_sub(p.fetch_activity_ms) >= self.config.stall_ms
+            {
+                // A request or its answer was lost: ask again for what still misses.
+                let missing: BTreeSet<ChunkHash> = p
+                    .waiting
+                    .iter()
+                    .flat_map(|w| w.missing.iter().copied())
+                    .collect();
+                p.asked = missing.clone();
+                p.fetch_activity_ms = now_ms;
+                let missing: Vec<ChunkHash> = missing.into_iter().collect();
+                for hashes in missing.chunks(self.config.fetch_batch) {
+                    out.push(Output::Send {
+                        to: peer.clone(),
+                        msg: Message::GetChunks {
+                            hashes: hashes.to_vec(),
+                        },
+                    });
+                }
+            }
+            let due = p
+                .last_hello_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= self.config.hello_every_ms);
+            if due {
+                out.push(self.hello(&peer, now_ms));
+            }
+        }
+        if now_ms.saturating_sub(self.last_gc_ms) >= self.config.gc_every_ms {
+            self.last_gc_ms = now_ms;
+            self.store.collect_tombstones(&self.configured)?;
+        }
+        Ok(out)
+    }
+
+    /// Handles a message from `from` (whose identity the transport has authenticated).
+    pub fn receive(
+        &mut self,
+        from: &NodeName,
+        msg: Message,
+        now_ms: u64,
+    ) -> Result<Vec<Output>, ReplicaError> {
+        let store_err = |source| ReplicaError::Store {
+            peer: from.clone(),
+            source,
+        };
+        if !self.peers.get(from).is_some_and(|p| p.connected) {
+            return Err(ReplicaError::Protocol {
+                peer: from.clone(),
+                what: "message outside a session".into(),
+            });
+        }
+        let mut out = Vec::new();
+        match msg {
+            Message::Hello { node, vv } => {
+                if &node != from {
+                    return Err(ReplicaError::Protocol {
+                        peer: from.clone(),
+                        what: format!("claims to be {node}"),
+                    });
+                }
+                self.store.set_peer_acked(from, &vv).map_err(store_err)?;
+                if let Some(p) = self.peers.get_mut(from) {
+                    p.known = Some(vv);
+                    p.outgoing = None;
+                    p.in_flight = 0;
+                    p.sent_beyond.clear();
+                    p.last_progress_ms = now_ms;
+                }
+                self.push(from, now_ms, &mut out).map_err(store_err)?;
+            }
+            Message::Ack { vv } => {
+                self.store.set_peer_acked(from, &vv).map_err(store_err)?;
+                if let Some(p) = self.peers.get_mut(from) {
+                    p.in_flight = p.in_flight.saturating_sub(1);
+                    p.last_progress_ms = now_ms;
+                    if let Some(known) = &mut p.known {
+                        known.merge(&vv);
+                    }
+                }
+                self.push(from, now_ms, &mut out).map_err(store_err)?;
+            }
+            Message::Changes {
+                batch,
+                part,
+                last,
+                base,
+                changes,
+                upto,
+            } => {
+                if last != upto.is_some() {
+                    return Err(ReplicaError::Protocol {
+                        peer: from.clone(),
+                        what: "progress on a part that is not the last".into(),
+                    });
+                }
+                let (missing, pins) = self.store.missing_chunks(&changes).map_err(store_err)?;
+                let p = self.peers.entry(from.clone()).or_default();
+                let ask: Vec<ChunkHash> = missing
+                    .iter()
+                    .filter(|h| !p.asked.contains(h))
+                    .copied()
+                    .collect();
+                p.asked.extend(ask.iter().copied());
+                if !ask.is_empty() {
+                    p.fetch_activity_ms = now_ms;
+                }
+                p.waiting.push_back(Waiting {
+                    batch,
+                    part,
+                    last,
+                    base,
+                    changes,
+                    upto,
+                    missing: missing.into_iter().collect(),
+                    _pins: pins,
+                });
+                for hashes in ask.chunks(self.config.fetch_batch) {
+                    out.push(Output::Send {
+                        to: from.clone(),
+                        msg: Message::GetChunks {
+                            hashes: hashes.to_vec(),
+                        },
+                    });
+                }
+                self.apply_ready(from, now_ms, &mut out)?;
+            }
+            Message::GetChunks { hashes } => {
+                // Every hash is answered, as a chunk or as missing, in replies of
+                // bounded size.
+                let mut chunks = Vec::new();
+                let mut missing = Vec::new();
+                let mut bytes = 0;
+                for hash in hashes.into_iter().take(self.config.fetch_batch) {
+                    match self.store.chunk_if_present(&hash).map_err(store_err)? {
+                        Some(data) => {
+                            if bytes + data.len() > self.config.chunk_reply_bytes
+                                && !chunks.is_empty()
+                            {
+                                out.push(Output::Send {
+                                    to: from.clone(),
+                                    msg: Message::Chunks {
+                                        chunks: std::mem::take(&mut chunks),
+                                        missing: Vec::new(),
+                                    },
+                                });
+                                bytes = 0;
+                            }
+                            bytes += data.len();
+                            chunks.push((hash, data));
+                        }
+                        None => missing.push(hash),
+                    }
+                }
+                out.push(Output::Send {
+                    to: from.clone(),
+                    msg: Message::Chunks { chunks, missing },
+                });
+            }
+            Message::Chunks { chunks, missing } => {
+                // Keep only chunks that something waits for (late answers to requests
+                // dropped by a resync, or unsolicited data, are not stored).
+                let p = self.peers.entry(from.clone()).or_default();
+                let wanted: Vec<(ChunkHash, Vec<u8>)> = chunks
+                    .into_iter()
+                    .filter(|(h, _)| p.waiting.iter().any(|w| w.missing.contains(h)))
+                    .collect();
+                let chunks = wanted;
+                let pins = self.store.put_chunks(&chunks).map_err(store_err)?;
+                let p = self.peers.entry(from.clone()).or_default();
+                p.fetched.push(pins);
+                p.fetch_activity_ms = now_ms;
+                for (hash, _) in &chunks {
+                    p.asked.remove(hash);
+                    for w in p.waiting.iter_mut() {
+                        w.missing.remove(hash);
+                    }
+                }
+                let needed = missing
+                    .iter()
+                    .any(|h| p.waiting.iter().any(|w| w.missing.contains(h)));
+                if needed {
+                    // The peer superseded those versions meanwhile: drop what waits and
+                    // ask again from our real progress.
+                    p.waiting.clear();
+                    p.asked.clear();
+                    out.push(self.hello(from, now_ms));
+                }
+                self.apply_ready(from, now_ms, &mut out)?;
+                if let Some(p) = self.peers.get_mut(from) {
+                    if p.waiting.is_empty() {
+                        p.fetched.clear();
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies, in order, the waiting messages from `from` whose chunks are all here.
+    fn apply_ready(
+        &mut self,
+        from: &NodeName,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ReplicaError> {
+        let store_err = |source| ReplicaError::Store {
+            peer: from.clone(),
+            source,
+        };
+        let mut changed = BTreeSet::new();
+        let mut admitted = 0;
+        while let Some(w) = self.next_ready(from) {
+            // Progress only once every part of the batch is applied.
+            let complete = self.peers.get_mut(from).and_then(|p| {
+                let batch = p.incoming.entry(w.batch).or_default();
+                batch.applied.insert(w.part);
+                if let (true, Some(upto)) = (w.last, &w.upto) {
+                    batch.last = Some((w.part, w.base.clone(), upto.clone()));
+                }
+                let done = match &batch.last {
+                    Some((last, base, upto))
+                        if batch.applied.len() as u64 == u64::from(*last) + 1 =>
+                    {
+                        Some((base.clone(), upto.clone()))
+                    }
+                    _ => None,
+                };
+                if done.is_some() {
+                    p.incoming.remove(&w.batch);
+                }
+                while p.incoming.len() > INCOMING_BATCHES {
+                    p.incoming.pop_first();
+                }
+                done
+            });
+            let progress = complete.as_ref().map(|(b, u)| (b, u));
+            let applied = match self.store.apply_remote(&w.changes, progress, now_ms) {
+                Ok(a) => a,
+                Err(StoreError::Malformed(what)) => {
+                    return Err(ReplicaError::Protocol {
+                        peer: from.clone(),
+                        what,
+                    })
+                }
+                Err(e) => return Err(store_err(e)),
+            };
+            for drift in &applied.drift {
+                tracing::warn!(peer = %from, %drift, "peer clock ahead of ours; not followed");
+            }
+            if let Some(p) = self.peers.get_mut(from) {
+                if p.waiting.is_empty() {
+                    // Applied chunks are referenced now; fetched ones need no pins.
+                    p.fetched.clear();
+                }
+            }
+            admitted += applied.admitted;
+            changed.extend(applied.changed);
+            let vv = self.store.version_vector();
+            if let Some((_, upto)) = &complete {
+                if let Some(p) = self.peers.get_mut(from) {
+                    if let Some(known) = &mut p.known {
+                        known.merge(upto);
+                    }
+                }
+                if !applied.progressed {
+                    // We lacked something the sender assumed we had: ask again.
+                    out.push(self.hello(from, now_ms));
+                }
+            }
+            out.push(Output::Send {
+                to: from.clone(),
+                msg: Message::Ack { vv },
+            });
+        }
+        if !changed.is_empty() {
+            out.push(Output::Changed(changed.into_iter().collect()));
+        }
+        if admitted > 0 {
+            // Relay to everyone else.
+            for peer in self.connected_peers() {
+                if &peer != from {
+                    self.push(&peer, now_ms, out).map_err(store_err)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The first waiting message from `from`, if all its chunks are here.
+    fn next_ready(&mut self, from: &NodeName) -> Option<Waiting> {
+        let p = self.peers.get_mut(from)?;
+        if p.waiting.front()?.missing.is_empty() {
+            p.waiting.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// Sends `peer` what it lacks, within the flow-control window.
+    fn push(
+        &mut self,
+        peer: &NodeName,
+        _now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), StoreError> {
+        let window = self.config.window;
+        let Some(p) = self.peers.get_mut(peer) else {
+            return Ok(());
+        };
+        if !p.connected {
+            return Ok(());
+        }
+        let Some(known) = p.known.clone() else {
+            return Ok(());
+        };
+        if p.outgoing.is_none() {
+            // Read progress before listing changes: everything it covers is listed.
+            let upto = self.store.version_vector();
+            let dots: Vec<Dot> = self
+                .store
+                .dots_since(&known)?
+                .into_iter()
+                // A change already sent beyond our progress is not repeated — unless
+                // `upto` now covers it: the claim "you have everything up to `upto`"
+                // must hold even if the earlier message was lost.
+                .filter(|d| upto.covers(d) || !p.sent_beyond.contains(d))
+                .collect();
+            if dots.is_empty() {
+                return Ok(());
+            }
+            p.sent_beyond
+                .extend(dots.iter().filter(|d| !upto.covers(d)).cloned());
+            p.batches_sent += 1;
+            p.outgoing = Some(Outgoing {
+                batch: p.batches_sent,
+                next_part: 0,
+                base: known,
+                upto,
+                dots: dots.into(),
+            });
+        }
+        while p.in_flight < window {
+            let Some(outgoing) = p.outgoing.as_mut() else {
+                break;
+            };
+            let mut changes = Vec::new();
+            let mut bytes = 0;
+            while changes.len() < self.config.batch_changes && bytes < self.config.batch_bytes {
+                let Some(dot) = outgoing.dots.pop_front() else {
+                    break;
+                };
+                if let Some(change) = self.store.change(&dot)? {
+                    bytes += change_size(&change);
+                    changes.push(change);
+                }
+            }
+            let last = outgoing.dots.is_empty();
+            let part = outgoing.next_part;
+            outgoing.next_part += 1;
+            let msg = Message::Changes {
+                batch: outgoing.batch,
+                part,
+                last,
+                base: outgoing.base.clone(),
+                changes,
+                upto: last.then(|| outgoing.upto.clone()),
+            };
+            if last {
+                let upto = outgoing.upto.clone();
+                p.outgoing = None;
+                if let Some(known) = &mut p.known {
+                    known.merge(&upto);
+                }
+            }
+            p.in_flight += 1;
+            out.push(Output::Send {
+                to: peer.clone(),
+                msg,
+            });
+            if last {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Received changes waiting for their chunks, over all peers (`status`).
+    pub fn pending_transfers(&self) -> usize {
+        self.peers.values().map(|p| p.waiting.len()).sum()
+    }
+
+    /// The progress `peer` last acknowledged.
+    pub fn peer_acked(&self, peer: &NodeName) -> Result<VersionVector, StoreError> {
+        self.store.peer_acked(peer)
+    }
+}
+
+fn change_size(change: &Change) -> usize {
+    change
+        .ops
+        .iter()
+        .map(|op| match &op.state {
+            depfs_proto::State::Live(node) => match &node.content {
+                depfs_proto::Content::Inline(b) => b.len() + 64,
+                depfs_proto::Content::Chunked(c) => c.len() * 40 + 64,
+            },
+            depfs_proto::State::Deleted => 64,
+        })
+        .sum()
+}

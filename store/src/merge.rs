@@ -1,0 +1,348 @@
+//! The merge rules, and the batch that applies them.
+//!
+//! Each path has a set of *heads*: the versions no other known version of that path
+//! descends from. A new version is either obsolete (a head descends from it: it is old
+//! news) or it joins the heads, evicting the heads it descends from. What the path shows
+//! (its *visible* entry) is a function of its heads and of whether it has visible
+//! children:
+//!
+//! * no visible children: the head with the greatest `(hlc, node)` — a tombstone
+//!   shows nothing;
+//! * visible children ("a path with live children is a directory"): the greatest live
+//!   directory head, or, if there is none, a directory made up from the heads (mode
+//!   0755, owner root, mtime of the latest head) — every node makes the same one.
+//!
+//! Live heads that are not shown and whose content differs from what is shown are
+//! *conflicts*: kept, listed, restorable, never in the tree. All of this depends only on
+//! the set of versions a node holds, never on the order they arrived in, so nodes that
+//! hold the same versions show the same tree.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
+
+use depfs_proto::{
+    decode_value, encode_value, ChunkHash, Content, Dot, Kind, Meta, Node, RelPath, State,
+    Timespec, Version,
+};
+
+use crate::error::{Result, StoreError};
+use crate::keys::*;
+use crate::log::LogRecord;
+use crate::overlay::Overlay;
+use crate::Store;
+
+/// The winner-picking order: later HLC time, then greater node name.
+pub(crate) fn stamp_key(v: &Version) -> (depfs_proto::Hlc, &str) {
+    (v.hlc, v.dot.node.as_str())
+}
+
+/// What a path shows, given its heads and whether it has visible children. Returns the
+/// entry and the head it comes from (`None` for a made-up directory).
+pub fn visible(
+    heads: &[Version],
+    has_children: bool,
+    is_root: bool,
+) -> (Option<Node>, Option<Dot>) {
+    if has_children || is_root {
+        let dir = heads
+            .iter()
+            .filter(|h| matches!(&h.state, State::Live(n) if n.meta.kind == Kind::Dir))
+            .max_by(|a, b| stamp_key(a).cmp(&stamp_key(b)));
+        return match dir {
+            Some(h) => (h.node().cloned(), Some(h.dot.clone())),
+            None => (Some(made_up_dir(heads)), None),
+        };
+    }
+    match heads.iter().max_by(|a, b| stamp_key(a).cmp(&stamp_key(b))) {
+        Some(h) => match &h.state {
+            State::Live(node) => (Some(node.clone()), Some(h.dot.clone())),
+            State::Deleted => (None, None),
+        },
+        None => (None, None),
+    }
+}
+
+/// The directory shown where children exist but no head is a live directory (it was
+/// deleted, or replaced by a file, concurrently with the children's creation).
+fn made_up_dir(heads: &[Version]) -> Node {
+    let wall = heads.iter().map(|h| h.hlc.wall_ms).max().unwrap_or(0);
+    let t = Timespec::from_millis(wall);
+    Node {
+        meta: Meta {
+            kind: Kind::Dir,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: t,
+            ctime: t,
+        },
+        content: Content::empty(),
+    }
+}
+
+/// Live heads that lose to what is shown and hold something else: the conflicts.
+pub fn conflicts<'a>(
+    heads: &'a [Version],
+    shown: &Option<Node>,
+    shown_dot: &Option<Dot>,
+) -> Vec<&'a Version> {
+    heads
+        .iter()
+        .filter(|h| Some(&h.dot) != shown_dot.as_ref())
+        .filter(|h| match (&h.state, shown) {
+            (State::Live(node), Some(shown)) => !node.same_as(shown),
+            (State::Live(_), None) => true,
+            (State::Deleted, _) => false,
+        })
+        .collect()
+}
+
+/// Reference-count changes, netted per chunk.
+#[derive(Default)]
+pub(crate) struct RefDeltas(pub(crate) HashMap<ChunkHash, i64>);
+
+impl RefDeltas {
+    fn apply(&mut self, version: &Version, delta: i64) {
+        if let State::Live(node) = &version.state {
+            if node.meta.kind == Kind::File {
+                for chunk in node.content.chunks() {
+                    *self.0.entry(chunk.hash).or_insert(0) += delta;
+                }
+            }
+        }
+    }
+}
+
+/// One atomic change to the store under construction: heads added and evicted, log
+/// records, reference counts, and the visible entries they imply.
+pub(crate) struct Batch<'s> {
+    pub(crate) store: &'s Store,
+    pub(crate) overlay: Overlay,
+    pub(crate) refs: RefDeltas,
+    /// Evicted heads per change, to decrement their log records.
+    released: HashMap<Dot, u32>,
+    /// Paths whose visible entry must be recomputed, deepest first.
+    dirty: BTreeSet<(Reverse<usize>, RelPath)>,
+    /// Paths whose visible entry changed.
+    pub(crate) changed: BTreeSet<RelPath>,
+}
+
+impl<'s> Batch<'s> {
+    pub(crate) fn new(store: &'s Store) -> Self {
+        Batch {
+            store,
+            overlay: Overlay::default(),
+            refs: RefDeltas::default(),
+            released: HashMap::new(),
+            dirty: BTreeSet::new(),
+            changed: BTreeSet::new(),
+        }
+    }
+
+    pub(crate) fn into_parts(self) -> (Overlay, RefDeltas) {
+        (self.overlay, self.refs)
+    }
+
+    /// The current heads of `path`.
+    pub(crate) fn heads(&self, path: &RelPath) -> Result<Vec<Version>> {
+        self.overlay
+            .scan(self.store, CF_HEADS, &heads_prefix(path), usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| decode(&k, &v))
+            .collect()
+    }
+
+    /// Removes a head (it was superseded or collected).
+    pub(crate) fn evict(&mut self, path: &RelPath, head: &Version) {
+        self.overlay.delete(CF_HEADS, head_key(path, &head.dot));
+        self.overlay.delete(CF_CONFLICTS, head_key(path, &head.dot));
+        self.refs.apply(head, -1);
+        if head.dot.seq > 0 {
+            *self.released.entry(head.dot.clone()).or_insert(0) += 1;
+        }
+        self.mark(path);
+    }
+
+    /// Adds a head.
+    pub(crate) fn admit(&mut self, path: &RelPath, version: Version) {
+        self.refs.apply(&version, 1);
+        self.overlay.put(
+            CF_HEADS,
+            head_key(path, &version.dot),
+            encode_value(&version),
+        );
+        self.mark(path);
+    }
+
+    /// Records the log record of a change that made `live` heads.
+    pub(crate) fn log(&mut self, dot: &Dot, record: &LogRecord) {
+        self.overlay.put(CF_LOG, log_key(dot), encode_value(record));
+    }
+
+    pub(crate) fn mark(&mut self, path: &RelPath) {
+        self.dirty.insert((Reverse(path.depth()), path.clone()));
+    }
+
+    /// The visible entry of `path` as this batch leaves it.
+    pub(crate) fn entry(&self, path: &RelPath) -> Result<Option<Node>> {
+        match self.overlay.get(self.store, CF_ENTRIES, &path.key())? {
+            Some(bytes) => Ok(Some(decode_value(&bytes).map_err(|source| {
+                StoreError::Corrupt {
+                    what: format!("entries/{path}"),
+                    source,
+                }
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    fn has_visible_children(&self, path: &RelPath) -> Result<bool> {
+        Ok(!self
+            .overlay
+            .scan(self.store, CF_ENTRIES, &path.children_prefix(), 1)?
+            .is_empty())
+    }
+
+    /// Recomputes the visible entries of every marked path, deepest first, following
+    /// changes up to the parents whose children appeared or vanished.
+    pub(crate) fn settle(&mut self) -> Result<()> {
+        while let Some(item) = self.dirty.pop_first() {
+            let path = item.1;
+            let heads = self.heads(&path)?;
+            let has_children = self.has_visible_children(&path)?;
+            let (shown, shown_dot) = visible(&heads, has_children, path.is_root());
+            let prefix = heads_prefix(&path);
+            for (key, _) in self
+                .overlay
+                .scan(self.store, CF_CONFLICTS, &prefix, usize::MAX)?
+            {
+                self.overlay.delete(CF_CONFLICTS, key);
+            }
+            for lost in conflicts(&heads, &shown, &shown_dot) {
+                self.overlay
+                    .put(CF_CONFLICTS, head_key(&path, &lost.dot), Vec::new());
+            }
+            let before = self.entry(&path)?;
+            if before != shown {
+                match &shown {
+                    Some(node) => self.overlay.put(CF_ENTRIES, path.key(), encode_value(node)),
+                    None => self.overlay.delete(CF_ENTRIES, path.key()),
+                }
+                if before.is_some() != shown.is_some() {
+                    if let Some(parent) = path.parent() {
+                        self.mark(&parent);
+                    }
+                }
+                self.changed.insert(path);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decrements the log records of evicted heads, deleting records that reach zero.
+    pub(crate) fn release_log_records(&mut self) -> Result<()> {
+        for (dot, n) in std::mem::take(&mut self.released) {
+            let key = log_key(&dot);
+            let Some(bytes) = self.overlay.get(self.store, CF_LOG, &key)? else {
+                continue;
+            };
+            let mut record: LogRecord =
+                decode_value(&bytes).map_err(|source| StoreError::Corrupt {
+                    what: format!("log/{dot}"),
+                    source,
+                })?;
+            record.live = record.live.saturating_sub(n);
+            if record.live == 0 {
+                self.overlay.delete(CF_LOG, key);
+            } else {
+                self.overlay.put(CF_LOG, key, encode_value(&record));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn decode(key: &[u8], bytes: &[u8]) -> Result<Version> {
+    decode_value(bytes).map_err(|source| StoreError::Corrupt {
+        what: format!("heads/{}", String::from_utf8_lossy(key)),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use depfs_proto::{Hlc, NodeName, VersionVector};
+
+    use super::*;
+
+    fn version(node: &str, seq: u64, ms: u64, kind: Option<Kind>, byte: u8) -> Version {
+        let n = NodeName::new(node).unwrap();
+        let mut ctx = VersionVector::new();
+        ctx.raise(&n, seq);
+        Version {
+            dot: Dot::new(n, seq),
+            hlc: Hlc::new(ms, 0),
+            ctx,
+            state: match kind {
+                None => State::Deleted,
+                Some(kind) => State::Live(Node {
+                    meta: Meta {
+                        kind,
+                        perm: 0o644,
+                        uid: 0,
+                        gid: 0,
+                        mtime: Timespec::default(),
+                        ctime: Timespec::default(),
+                    },
+                    content: Content::Inline(vec![byte]),
+                }),
+            },
+        }
+    }
+
+    #[test]
+    fn later_time_wins_and_ties_break_by_node_name() {
+        let a = version("a", 1, 10, Some(Kind::File), 1);
+        let b = version("b", 1, 20, Some(Kind::File), 2);
+        let (shown, dot) = visible(&[a.clone(), b.clone()], false, false);
+        assert_eq!(dot, Some(b.dot.clone()));
+        assert_eq!(shown, b.node().cloned());
+        assert_eq!(conflicts(&[a.clone(), b.clone()], &shown, &dot), vec![&a]);
+        let c = version("c", 1, 20, Some(Kind::File), 3);
+        assert_eq!(visible(&[b, c.clone()], false, false).1, Some(c.dot));
+    }
+
+    #[test]
+    fn a_later_delete_shows_nothing_and_keeps_the_write_as_a_conflict() {
+        let write = version("a", 1, 10, Some(Kind::File), 1);
+        let delete = version("b", 1, 20, None, 0);
+        let heads = [write.clone(), delete];
+        let (shown, dot) = visible(&heads, false, false);
+        assert_eq!(shown, None);
+        assert_eq!(conflicts(&heads, &shown, &dot), vec![&write]);
+    }
+
+    #[test]
+    fn identical_concurrent_content_is_no_conflict() {
+        let a = version("a", 1, 10, Some(Kind::File), 7);
+        let b = version("b", 1, 20, Some(Kind::File), 7);
+        let heads = [a, b];
+        let (shown, dot) = visible(&heads, false, false);
+        assert!(conflicts(&heads, &shown, &dot).is_empty());
+    }
+
+    #[test]
+    fn a_path_with_live_children_is_a_directory() {
+        let delete = version("a", 1, 50, None, 0);
+        let (shown, dot) = visible(std::slice::from_ref(&delete), true, false);
+        assert_eq!(shown.map(|n| n.meta.kind), Some(Kind::Dir));
+        assert_eq!(dot, None);
+        // A later file at the path loses to an older directory head when children exist.
+        let dir = version("b", 1, 10, Some(Kind::Dir), 0);
+        let file = version("c", 1, 60, Some(Kind::File), 9);
+        let heads = [delete, dir.clone(), file.clone()];
+        let (shown, dot) = visible(&heads, true, false);
+        assert_eq!(dot, Some(dir.dot));
+        assert_eq!(conflicts(&heads, &shown, &dot), vec![&file]);
+    }
+}

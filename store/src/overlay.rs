@@ -1,0 +1,99 @@
+//! Reads through the writes of a batch that is not written yet.
+//!
+//! A commit decides what to write by reading the tree (heads of a path, whether a
+//! directory has children), and its own earlier decisions must be visible to those reads.
+//! The overlay keeps the batch's writes per column family and merges them into reads.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+
+use crate::db::cf;
+use crate::error::Result;
+use crate::Store;
+
+#[derive(Default)]
+pub(crate) struct Overlay {
+    writes: HashMap<&'static str, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+impl Overlay {
+    pub(crate) fn put(&mut self, cf: &'static str, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.entry(cf).or_default().insert(key, Some(value));
+    }
+
+    pub(crate) fn delete(&mut self, cf: &'static str, key: Vec<u8>) {
+        self.writes.entry(cf).or_default().insert(key, None);
+    }
+
+    pub(crate) fn get(
+        &self,
+        store: &Store,
+        cf_name: &'static str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        if let Some(w) = self.writes.get(cf_name).and_then(|m| m.get(key)) {
+            return Ok(w.clone());
+        }
+        let db = &store.inner.db;
+        Ok(db.get_pinned_cf(cf(db, cf_name), key)?.map(|v| v.to_vec()))
+    }
+
+    /// Every key/value with `prefix`, in key order; stops after `limit` items.
+    pub(crate) fn scan(
+        &self,
+        store: &Store,
+        cf_name: &'static str,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let db = &store.inner.db;
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        let pending = self.writes.get(cf_name);
+        // Enough stored items to fill `limit` after deletions in the overlay.
+        let deletions = pending.map_or(0, |m| {
+            m.range(prefix.to_vec()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .count()
+        });
+        let want = limit.saturating_add(deletions);
+        for item in db.iterator_cf(
+            cf(db, cf_name),
+            IteratorMode::From(prefix, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) || merged.len() >= want {
+                break;
+            }
+            merged.insert(k.to_vec(), Some(v.to_vec()));
+        }
+        if let Some(m) = pending {
+            for (k, v) in m
+                .range(prefix.to_vec()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+            {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .take(limit)
+            .collect())
+    }
+
+    pub(crate) fn into_batch(self, store: &Store) -> WriteBatch {
+        let db = &store.inner.db;
+        let mut batch = WriteBatch::default();
+        for (cf_name, writes) in self.writes {
+            let handle = cf(db, cf_name);
+            for (k, v) in writes {
+                match v {
+                    Some(v) => batch.put_cf(handle, k, v),
+                    None => batch.delete_cf(handle, k),
+                }
+            }
+        }
+        batch
+    }
+}

@@ -1,0 +1,391 @@
+//! Changes from other nodes: what a peer still needs, applying what a peer sent, the
+//! chunks that travel with them, peers' acknowledgements, and tombstone collection.
+
+use depfs_proto::{
+    decode_value, encode_value, Change, ChangeOp, ChunkHash, Dot, Kind, NodeName, RelPath, State,
+    VersionVector,
+};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+
+use crate::chunks::PinGuard;
+use crate::db::cf;
+use crate::error::{Result, StoreError};
+use crate::keys::*;
+use crate::log::LogRecord;
+use crate::merge::{decode, Batch};
+use crate::tx::Durability;
+use crate::Store;
+
+/// What applying a batch of remote changes did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Versions that became heads.
+    pub admitted: usize,
+    /// Versions that were old news (already known or superseded).
+    pub obsolete: usize,
+    /// Paths whose visible entry changed (for kernel cache invalidation).
+    pub changed: Vec<RelPath>,
+    /// True if the node's progress moved to the sender's (see [`Store::apply_remote`]).
+    pub progressed: bool,
+    /// HLC drift warnings: remote times too far ahead of the local clock.
+    pub drift: Vec<depfs_proto::ClockDrift>,
+}
+
+/// A change that cannot be applied because it is malformed.
+fn malformed(what: String) -> StoreError {
+    StoreError::Malformed(what)
+}
+
+impl Store {
+    /// Applies changes received from a peer, all in one atomic write. Every chunk of every
+    /// live file version must already be stored (see [`Store::missing_chunks`]).
+    ///
+    /// `progress` is `(base, upto)` from the sender: if this node's progress covered
+    /// `base` before the changes, it covers `upto` after them (the sender sent every
+    /// version this node lacked between the two). Otherwise the changes are applied but
+    /// progress does not move, and the caller should ask the sender to resend from this
+    /// node's real progress.
+    pub fn apply_remote(
+        &self,
+        changes: &[Change],
+        progress: Option<(&VersionVector, &VersionVector)>,
+        wall_ms: u64,
+    ) -> Result<Applied> {
+        let mut writer = self.inner.writer.lock();
+        let mut batch = Batch::new(self);
+        let mut applied = Applied::default();
+        for change in changes {
+            validate(change)?;
+            if let Err(drift) = writer.clock.observe(change.hlc, wall_ms) {
+                applied.drift.push(drift);
+            }
+            let mut admitted_paths = Vec::new();
+            for op in &change.ops {
+                let version = change.version(op);
+                let heads = batch.heads(&op.path)?;
+                // Old news: our progress covers it (it is held, superseded, or was
+                // deleted by a tombstone since collected), or a head descends from it.
+                if writer.vv.covers(&version.dot)
+                    || heads
+                        .iter()
+                        .any(|h| h.dot == version.dot || h.ctx.covers(&version.dot))
+                {
+                    applied.obsolete += 1;
+                    continue;
+                }
+                for head in heads.iter().filter(|h| version.ctx.covers(&h.dot)) {
+                    batch.evict(&op.path, head);
+                }
+                batch.admit(&op.path, version);
+                admitted_paths.push(op.path.clone());
+            }
+            if admitted_paths.is_empty() {
+                continue;
+            }
+            applied.admitted += admitted_paths.len();
+            // The same change may arrive in parts (relayed by nodes that had different
+            // parts of it still current): extend its record.
+            let key = log_key(&change.dot);
+            let mut record = match batch.overlay.get(self, CF_LOG, &key)? {
+                Some(bytes) => {
+                    decode_value::<LogRecord>(&bytes).map_err(|source| StoreError::Corrupt {
+                        what: format!("log/{}", change.dot),
+                        source,
+                    })?
+                }
+                None => LogRecord {
+                    hlc: change.hlc,
+                    paths: Vec::new(),
+                    live: 0,
+                },
+            };
+            record.live += admitted_paths.len() as u32;
+            for p in admitted_paths {
+                if !record.paths.contains(&p) {
+                    record.paths.push(p);
+                }
+            }
+            batch.log(&change.dot, &record);
+        }
+        batch.settle()?;
+        batch.release_log_records()?;
+        if let Some((base, upto)) = progress {
+            if writer.vv.dominates(base) {
+                writer.vv.merge(upto);
+                applied.progressed = true;
+            }
+        }
+        writer.persist(&mut batch);
+        applied.changed = batch.changed.iter().cloned().collect();
+        self.write_batch(batch, Durability::Process)?;
+        Ok(applied)
+    }
+
+    /// Chunks that `changes` reference and this store lacks. The chunks it has are pinned
+    /// by the returned guard until the changes are applied.
+    pub fn missing_chunks(&self, changes: &[Change]) -> Result<(Vec<ChunkHash>, PinGuard)> {
+        let mut all = Vec::new();
+        for change in changes {
+            for op in &change.ops {
+                if let State::Live(node) = &op.state {
+                    if node.meta.kind == Kind::File {
+                        all.extend(node.content.chunks().iter().map(|c| c.hash));
+                    }
+                }
+            }
+        }
+        all.sort();
+        all.dedup();
+        let guard = self.pin_hashes(&all);
+        let db = &self.inner.db;
+        let mut missing = Vec::new();
+        for hash in all {
+            let present = db.get_pinned_cf(cf(db, CF_REFS), hash.0)?.is_some()
+                || db.get_pinned_cf(cf(db, CF_PENDING), hash.0)?.is_some();
+            if !present {
+                missing.push(hash);
+            }
+        }
+        Ok((missing, guard))
+    }
+
+    /// Stores chunks received from a peer after checking each against its hash. They are
+    /// pinned by the returned guard until the changes that use them are applied.
+    pub fn put_chunks(&self, chunks: &[(ChunkHash, Vec<u8>)]) -> Result<PinGuard> {
+        for (hash, data) in chunks {
+            if data.len() > depfs_proto::limits::CHUNK_MAX as usize || !hash.verifies(data) {
+                return Err(StoreError::BadChunk(*hash));
+            }
+        }
+        let hashes: Vec<ChunkHash> = chunks.iter().map(|(h, _)| *h).collect();
+        let guard = self.pin_hashes(&hashes);
+        {
+            // Unreferenced until applied: collected when unpinned if never used.
+            let mut pins = self.inner.pins.lock();
+            for hash in &hashes {
+                pins.defer(*hash);
+            }
+        }
+        let db = &self.inner.db;
+        let mut batch = WriteBatch::default();
+        for (hash, data) in chunks {
+            batch.put_cf(cf(db, CF_CHUNKS), hash.0, data);
+            if db.get_pinned_cf(cf(db, CF_REFS), hash.0)?.is_none() {
+                batch.put_cf(cf(db, CF_PENDING), hash.0, []);
+            }
+        }
+        db.write(batch)?;
+        Ok(guard)
+    }
+
+    /// The chunk's bytes if it is stored (for a peer that asked for it).
+    pub fn chunk_if_present(&self, hash: &ChunkHash) -> Result<Option<Vec<u8>>> {
+        match self.read_chunk(hash) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(StoreError::MissingChunk(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The changes a node with progress `base` lacks, in log order: every change with a
+    /// version still current here whose dot `base` does not cover.
+    pub fn dots_since(&self, base: &VersionVector) -> Result<Vec<Dot>> {
+        let db = &self.inner.db;
+        let mut out = Vec::new();
+        let mut iter = db.raw_iterator_cf(cf(db, CF_LOG));
+        iter.seek_to_first();
+        while iter.valid() {
+            let Some(key) = iter.key() else { break };
+            let Some(dot) = parse_log_key(key) else {
+                return Err(StoreError::Malformed(format!("log key {key:?}")));
+            };
+            let known = base.get(&dot.node);
+            if dot.seq <= known {
+                iter.seek(log_key(&Dot::new(
+                    dot.node.clone(),
+                    known.saturating_add(1),
+                )));
+                continue;
+            }
+            out.push(dot);
+            iter.next();
+        }
+        iter.status()?;
+        Ok(out)
+    }
+
+    /// The change `dot` as it is current here (its superseded parts left out), or `None`
+    /// if nothing of it is current any more.
+    pub fn change(&self, dot: &Dot) -> Result<Option<Change>> {
+        let Some(record) = self.log_record(dot)? else {
+            return Ok(None);
+        };
+        let db = &self.inner.db;
+        let mut ops = Vec::new();
+        for path in record.paths {
+            let key = head_key(&path, dot);
+            if let Some(bytes) = db.get_pinned_cf(cf(db, CF_HEADS), &key)? {
+                let version = decode(&key, &bytes)?;
+                ops.push(ChangeOp {
+                    path,
+                    ctx: version.ctx,
+                    state: version.state,
+                });
+            }
+        }
+        Ok((!ops.is_empty()).then(|| Change {
+            dot: dot.clone(),
+            hlc: record.hlc,
+            ops,
+        }))
+    }
+
+    /// Records the progress `peer` acknowledged (monotonic).
+    pub fn set_peer_acked(&self, peer: &NodeName, vv: &VersionVector) -> Result<VersionVector> {
+        let mut merged = self.peer_acked(peer)?;
+        if merged.dominates(vv) {
+            return Ok(merged);
+        }
+        merged.merge(vv);
+        let db = &self.inner.db;
+        db.put_cf(cf(db, CF_META), acked_key(peer), encode_value(&merged))?;
+        Ok(merged)
+    }
+
+    /// The progress `peer` last acknowledged.
+    pub fn peer_acked(&self, peer: &NodeName) -> Result<VersionVector> {
+        let db = &self.inner.db;
+        match db.get_pinned_cf(cf(db, CF_META), acked_key(peer))? {
+            Some(bytes) => decode_value(&bytes).map_err(|source| StoreError::Corrupt {
+                what: format!("meta/acked/{peer}"),
+                source,
+            }),
+            None => Ok(VersionVector::new()),
+        }
+    }
+
+    /// Deletes tombstones that every peer in `peers` has acknowledged and that are the
+    /// only head of their path: nothing can bring back what they deleted (see
+    /// `docs/design.md`). Returns how many were collected.
+    pub fn collect_tombstones(&self, peers: &[NodeName]) -> Result<usize> {
+        let mut covered: Option<VersionVector> = None;
+        for peer in peers {
+            let acked = self.peer_acked(peer)?;
+            covered = Some(match covered {
+                None => acked,
+                Some(c) => min(&c, &acked),
+            });
+        }
+        let covered = match covered {
+            Some(c) => c,
+            None => self.version_vector(),
+        };
+        let writer = self.inner.writer.lock();
+        let mut batch = Batch::new(self);
+        let mut collected = 0;
+        let db = &self.inner.db;
+        for item in db.iterator_cf(cf(db, CF_LOG), IteratorMode::From(&[], Direction::Forward)) {
+            let (key, value) = item?;
+            let Some(dot) = parse_log_key(&key) else {
+                continue;
+            };
+            if !covered.covers(&dot) {
+                continue;
+            }
+            let record: LogRecord = decode_value(&value).map_err(|source| StoreError::Corrupt {
+                what: format!("log/{dot}"),
+                source,
+            })?;
+            for path in &record.paths {
+                let heads = batch.heads(path)?;
+                if let [only] = heads.as_slice() {
+                    if only.dot == dot && matches!(only.state, State::Deleted) {
+                        batch.evict(path, only);
+                        collected += 1;
+                    }
+                }
+            }
+        }
+        batch.settle()?;
+        batch.release_log_records()?;
+        writer.persist(&mut batch);
+        // Also deletes chunks whose last pin went without a commit using them.
+        self.write_batch(batch, Durability::Process)?;
+        Ok(collected)
+    }
+}
+
+fn acked_key(peer: &NodeName) -> Vec<u8> {
+    let mut key = META_ACKED_PREFIX.to_vec();
+    key.extend_from_slice(peer.as_str().as_bytes());
+    key
+}
+
+/// Pointwise minimum of two version vectors.
+fn min(a: &VersionVector, b: &VersionVector) -> VersionVector {
+    let mut out = VersionVector::new();
+    for (node, seq) in a.iter() {
+        out.raise(node, seq.min(b.get(node)));
+    }
+    out
+}
+
+/// Refuses changes no honest node makes: a version must cover its own dot, paths must be
+/// unique, the root cannot be deleted, and content must be within limits.
+fn validate(change: &Change) -> Result<()> {
+    if change.dot.seq == 0 {
+        return Err(malformed(format!(
+            "change {} has sequence number 0",
+            change.dot
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for op in &change.ops {
+        if !op.ctx.covers(&change.dot) {
+            return Err(malformed(format!(
+                "change {}: version of {} does not cover its own dot",
+                change.dot, op.path
+            )));
+        }
+        if !seen.insert(&op.path) {
+            return Err(malformed(format!(
+                "change {} writes {} twice",
+                change.dot, op.path
+            )));
+        }
+        match &op.state {
+            State::Deleted if op.path.is_root() => {
+                return Err(malformed(format!("change {} deletes the root", change.dot)));
+            }
+            State::Live(node) if op.path.is_root() && node.meta.kind != Kind::Dir => {
+                return Err(malformed(format!(
+                    "change {} makes the root a non-directory",
+                    change.dot
+                )));
+            }
+            State::Live(node) => {
+                let inline_ok = match (&node.meta.kind, &node.content) {
+                    (Kind::Dir, depfs_proto::Content::Inline(b)) => b.is_empty(),
+                    (Kind::Symlink, depfs_proto::Content::Inline(b)) => {
+                        !b.is_empty() && b.len() <= depfs_proto::limits::MAX_SYMLINK_LEN
+                    }
+                    (Kind::File, depfs_proto::Content::Inline(b)) => {
+                        b.len() <= depfs_proto::limits::INLINE_MAX
+                    }
+                    (Kind::File, depfs_proto::Content::Chunked(c)) => c
+                        .iter()
+                        .all(|c| c.len > 0 && c.len <= depfs_proto::limits::CHUNK_MAX),
+                    _ => false,
+                };
+                if !inline_ok || node.size() > depfs_proto::limits::MAX_FILE_SIZE {
+                    return Err(malformed(format!(
+                        "change {}: bad content for {}",
+                        change.dot, op.path
+                    )));
+                }
+            }
+            State::Deleted => {}
+        }
+    }
+    Ok(())
+}
