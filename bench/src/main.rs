@@ -175,7 +175,8 @@ fn local(
         // Rotate the order so no system always runs first (warm or cold).
         for k in 0..systems.len() {
             let i = (k + run) % systems.len();
-            let r = measure(&systems[i], run, files, dirs, seq_mib)?;
+            let r = measure(&systems[i], run, files, dirs, seq_mib)
+                .with_context(|| format!("{} (run {run})", systems[i].name))?;
             results[i].push(r);
         }
     }
@@ -253,10 +254,11 @@ fn measure(sys: &System, run: usize, files: usize, dirs: usize, seq_mib: usize) 
         total += n;
     }
     let seq_read = total as f64 / t.elapsed().as_secs_f64() / 1e9;
+    drop(f);
     if total != seq_mib << 20 {
         bail!("{}: read {total} bytes", big.display());
     }
-    fs::remove_dir_all(&root)?;
+    fs::remove_dir_all(&root).with_context(|| format!("remove {}", root.display()))?;
     Ok(Run {
         create,
         stat,

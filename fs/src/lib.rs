@@ -48,11 +48,11 @@ pub struct FsConfig {
 }
 
 impl FsConfig {
-    /// Defaults: writable, 1 s cache, spill above 4 MiB into `staging_dir`.
+    /// Defaults: writable, 10 s kernel cache, spill above 4 MiB into `staging_dir`.
     pub fn new(staging_dir: PathBuf) -> Self {
         FsConfig {
             read_only: false,
-            ttl: Duration::from_secs(1),
+            ttl: Duration::from_secs(10),
             staging_dir,
             spill_threshold: 4 << 20,
         }

@@ -102,7 +102,7 @@ pub struct ChunkRef {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Content {
     /// The bytes themselves (at most [`INLINE_MAX`] for files).
-    Inline(Vec<u8>),
+    Inline(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Chunks in file order; the size is the sum of their lengths.
     Chunked(Vec<ChunkRef>),
 }

@@ -30,4 +30,4 @@ pub use name::{FileName, NameError, NodeName};
 pub use path::RelPath;
 pub use version::{Dot, Stamp, State, Version};
 pub use vv::VersionVector;
-pub use wire::{Change, ChangeOp, Message};
+pub use wire::{Change, ChangeOp, ChunkData, Message};

@@ -14,7 +14,7 @@ use crate::name::{check_file_name, NameError};
 /// Paths are the identity of entries in depfs: two nodes that create the same path create
 /// the same entry, which is what lets concurrent `mkdir -p` merge.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
-#[serde(try_from = "Vec<u8>", into = "Vec<u8>")]
+#[serde(try_from = "serde_bytes::ByteBuf", into = "serde_bytes::ByteBuf")]
 pub struct RelPath(Vec<u8>);
 
 impl RelPath {
@@ -188,6 +188,19 @@ impl TryFrom<Vec<u8>> for RelPath {
 impl From<RelPath> for Vec<u8> {
     fn from(p: RelPath) -> Vec<u8> {
         p.0
+    }
+}
+
+impl TryFrom<serde_bytes::ByteBuf> for RelPath {
+    type Error = NameError;
+    fn try_from(bytes: serde_bytes::ByteBuf) -> Result<Self, Self::Error> {
+        RelPath::parse(&bytes)
+    }
+}
+
+impl From<RelPath> for serde_bytes::ByteBuf {
+    fn from(p: RelPath) -> serde_bytes::ByteBuf {
+        serde_bytes::ByteBuf::from(p.0)
     }
 }
 

@@ -47,6 +47,16 @@ impl Change {
     }
 }
 
+/// A chunk in transit: its hash and its bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkData {
+    /// The blake3 hash the receiver checks the bytes against.
+    pub hash: ChunkHash,
+    /// The bytes.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
 /// The synchronisation protocol between two nodes (see `docs/design.md`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -89,7 +99,7 @@ pub enum Message {
     /// Chunks asked for, and those the sender no longer has.
     Chunks {
         /// Hash and bytes; the receiver checks every hash.
-        chunks: Vec<(ChunkHash, Vec<u8>)>,
+        chunks: Vec<ChunkData>,
         /// Chunks no longer stored (their versions were superseded meanwhile).
         missing: Vec<ChunkHash>,
     },

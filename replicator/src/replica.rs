@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use depfs_proto::{Change, ChunkHash, Dot, Message, NodeName, RelPath, VersionVector};
+use depfs_proto::{Change, ChunkData, ChunkHash, Dot, Message, NodeName, RelPath, VersionVector};
 use depfs_store::{PinGuard, Store, StoreError};
 
 /// Tunables, with defaults suited to a LAN cluster.
@@ -384,7 +384,7 @@ impl Replica {
                                 bytes = 0;
                             }
                             bytes += data.len();
-                            chunks.push((hash, data));
+                            chunks.push(ChunkData { hash, data });
                         }
                         None => missing.push(hash),
                     }
@@ -398,16 +398,16 @@ impl Replica {
                 // Keep only chunks that something waits for (late answers to requests
                 // dropped by a resync, or unsolicited data, are not stored).
                 let p = self.peers.entry(from.clone()).or_default();
-                let wanted: Vec<(ChunkHash, Vec<u8>)> = chunks
+                let wanted: Vec<ChunkData> = chunks
                     .into_iter()
-                    .filter(|(h, _)| p.waiting.iter().any(|w| w.missing.contains(h)))
+                    .filter(|c| p.waiting.iter().any(|w| w.missing.contains(&c.hash)))
                     .collect();
                 let chunks = wanted;
                 let pins = self.store.put_chunks(&chunks).map_err(store_err)?;
                 let p = self.peers.entry(from.clone()).or_default();
                 p.fetched.push(pins);
                 p.fetch_activity_ms = now_ms;
-                for (hash, _) in &chunks {
+                for ChunkData { hash, .. } in &chunks {
                     p.asked.remove(hash);
                     for w in p.waiting.iter_mut() {
                         w.missing.remove(hash);

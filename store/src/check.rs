@@ -10,7 +10,7 @@ use crate::db::cf;
 use crate::error::Result;
 use crate::keys::*;
 use crate::log::LogRecord;
-use crate::merge::{conflicts, decode, visible};
+use crate::merge::{conflicts, decode_heads, visible};
 use crate::tree::decode_node;
 use crate::Store;
 
@@ -28,37 +28,36 @@ impl Store {
         let mut uses: HashMap<ChunkHash, u64> = HashMap::new();
         for item in db.iterator_cf(cf(db, CF_HEADS), IteratorMode::Start) {
             let (key, value) = item?;
-            let Some(path) = head_key_path(&key) else {
-                problems.push(format!("head key {key:?} names no valid path"));
+            let Ok(path) = RelPath::from_key(&key) else {
+                problems.push(format!("heads key {key:?} names no valid path"));
                 continue;
             };
-            let version = match decode(&key, &value) {
+            let versions = match decode_heads(&key, &value) {
                 Ok(v) => v,
                 Err(e) => {
-                    problems.push(format!("head of {path}: {e}"));
+                    problems.push(format!("heads of {path}: {e}"));
                     continue;
                 }
             };
-            if head_key(&path, &version.dot) != key.as_ref() {
-                problems.push(format!(
-                    "head of {path} stored under another dot than {}",
-                    version.dot
-                ));
+            if versions.is_empty() {
+                problems.push(format!("{path} has an empty heads record"));
             }
-            if let State::Live(node) = &version.state {
-                if node.meta.kind == Kind::File {
-                    for c in node.content.chunks() {
-                        *uses.entry(c.hash).or_insert(0) += 1;
+            for version in versions {
+                if let State::Live(node) = &version.state {
+                    if node.meta.kind == Kind::File {
+                        for c in node.content.chunks() {
+                            *uses.entry(c.hash).or_insert(0) += 1;
+                        }
                     }
                 }
+                if version.dot.seq > 0 {
+                    per_dot
+                        .entry(version.dot.clone())
+                        .or_default()
+                        .push(path.clone());
+                }
+                heads.entry(path.clone()).or_default().push(version);
             }
-            if version.dot.seq > 0 {
-                per_dot
-                    .entry(version.dot.clone())
-                    .or_default()
-                    .push(path.clone());
-            }
-            heads.entry(path).or_default().push(version);
         }
 
         let mut logged = BTreeSet::new();

@@ -119,8 +119,8 @@ fn write_genesis(db: &DB, node: &NodeName, root: &Meta) -> Result<()> {
     }
     batch.put_cf(
         cf(db, CF_HEADS),
-        head_key(&RelPath::root(), &genesis.dot),
-        encode_value(&genesis),
+        RelPath::root().key(),
+        encode_value(&vec![genesis]),
     );
     batch.put_cf(cf(db, CF_META), META_NODE, node.as_str().as_bytes());
     let mut sync = rocksdb::WriteOptions::default();
@@ -137,4 +137,39 @@ pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
         // error, not bad input.
         None => panic!("column family {name} was not opened"),
     }
+}
+
+/// A key/value pair from an iterator.
+pub(crate) type KeyValue = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>;
+
+/// Iterates the keys starting with `prefix`, in order. The iterator is bounded above by
+/// the prefix's successor, so it never walks the deleted keys that follow the range.
+pub(crate) fn prefix_iter<'a>(
+    db: &'a DB,
+    cf_name: &str,
+    prefix: &[u8],
+) -> impl Iterator<Item = KeyValue> + 'a {
+    let mut options = rocksdb::ReadOptions::default();
+    if let Some(end) = prefix_successor(prefix) {
+        options.set_iterate_upper_bound(end);
+    }
+    let prefix = prefix.to_vec();
+    db.iterator_cf_opt(
+        cf(db, cf_name),
+        options,
+        rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+    )
+}
+
+/// The smallest key greater than every key starting with `prefix` (`None` if there is
+/// none: the prefix is empty or all 0xFF).
+pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }

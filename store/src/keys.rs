@@ -3,17 +3,18 @@
 //! | column family | key                                  | value                          |
 //! |---------------|--------------------------------------|--------------------------------|
 //! | `entries`     | path key (`parent NUL name`)         | the visible [`Node`]           |
-//! | `heads`       | head key (`len path-key node NUL seq`) | a current [`Version`]        |
-//! | `conflicts`   | head key                             | empty: a losing live version   |
+//! | `heads`       | path key                             | the path's current [`Version`]s |
+//! | `conflicts`   | head key (`len path-key node NUL seq`) | empty: a losing live version |
 //! | `chunks`      | blake3 hash (32 bytes)               | chunk bytes                    |
 //! | `refs`        | blake3 hash                          | reference count (u64 LE)       |
 //! | `pending`     | blake3 hash                          | empty: written, not committed  |
 //! | `log`         | node NUL seq (BE)                    | [`LogRecord`]                  |
 //! | `meta`        | ASCII name                           | per-name value                 |
 //!
-//! Path keys put the children of a directory in one contiguous range. Head keys start
-//! with the path key's length, so the heads of one path share a prefix that no other
-//! path's heads have. Log keys put the changes of one origin in sequence order, so
+//! Path keys put the children of a directory in one contiguous range. A path's heads are
+//! one value, rewritten in place (most paths have exactly one). Conflict keys start with
+//! the path key's length, so the conflicts of one path share a prefix that no other
+//! path's conflicts have. Log keys put the changes of one origin in sequence order, so
 //! "changes of node N after seq S" is one range scan.
 //!
 //! [`Node`]: depfs_proto::Node

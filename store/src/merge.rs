@@ -143,35 +143,45 @@ impl<'s> Batch<'s> {
         (self.overlay, self.refs)
     }
 
-    /// The current heads of `path`.
+    /// The current heads of `path`, in dot order.
     pub(crate) fn heads(&self, path: &RelPath) -> Result<Vec<Version>> {
-        self.overlay
-            .scan(self.store, CF_HEADS, &heads_prefix(path), usize::MAX)?
-            .into_iter()
-            .map(|(k, v)| decode(&k, &v))
-            .collect()
+        match self.overlay.get(self.store, CF_HEADS, &path.key())? {
+            Some(bytes) => decode_heads(&path.key(), &bytes),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn write_heads(&mut self, path: &RelPath, mut heads: Vec<Version>) {
+        if heads.is_empty() {
+            self.overlay.delete(CF_HEADS, path.key());
+        } else {
+            heads.sort_by(|a, b| a.dot.cmp(&b.dot));
+            self.overlay.put(CF_HEADS, path.key(), encode_value(&heads));
+        }
     }
 
     /// Removes a head (it was superseded or collected).
-    pub(crate) fn evict(&mut self, path: &RelPath, head: &Version) {
-        self.overlay.delete(CF_HEADS, head_key(path, &head.dot));
+    pub(crate) fn evict(&mut self, path: &RelPath, head: &Version) -> Result<()> {
+        let mut heads = self.heads(path)?;
+        heads.retain(|h| h.dot != head.dot);
+        self.write_heads(path, heads);
         self.overlay.delete(CF_CONFLICTS, head_key(path, &head.dot));
         self.refs.apply(head, -1);
         if head.dot.seq > 0 {
             *self.released.entry(head.dot.clone()).or_insert(0) += 1;
         }
         self.mark(path);
+        Ok(())
     }
 
     /// Adds a head.
-    pub(crate) fn admit(&mut self, path: &RelPath, version: Version) {
+    pub(crate) fn admit(&mut self, path: &RelPath, version: Version) -> Result<()> {
         self.refs.apply(&version, 1);
-        self.overlay.put(
-            CF_HEADS,
-            head_key(path, &version.dot),
-            encode_value(&version),
-        );
+        let mut heads = self.heads(path)?;
+        heads.push(version);
+        self.write_heads(path, heads);
         self.mark(path);
+        Ok(())
     }
 
     /// Records the log record of a change that made `live` heads.
@@ -209,7 +219,14 @@ impl<'s> Batch<'s> {
         while let Some(item) = self.dirty.pop_first() {
             let path = item.1;
             let heads = self.heads(&path)?;
-            let has_children = self.has_visible_children(&path)?;
+            // Children only matter when the latest head is not a live directory (a
+            // directory is shown either way); skipping the scan keeps commits in busy
+            // directories cheap.
+            let latest_is_dir = heads
+                .iter()
+                .max_by(|a, b| stamp_key(a).cmp(&stamp_key(b)))
+                .is_some_and(|h| matches!(&h.state, State::Live(n) if n.meta.kind == Kind::Dir));
+            let has_children = !latest_is_dir && self.has_visible_children(&path)?;
             let (shown, shown_dot) = visible(&heads, has_children, path.is_root());
             let prefix = heads_prefix(&path);
             for (key, _) in self
@@ -262,7 +279,8 @@ impl<'s> Batch<'s> {
     }
 }
 
-pub(crate) fn decode(key: &[u8], bytes: &[u8]) -> Result<Version> {
+/// Decodes the heads stored for a path.
+pub(crate) fn decode_heads(key: &[u8], bytes: &[u8]) -> Result<Vec<Version>> {
     decode_value(bytes).map_err(|source| StoreError::Corrupt {
         what: format!("heads/{}", String::from_utf8_lossy(key)),
         source,

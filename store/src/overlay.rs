@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use rocksdb::WriteBatch;
 
 use crate::db::cf;
 use crate::error::Result;
@@ -57,10 +57,7 @@ impl Overlay {
                 .count()
         });
         let want = limit.saturating_add(deletions);
-        for item in db.iterator_cf(
-            cf(db, cf_name),
-            IteratorMode::From(prefix, Direction::Forward),
-        ) {
+        for item in crate::db::prefix_iter(db, cf_name, prefix) {
             let (k, v) = item?;
             if !k.starts_with(prefix) || merged.len() >= want {
                 break;

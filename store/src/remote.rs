@@ -2,8 +2,8 @@
 //! chunks that travel with them, peers' acknowledgements, and tombstone collection.
 
 use depfs_proto::{
-    decode_value, encode_value, Change, ChangeOp, ChunkHash, Dot, Kind, NodeName, RelPath, State,
-    VersionVector,
+    decode_value, encode_value, Change, ChangeOp, ChunkData, ChunkHash, Dot, Kind, NodeName,
+    RelPath, State, VersionVector,
 };
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
@@ -12,7 +12,7 @@ use crate::db::cf;
 use crate::error::{Result, StoreError};
 use crate::keys::*;
 use crate::log::LogRecord;
-use crate::merge::{decode, Batch};
+use crate::merge::Batch;
 use crate::tx::Durability;
 use crate::Store;
 
@@ -74,9 +74,9 @@ impl Store {
                     continue;
                 }
                 for head in heads.iter().filter(|h| version.ctx.covers(&h.dot)) {
-                    batch.evict(&op.path, head);
+                    batch.evict(&op.path, head)?;
                 }
-                batch.admit(&op.path, version);
+                batch.admit(&op.path, version)?;
                 admitted_paths.push(op.path.clone());
             }
             if admitted_paths.is_empty() {
@@ -151,13 +151,13 @@ impl Store {
 
     /// Stores chunks received from a peer after checking each against its hash. They are
     /// pinned by the returned guard until the changes that use them are applied.
-    pub fn put_chunks(&self, chunks: &[(ChunkHash, Vec<u8>)]) -> Result<PinGuard> {
-        for (hash, data) in chunks {
+    pub fn put_chunks(&self, chunks: &[ChunkData]) -> Result<PinGuard> {
+        for ChunkData { hash, data } in chunks {
             if data.len() > depfs_proto::limits::CHUNK_MAX as usize || !hash.verifies(data) {
                 return Err(StoreError::BadChunk(*hash));
             }
         }
-        let hashes: Vec<ChunkHash> = chunks.iter().map(|(h, _)| *h).collect();
+        let hashes: Vec<ChunkHash> = chunks.iter().map(|c| c.hash).collect();
         let guard = self.pin_hashes(&hashes);
         {
             // Unreferenced until applied: collected when unpinned if never used.
@@ -168,7 +168,7 @@ impl Store {
         }
         let db = &self.inner.db;
         let mut batch = WriteBatch::default();
-        for (hash, data) in chunks {
+        for ChunkData { hash, data } in chunks {
             batch.put_cf(cf(db, CF_CHUNKS), hash.0, data);
             if db.get_pinned_cf(cf(db, CF_REFS), hash.0)?.is_none() {
                 batch.put_cf(cf(db, CF_PENDING), hash.0, []);
@@ -220,12 +220,9 @@ impl Store {
         let Some(record) = self.log_record(dot)? else {
             return Ok(None);
         };
-        let db = &self.inner.db;
         let mut ops = Vec::new();
         for path in record.paths {
-            let key = head_key(&path, dot);
-            if let Some(bytes) = db.get_pinned_cf(cf(db, CF_HEADS), &key)? {
-                let version = decode(&key, &bytes)?;
+            if let Some(version) = self.heads(&path)?.into_iter().find(|h| &h.dot == dot) {
                 ops.push(ChangeOp {
                     path,
                     ctx: version.ctx,
@@ -300,7 +297,7 @@ impl Store {
                 let heads = batch.heads(path)?;
                 if let [only] = heads.as_slice() {
                     if only.dot == dot && matches!(only.state, State::Deleted) {
-                        batch.evict(path, only);
+                        batch.evict(path, only)?;
                         collected += 1;
                     }
                 }

@@ -1,13 +1,13 @@
 //! Reading the tree.
 
 use depfs_proto::{decode_value, Content, Dot, Node, RelPath, State, Version};
-use rocksdb::{Direction, IteratorMode};
+use rocksdb::IteratorMode;
 
 use crate::chunks::PinGuard;
 use crate::db::cf;
 use crate::error::{Result, StoreError};
 use crate::keys::*;
-use crate::merge::decode;
+use crate::merge::decode_heads;
 use crate::Store;
 
 /// One child of a directory.
@@ -67,19 +67,11 @@ impl Store {
     /// The current versions of `path`: what it shows, tombstones, and conflicts.
     pub fn heads(&self, path: &RelPath) -> Result<Vec<Version>> {
         let db = &self.inner.db;
-        let prefix = heads_prefix(path);
-        let mut out = Vec::new();
-        for item in db.iterator_cf(
-            cf(db, CF_HEADS),
-            IteratorMode::From(&prefix, Direction::Forward),
-        ) {
-            let (key, value) = item?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            out.push(decode(&key, &value)?);
+        let key = path.key();
+        match db.get_pinned_cf(cf(db, CF_HEADS), &key)? {
+            Some(bytes) => decode_heads(&key, &bytes),
+            None => Ok(Vec::new()),
         }
-        Ok(out)
     }
 
     /// The dots of the recorded conflicts of `path`.
@@ -87,10 +79,7 @@ impl Store {
         let db = &self.inner.db;
         let prefix = heads_prefix(path);
         let mut out = Vec::new();
-        for item in db.iterator_cf(
-            cf(db, CF_CONFLICTS),
-            IteratorMode::From(&prefix, Direction::Forward),
-        ) {
+        for item in crate::db::prefix_iter(db, CF_CONFLICTS, &prefix) {
             let (key, _) = item?;
             if !key.starts_with(&prefix) {
                 break;
@@ -108,16 +97,15 @@ impl Store {
         let mut out = Vec::new();
         for item in db.iterator_cf(cf(db, CF_CONFLICTS), IteratorMode::Start) {
             let (key, _) = item?;
-            let Some(bytes) = db.get_pinned_cf(cf(db, CF_HEADS), &key)? else {
-                continue;
-            };
             let Some(path) = head_key_path(&key) else {
                 continue;
             };
-            out.push(Conflict {
-                path,
-                version: decode(&key, &bytes)?,
-            });
+            let Some(dot) = parse_log_key(&key[heads_prefix(&path).len()..]) else {
+                continue;
+            };
+            if let Some(version) = self.heads(&path)?.into_iter().find(|h| h.dot == dot) {
+                out.push(Conflict { path, version });
+            }
         }
         Ok(out)
     }
@@ -163,10 +151,7 @@ impl Store {
     fn for_each_child(&self, dir: &RelPath, mut f: impl FnMut(&[u8], Node) -> bool) -> Result<()> {
         let db = &self.inner.db;
         let prefix = dir.children_prefix();
-        let iter = db.iterator_cf(
-            cf(db, CF_ENTRIES),
-            IteratorMode::From(&prefix, Direction::Forward),
-        );
+        let iter = crate::db::prefix_iter(db, CF_ENTRIES, &prefix);
         for item in iter {
             let (key, value) = item?;
             if !key.starts_with(&prefix) {
@@ -225,9 +210,11 @@ impl Store {
         let mut tombstones = 0;
         for item in db.iterator_cf(cf(db, CF_HEADS), IteratorMode::Start) {
             let (key, value) = item?;
-            heads += 1;
-            if matches!(decode(&key, &value)?.state, State::Deleted) {
-                tombstones += 1;
+            for head in decode_heads(&key, &value)? {
+                heads += 1;
+                if matches!(head.state, State::Deleted) {
+                    tombstones += 1;
+                }
             }
         }
         Ok(StoreStats {

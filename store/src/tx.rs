@@ -230,7 +230,7 @@ impl<'a> Tx<'a> {
             // versions recorded as conflicts, which a version vector cannot leave out —
             // exactly as the version evicts them when it arrives elsewhere.
             for head in heads.iter().filter(|h| ctx.covers(&h.dot)) {
-                batch.evict(&path, head);
+                batch.evict(&path, head)?;
             }
             let state = match op {
                 Some(node) => State::Live(node),
@@ -244,7 +244,7 @@ impl<'a> Tx<'a> {
                     ctx,
                     state,
                 },
-            );
+            )?;
             paths.push(path);
         }
         let live = paths.len() as u32;

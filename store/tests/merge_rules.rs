@@ -90,7 +90,10 @@ fn sync(from: &Store, to: &Store, wall: u64) -> depfs_store::Applied {
     let (missing, _pins) = to.missing_chunks(&changes).unwrap();
     let chunks: Vec<_> = missing
         .iter()
-        .map(|h| (*h, from.read_chunk(h).unwrap()))
+        .map(|h| depfs_proto::ChunkData {
+            hash: *h,
+            data: from.read_chunk(h).unwrap(),
+        })
         .collect();
     let _fetched = to.put_chunks(&chunks).unwrap();
     to.apply_remote(&changes, Some((&base, &upto)), wall)
@@ -404,7 +407,10 @@ fn a_change_is_applied_only_with_all_its_chunks() {
     let (missing, _pins) = c.stores[1].missing_chunks(&changes).unwrap();
     assert!(missing.len() > 5);
     // A forged chunk is refused.
-    let forged = vec![(missing[0], vec![0u8; 100])];
+    let forged = vec![depfs_proto::ChunkData {
+        hash: missing[0],
+        data: vec![0u8; 100],
+    }];
     assert!(c.stores[1].put_chunks(&forged).is_err());
     sync(&c.stores[0], &c.stores[1], 1001);
     let node = c.stores[1].get(&p("app.war")).unwrap().unwrap();
