@@ -53,8 +53,6 @@ struct RawConfig {
 
 /// A validated node configuration.
 #[derive(Debug, Clone)]
-// `source`, `listen`, `peers`, `mode` and `tls` drive the replicator (next issue).
-#[allow(dead_code)]
 pub struct Config {
     /// Where the configuration was read from.
     pub source: PathBuf,

@@ -10,10 +10,12 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use depfs_fs::ops::FuseAdapter;
-use depfs_fs::{DepFs, FsConfig};
+use depfs_fs::{DepFs, FsConfig, Invalidation};
 use depfs_proto::{Kind, Meta, Timespec};
+use depfs_replicator::{ReplicaConfig, Service, ServiceConfig};
 use depfs_store::{Store, StoreOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use std::os::unix::ffi::OsStrExt;
 
 use crate::config::Config;
 use crate::options::MountOptions;
@@ -147,6 +149,8 @@ fn serve(
         store.mark_initialized()?;
     }
 
+    let service = start_replicator(config, &store)?;
+
     let staging = config.data_dir.join("staging");
     std::fs::create_dir_all(&staging)
         .with_context(|| format!("cannot create {}", staging.display()))?;
@@ -161,6 +165,18 @@ fn serve(
     )
     .map_err(|e| anyhow!("cannot mount {}: {e}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
+    let service = service.map(|(service, changed)| {
+        spawn_invalidator(fs.clone(), session.notifier(), changed);
+        service
+    });
+    let control = Arc::new(crate::control::State {
+        config: config.clone(),
+        mountpoint: mountpoint.to_path_buf(),
+        store: fs.store().clone(),
+        service: service.clone(),
+        started: std::time::Instant::now(),
+    });
+    crate::control::serve(control)?;
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let signal_handle = signals.handle();
     let mp = mountpoint.to_path_buf();
@@ -181,8 +197,70 @@ fn serve(
     signal_handle.close();
     let _ = signal_thread.join();
     fs.publish_all();
+    crate::control::remove(config);
+    if let Some(service) = service {
+        match Arc::try_unwrap(service) {
+            Ok(service) => service.shutdown(),
+            Err(service) => drop(service),
+        }
+    }
     tracing::info!("unmounted");
     result.map_err(|e| anyhow!("serving {} failed: {e}", mountpoint.display()))
+}
+
+/// Paths changed by peers, from the replicator to the invalidation thread.
+type ChangedPaths = std::sync::mpsc::Receiver<Vec<depfs_proto::RelPath>>;
+
+/// Starts replication when the node has peers (or a TLS identity to accept them).
+fn start_replicator(
+    config: &Config,
+    store: &Store,
+) -> Result<Option<(Arc<Service>, ChangedPaths)>> {
+    let Some(tls_paths) = &config.tls else {
+        return Ok(None);
+    };
+    let tls =
+        depfs_replicator::tls::load(&tls_paths.ca, &tls_paths.cert, &tls_paths.key, &config.node)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let service = Service::start(
+        ServiceConfig {
+            listen: config.listen,
+            peers: config.peers.clone(),
+            tls,
+            replica: ReplicaConfig::default(),
+        },
+        store.clone(),
+        Box::new(move |paths| {
+            let _ = tx.send(paths);
+        }),
+    )?;
+    store.set_commit_hook(Box::new(service.commit_notifier()));
+    Ok(Some((Arc::new(service), rx)))
+}
+
+/// Sends the kernel the cache invalidations for paths peers changed, from a thread of
+/// its own (never from a request handler: the kernel may be waiting on that handler).
+fn spawn_invalidator(fs: Arc<DepFs>, notifier: fuser::Notifier, changed: ChangedPaths) {
+    let _ = std::thread::Builder::new()
+        .name("depfs-invalidate".into())
+        .spawn(move || {
+            while let Ok(paths) = changed.recv() {
+                for inv in fs.remote_changed(&paths) {
+                    let result = match &inv {
+                        Invalidation::Entry { parent, name } => notifier.inval_entry(
+                            fuser::INodeNo(*parent),
+                            std::ffi::OsStr::from_bytes(name),
+                        ),
+                        Invalidation::Inode(ino) => {
+                            notifier.inval_inode(fuser::INodeNo(*ino), 0, 0)
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(?inv, error = %e, "kernel cache invalidation failed");
+                    }
+                }
+            }
+        });
 }
 
 fn open_store(config: &Config, root: &std::fs::Metadata) -> Result<Store> {

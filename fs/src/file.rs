@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use depfs_proto::limits::MAX_FILE_SIZE;
-use depfs_proto::{Content, Kind, Meta, Node};
+use depfs_proto::{Content, Dot, Kind, Meta, Node};
 use depfs_store::{ContentReader, Durability, PinGuard};
 use parking_lot::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::attr::Attr;
 use crate::error::{Errno, FsResult};
@@ -19,6 +20,9 @@ use crate::{now, now_ms, DepFs, SetAttr};
 #[derive(Debug)]
 pub(crate) struct OpenFile {
     pub(crate) data: RwLock<FileData>,
+    /// Mirrors `data.staged.is_some()`, readable without the data lock (by the code that
+    /// applies changes from other nodes).
+    pub(crate) dirty: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -31,6 +35,10 @@ pub(crate) struct FileData {
     staging: Option<Staging>,
     /// Attributes with unpublished changes; `Some` exactly while the file is dirty.
     staged: Option<Meta>,
+    /// The versions the unpublished changes started from (see `Tx::put_based`).
+    started_from: Vec<Dot>,
+    /// Attributes of the committed content (as of open or the last publish).
+    committed_meta: Option<Meta>,
 }
 
 impl FileData {
@@ -43,26 +51,33 @@ impl FileData {
 }
 
 impl OpenFile {
-    pub(crate) fn committed(content: Content, pin: PinGuard) -> Arc<OpenFile> {
+    pub(crate) fn committed(content: Content, meta: Meta, pin: PinGuard) -> Arc<OpenFile> {
         Arc::new(OpenFile {
             data: RwLock::new(FileData {
                 base: ContentReader::new(content),
                 _pin: pin,
                 staging: None,
                 staged: None,
+                started_from: Vec::new(),
+                committed_meta: Some(meta),
             }),
+            dirty: AtomicBool::new(false),
         })
     }
 
-    /// A file created here and not yet published.
-    pub(crate) fn pending(meta: Meta) -> Arc<OpenFile> {
+    /// A file created here and not yet published; `started_from` are the versions of
+    /// the path (tombstones) when it was created.
+    pub(crate) fn pending(meta: Meta, started_from: Vec<Dot>) -> Arc<OpenFile> {
         Arc::new(OpenFile {
             data: RwLock::new(FileData {
                 base: ContentReader::new(Content::empty()),
                 _pin: PinGuard::none(),
                 staging: Some(Staging::empty()),
                 staged: Some(meta),
+                started_from,
+                committed_meta: None,
             }),
+            dirty: AtomicBool::new(true),
         })
     }
 
@@ -73,8 +88,14 @@ impl OpenFile {
         Some(Attr::new(ino, meta, data.size()))
     }
 
-    pub(crate) fn size(&self) -> u64 {
-        self.data.read().size()
+    /// Attributes as this open file sees them: staged ones, else the committed ones.
+    pub(crate) fn attr(&self, ino: u64) -> Option<Attr> {
+        let data = self.data.read();
+        let meta = data
+            .staged
+            .clone()
+            .or_else(|| data.committed_meta.clone())?;
+        Some(Attr::new(ino, meta, data.size()))
     }
 }
 
@@ -100,7 +121,7 @@ impl DepFs {
         if inode.file.is_none() {
             let path = inode.path.clone().ok_or(Errno::ENOENT)?;
             let (node, pin) = self.store.get_pinned(&path)?.ok_or(Errno::ENOENT)?;
-            inode.file = Some(OpenFile::committed(node.content, pin));
+            inode.file = Some(OpenFile::committed(node.content, node.meta, pin));
         }
         inode.open += 1;
         let file = inode.file.clone().ok_or(Errno::EIO)?;
@@ -108,7 +129,7 @@ impl DepFs {
         drop(tables);
         if writable && flags & libc::O_TRUNC != 0 {
             let mut data = file.data.write();
-            self.make_dirty(ino, &mut data)?;
+            self.make_dirty(ino, &file, &mut data)?;
             data.staging = Some(Staging::empty());
             touch_content(&mut data);
         }
@@ -148,7 +169,7 @@ impl DepFs {
             return Err(Errno::EFBIG);
         }
         let mut data = file.data.write();
-        self.make_dirty(ino, &mut data)?;
+        self.make_dirty(ino, &file, &mut data)?;
         self.ensure_staging(&mut data)?;
         if let Some(staging) = &mut data.staging {
             staging.write(offset, bytes, &self.spill())?;
@@ -228,7 +249,7 @@ impl DepFs {
         if let Some(file) = &file {
             let mut data = file.data.write();
             if changes.size.is_some() || data.staged.is_some() {
-                self.make_dirty(ino, &mut data)?;
+                self.make_dirty(ino, file, &mut data)?;
                 if let Some(size) = changes.size {
                     self.ensure_staging(&mut data)?;
                     if let Some(staging) = &mut data.staging {
@@ -282,18 +303,25 @@ impl DepFs {
         Ok(content)
     }
 
-    /// Marks the file dirty, capturing its current attributes for staging.
-    fn make_dirty(&self, ino: u64, data: &mut FileData) -> FsResult<()> {
+    /// Marks the file dirty, capturing its current attributes and the versions the
+    /// changes start from.
+    fn make_dirty(&self, ino: u64, file: &OpenFile, data: &mut FileData) -> FsResult<()> {
         if data.staged.is_some() {
             return Ok(());
         }
         let tables = self.tables.lock();
         let inode = tables.inodes.get(&ino).ok_or(Errno::ENOENT)?;
-        let meta = match &inode.path {
-            Some(path) => self.store.get(path)?.ok_or(Errno::ENOENT)?.meta,
-            None => inode.detached.clone().ok_or(Errno::ENOENT)?,
+        let (meta, started_from) = match &inode.path {
+            Some(path) => {
+                let meta = self.store.get(path)?.ok_or(Errno::ENOENT)?.meta;
+                let dots = self.store.heads(path)?.into_iter().map(|h| h.dot).collect();
+                (meta, dots)
+            }
+            None => (inode.detached.clone().ok_or(Errno::ENOENT)?, Vec::new()),
         };
         data.staged = Some(meta);
+        data.started_from = started_from;
+        file.dirty.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -355,12 +383,13 @@ impl DepFs {
         if !pending && !matches!(tx.get(&path)?, Some(n) if n.meta.kind == Kind::File) {
             return Ok(());
         }
-        tx.put(
+        tx.put_based(
             path.clone(),
             Node {
                 meta: meta.clone(),
                 content: content.clone(),
             },
+            data.started_from.clone(),
         );
         if pending {
             touch_parent(&mut tx, &path, meta.ctime)?;
@@ -375,6 +404,9 @@ impl DepFs {
         data.base = ContentReader::new(content);
         data._pin = pin;
         data.staged = None;
+        data.committed_meta = Some(meta);
+        data.started_from.clear();
+        file.dirty.store(false, Ordering::Release);
         Ok(())
     }
 

@@ -23,6 +23,7 @@ mod tables;
 pub use attr::Attr;
 pub use error::{Errno, FsResult};
 pub use import::{import_dir, ImportError, ImportStats};
+pub use namespace::Invalidation;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -63,11 +63,11 @@ impl DepFs {
             if let Some(attr) = file.staged_attr(ino) {
                 return Ok(if unlinked { attr.unlinked() } else { attr });
             }
-            if let Some(mut attr) = base.clone() {
-                if unlinked {
-                    attr.size = file.size();
+            if unlinked {
+                // Unlinked or replaced while open: what the open file has.
+                if let Some(attr) = file.attr(ino) {
+                    return Ok(attr.unlinked());
                 }
-                return Ok(attr);
             }
         }
         base.ok_or(Errno::ENOENT)
@@ -178,7 +178,13 @@ impl DepFs {
         let tx = self.store.transaction();
         let parent_meta = self.check_free(&tx, &path)?;
         let meta = new_meta(Kind::File, mode, caller, &parent_meta);
-        let file = OpenFile::pending(meta.clone());
+        let started_from = self
+            .store
+            .heads(&path)?
+            .into_iter()
+            .map(|h| h.dot)
+            .collect();
+        let file = OpenFile::pending(meta.clone(), started_from);
         let mut tables = self.tables.lock();
         let ino = tables.insert_new(
             &path,
@@ -459,4 +465,78 @@ fn move_tree(
         tx.put(new_path, node);
     }
     Ok(())
+}
+
+/// A kernel cache entry to drop because a peer changed the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The name `name` in directory `parent` (its inode may be another now, or none).
+    Entry {
+        /// The directory's inode.
+        parent: u64,
+        /// The name.
+        name: Vec<u8>,
+    },
+    /// The attributes and cached pages of an inode.
+    Inode(u64),
+}
+
+impl DepFs {
+    /// Paths changed because of other nodes: updates the inode table and returns the
+    /// kernel caches to invalidate (to be sent from a thread that is not serving a
+    /// request).
+    ///
+    /// An open file whose content changed keeps reading the version it opened (its
+    /// chunks are pinned) and new opens see the new version, so a reader never sees a
+    /// mix. A file with unpublished local writes keeps them; when they are published,
+    /// the version from the peer stays as the winner or as a conflict.
+    pub fn remote_changed(&self, paths: &[RelPath]) -> Vec<Invalidation> {
+        let mut out = Vec::new();
+        let mut tables = self.tables.lock();
+        for path in paths {
+            let parent = path.parent().and_then(|p| tables.by_path.get(&p).copied());
+            if let Some(&ino) = tables.by_path.get(path) {
+                let Some(inode) = tables.inodes.get(&ino) else {
+                    continue;
+                };
+                let dirty = inode
+                    .file
+                    .as_ref()
+                    .is_some_and(|f| f.dirty.load(std::sync::atomic::Ordering::Acquire));
+                if inode.pending || dirty {
+                    continue;
+                }
+                let now = match self.store.get(path) {
+                    Ok(now) => now,
+                    Err(e) => {
+                        tracing::error!(%path, error = %e, "cannot read a path changed by a peer");
+                        None
+                    }
+                };
+                let same_kind = now.as_ref().is_some_and(|n| n.meta.kind == inode.kind);
+                if same_kind && inode.file.is_none() {
+                    out.push(Invalidation::Inode(ino));
+                } else {
+                    let last = inode.detached.clone();
+                    tables.detach(path, last);
+                    if let Some(parent) = parent {
+                        out.push(Invalidation::Entry {
+                            parent,
+                            name: path.name().to_vec(),
+                        });
+                    }
+                }
+            } else if let Some(parent) = parent {
+                out.push(Invalidation::Entry {
+                    parent,
+                    name: path.name().to_vec(),
+                });
+            }
+            if let Some(parent) = parent {
+                out.push(Invalidation::Inode(parent));
+            }
+        }
+        out.dedup();
+        out
+    }
 }

@@ -32,3 +32,7 @@ pub const MAX_VALUE_LEN: usize = 64 * 1024 * 1024;
 
 /// Longest symlink target in bytes (Linux `PATH_MAX` minus the NUL).
 pub const MAX_SYMLINK_LEN: usize = 4095;
+
+/// Largest message frame on the network. `Changes` and `Chunks` messages are built well
+/// below it (a few MiB); anything larger is refused before it is read.
+pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;

@@ -1,10 +1,16 @@
-//! depfs replication: the synchronisation protocol ([`replica`]), and (next) the QUIC
-//! transport with mutual TLS that carries it.
+//! depfs replication: the synchronisation protocol ([`replica`]), certificates
+//! ([`pki`]), mutual TLS ([`tls`]), framing ([`frame`]) and the QUIC service that carries
+//! it ([`service`]).
 //!
 //! The protocol logic is a deterministic state machine with no sockets and no clock
-//! reads, driven by a thin async layer, so that the deterministic cluster simulation in
-//! `tests/simulation.rs` runs exactly the code the daemon runs.
+//! reads, driven by a thin layer (`service`), so that the deterministic cluster
+//! simulation in `tests/simulation.rs` runs exactly the code the daemon runs.
 
+pub mod frame;
+pub mod pki;
 pub mod replica;
+pub mod service;
+pub mod tls;
 
 pub use replica::{Output, Replica, ReplicaConfig, ReplicaError};
+pub use service::{PeerStatus, Service, ServiceConfig, ServiceError, ServiceStatus};

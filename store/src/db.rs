@@ -92,6 +92,7 @@ pub(crate) fn init(
         writer: Mutex::new(writer),
         pins: Mutex::new(PinTable::default()),
         created,
+        commit_hook: parking_lot::RwLock::new(None),
         _lock: lock,
     })
 }

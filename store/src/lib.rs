@@ -67,6 +67,9 @@ impl StoreOptions {
     }
 }
 
+/// A function called after every local commit.
+pub type CommitHook = Box<dyn Fn() + Send + Sync>;
+
 /// A node's store. Cheap to clone; all clones share one database.
 #[derive(Clone)]
 pub struct Store {
@@ -81,6 +84,8 @@ pub(crate) struct Inner {
     pub(crate) pins: Mutex<PinTable>,
     /// True if the store was created by this open (nothing was there before).
     pub(crate) created: bool,
+    /// Called after every local commit (the replicator's wake-up).
+    pub(crate) commit_hook: parking_lot::RwLock<Option<CommitHook>>,
     _lock: DirLock,
 }
 
@@ -109,6 +114,11 @@ impl Store {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// Sets the function called after every local commit (replaces any previous one).
+    pub fn set_commit_hook(&self, hook: CommitHook) {
+        *self.inner.commit_hook.write() = Some(hook);
     }
 
     /// True if this open created the store (first start of this node).

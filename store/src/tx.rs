@@ -77,6 +77,9 @@ pub struct Tx<'a> {
     resolve: std::collections::HashSet<RelPath>,
     /// Deletions to commit even though nothing is visible (they resolve conflicts).
     forced_deletes: std::collections::HashSet<RelPath>,
+    /// For writes prepared earlier (a file open for writing): the heads they started
+    /// from. Heads that appeared since are concurrent, not superseded.
+    bases: HashMap<RelPath, Vec<Dot>>,
 }
 
 impl Store {
@@ -89,6 +92,7 @@ impl Store {
             index: HashMap::new(),
             resolve: Default::default(),
             forced_deletes: Default::default(),
+            bases: HashMap::new(),
         }
     }
 
@@ -148,6 +152,15 @@ impl<'a> Tx<'a> {
 
     /// Stages `node` at `path`.
     pub fn put(&mut self, path: RelPath, node: Node) {
+        self.stage(path, Some(node));
+    }
+
+    /// Stages `node` at `path` as a write that started from the heads `base` (the dots
+    /// of [`Store::heads`] when the file was first written). Versions of the path that
+    /// arrived since are concurrent with it: they stay, as the winner or as a conflict,
+    /// instead of being silently overwritten.
+    pub fn put_based(&mut self, path: RelPath, node: Node, base: Vec<Dot>) {
+        self.bases.insert(path.clone(), base);
         self.stage(path, Some(node));
     }
 
@@ -222,7 +235,11 @@ impl<'a> Tx<'a> {
         let mut paths = Vec::with_capacity(ops.len());
         for (path, op, heads, conflicted) in ops {
             let mut ctx = VersionVector::new();
-            for head in heads.iter().filter(|h| !conflicted.contains(&h.dot)) {
+            let base = self.bases.get(&path);
+            for head in heads.iter().filter(|h| match base {
+                Some(base) => base.contains(&h.dot),
+                None => !conflicted.contains(&h.dot),
+            }) {
                 ctx.merge(&head.ctx);
             }
             ctx.raise(&node, seq);
@@ -256,6 +273,10 @@ impl<'a> Tx<'a> {
         writer.vv.raise(&node, seq);
         writer.persist(&mut batch);
         store.write_batch(batch, durability)?;
+        drop(self.writer);
+        if let Some(hook) = store.inner.commit_hook.read().as_ref() {
+            hook();
+        }
         Ok(Some(Committed { dot, hlc }))
     }
 }

@@ -55,6 +55,11 @@ pub struct Node {
 impl Node {
     /// A single node named `name` with no peers.
     pub fn new(name: &str) -> Node {
+        Self::with_config(name, "peers = []\n")
+    }
+
+    /// A node whose config is `node`, `data_dir` and then `rest` (TOML).
+    pub fn with_config(name: &str, rest: &str) -> Node {
         let dir = tempfile::Builder::new()
             .prefix("depfs-test-")
             .tempdir()
@@ -66,7 +71,7 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "node = \"{name}\"\ndata_dir = \"{}\"\npeers = []\n",
+                "node = \"{name}\"\ndata_dir = \"{}\"\n{rest}",
                 data_dir.display()
             ),
         )
@@ -173,5 +178,129 @@ impl Drop for Node {
             }
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+    }
+}
+
+/// A free UDP port on 127.0.0.1 (probed by binding port 0).
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A cluster CA in a temporary directory, issuing node certificates with `depfs ca`.
+pub struct Ca {
+    pub dir: tempfile::TempDir,
+}
+
+impl Ca {
+    pub fn new() -> Ca {
+        let dir = tempfile::Builder::new()
+            .prefix("depfs-ca-")
+            .tempdir()
+            .unwrap();
+        let out = depfs(&[
+            "ca",
+            "init",
+            "--out",
+            dir.path().join("ca").to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "ca init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ca { dir }
+    }
+
+    /// Issues `name`'s certificate; returns the `[tls]` section for its config.
+    pub fn issue(&self, name: &str) -> String {
+        let ca = self.dir.path().join("ca");
+        let certs = self.dir.path().join("certs");
+        let out = depfs(&[
+            "ca",
+            "issue",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--node",
+            name,
+            "--out",
+            certs.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "ca issue: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        format!(
+            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            ca.join("ca.pem").display(),
+            certs.join(format!("{name}.pem")).display(),
+            certs.join(format!("{name}.key")).display()
+        )
+    }
+}
+
+/// Nodes `gw1..gwN` that all list each other, with certificates from one CA.
+pub struct Cluster {
+    pub ca: Ca,
+    pub ports: Vec<u16>,
+    pub nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Creates (but does not mount) `n` nodes.
+    pub fn new(n: usize) -> Cluster {
+        let ca = Ca::new();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let nodes = (0..n)
+            .map(|i| {
+                let name = format!("gw{}", i + 1);
+                let peers: Vec<String> = (0..n)
+                    .filter(|&j| j != i)
+                    .map(|j| format!("\"127.0.0.1:{}\"", ports[j]))
+                    .collect();
+                let rest = format!(
+                    "listen = \"127.0.0.1:{}\"\npeers = [{}]\n{}",
+                    ports[i],
+                    peers.join(", "),
+                    ca.issue(&name)
+                );
+                Node::with_config(&name, &rest)
+            })
+            .collect();
+        Cluster { ca, ports, nodes }
+    }
+
+    /// Mounts every node.
+    pub fn mount_all(&self) {
+        for node in &self.nodes {
+            node.mount();
+        }
+    }
+}
+
+impl Node {
+    /// `depfs status --json` of this node.
+    pub fn status(&self) -> serde_json::Value {
+        let out = depfs(&[
+            "status",
+            "--config",
+            self.config.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// Waits until `rel` on this node holds `content`.
+    pub fn wait_for(&self, rel: &str, content: &[u8], timeout: Duration) -> bool {
+        let path = self.path(rel);
+        wait_until(timeout, || std::fs::read(&path).is_ok_and(|c| c == content))
     }
 }

@@ -1,0 +1,214 @@
+//! The control socket: `data_dir/control.sock` (mode 0600, so root only by default), one
+//! JSON request per connection, one JSON reply. `depfs status` and `depfs sync` use it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context, Result};
+use depfs_replicator::Service;
+use depfs_store::Store;
+use serde_json::{json, Value};
+
+use crate::config::{Config, Mode, Role};
+
+/// What the control socket reports on.
+pub struct State {
+    pub config: Config,
+    pub mountpoint: PathBuf,
+    pub store: Store,
+    pub service: Option<Arc<Service>>,
+    pub started: Instant,
+}
+
+/// The socket path for a config.
+pub fn socket_path(config: &Config) -> PathBuf {
+    config.data_dir.join("control.sock")
+}
+
+/// Serves the control socket on a thread until the process exits.
+pub fn serve(state: Arc<State>) -> Result<()> {
+    let path = socket_path(&state.config);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("cannot create control socket {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::thread::Builder::new()
+        .name("depfs-control".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let state = state.clone();
+                let _ = std::thread::Builder::new()
+                    .name("depfs-control-req".into())
+                    .spawn(move || {
+                        if let Err(e) = handle(&state, stream) {
+                            tracing::debug!(error = %e, "control request failed");
+                        }
+                    });
+            }
+        })?;
+    Ok(())
+}
+
+/// Removes the socket at shutdown.
+pub fn remove(config: &Config) {
+    let _ = std::fs::remove_file(socket_path(config));
+}
+
+fn handle(state: &State, stream: UnixStream) -> Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let request: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+    let reply = match request.get("cmd").and_then(Value::as_str) {
+        Some("status") => status(state),
+        Some("sync") => {
+            let timeout = request
+                .get("timeout_ms")
+                .and_then(Value::as_u64)
+                .unwrap_or(30_000);
+            sync(state, Duration::from_millis(timeout))
+        }
+        _ => json!({"error": "unknown request"}),
+    };
+    let mut stream = stream;
+    writeln!(stream, "{reply}")?;
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn status(state: &State) -> Value {
+    let store = &state.store;
+    let stats = store.stats().ok();
+    let service = state.service.as_ref().map(|s| s.status());
+    let peers: Vec<Value> = service
+        .iter()
+        .flat_map(|s| s.peers.iter())
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "addr": p.addr,
+                "connected": p.connected,
+                "since_ms": p.since_ms,
+                "rtt_ms": p.rtt_ms,
+                "lag_changes": p.lag_changes,
+                "lag_ms": p.lag_ms,
+                "bytes_sent": p.bytes_sent,
+                "bytes_received": p.bytes_received,
+            })
+        })
+        .collect();
+    let last = store
+        .recent_changes(1)
+        .ok()
+        .and_then(|v| v.into_iter().next())
+        .map(|(dot, r)| {
+            json!({
+                "change": dot.to_string(),
+                "node": dot.node.to_string(),
+                "time_ms": r.hlc.wall_ms,
+                "paths": r.paths.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            })
+        });
+    let mode = match state.config.mode {
+        Mode::MultiWriter => "multi-writer",
+        Mode::OneWay => "one-way",
+    };
+    let role = match state.config.role {
+        Some(Role::Manager) => "manager",
+        Some(Role::Worker) => "worker",
+        None => "writer",
+    };
+    json!({
+        "node": state.config.node.to_string(),
+        "mode": mode,
+        "role": role,
+        "mountpoint": state.mountpoint.display().to_string(),
+        "data_dir": state.config.data_dir.display().to_string(),
+        "config": state.config.source.display().to_string(),
+        "uptime_s": state.started.elapsed().as_secs(),
+        "listen": state.config.listen.to_string(),
+        "peers": peers,
+        "last_change": last,
+        "pending_transfers": service.as_ref().map_or(0, |s| s.pending_transfers),
+        "conflicts": stats.as_ref().map_or(0, |s| s.conflicts),
+        "store": {
+            "entries": stats.as_ref().map_or(0, |s| s.entries),
+            "versions": stats.as_ref().map_or(0, |s| s.heads),
+            "tombstones": stats.as_ref().map_or(0, |s| s.tombstones),
+            "chunks": stats.as_ref().map_or(0, |s| s.chunks),
+            "log_records": stats.as_ref().map_or(0, |s| s.log_records),
+            "size_bytes": dir_size(&state.config.data_dir.join("db")),
+        },
+        "progress": store.version_vector().iter().map(|(n, s)| (n.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until every change made here before the call is acknowledged by every
+/// connected peer.
+fn sync(state: &State, timeout: Duration) -> Value {
+    let start = Instant::now();
+    let seq = state.store.last_seq();
+    let me = state.store.node().clone();
+    let Some(service) = &state.service else {
+        return json!({"synced": true, "waited_ms": 0, "pending": []});
+    };
+    loop {
+        let status = service.status();
+        let pending: Vec<String> = status
+            .peers
+            .iter()
+            .filter(|p| p.connected)
+            .filter(|p| {
+                depfs_proto::NodeName::new(&p.name)
+                    .ok()
+                    .and_then(|n| state.store.peer_acked(&n).ok())
+                    .is_none_or(|acked| acked.get(&me) < seq)
+            })
+            .map(|p| p.name.clone())
+            .collect();
+        let waited = start.elapsed();
+        if pending.is_empty() || waited >= timeout {
+            return json!({"synced": pending.is_empty(), "waited_ms": waited.as_millis() as u64, "pending": pending, "at_ms": now_ms()});
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sends a request to the daemon of `config` and returns its reply.
+pub fn request(config: &Config, request: Value) -> Result<Value> {
+    let path = socket_path(config);
+    let mut stream = UnixStream::connect(&path).map_err(|e| {
+        anyhow!(
+            "depfs is not running for node {} (control socket {}: {e})",
+            config.node,
+            path.display()
+        )
+    })?;
+    writeln!(stream, "{request}")?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    serde_json::from_str(&line).context("malformed reply from the daemon")
+}

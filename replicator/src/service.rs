@@ -1,0 +1,584 @@
+//! The replicator service: a QUIC endpoint, connections to peers (dialled with backoff,
+//! accepted after mutual TLS), and one thread that drives the [`Replica`] state machine
+//! with their messages, local commits and ticks.
+//!
+//! Data flows one way: the store's commit hook wakes the replica thread, which sends to
+//! peers; messages from peers are applied to the store by the same thread, which reports
+//! the changed paths through the `on_changed` callback (kernel cache invalidation).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use depfs_proto::{Message, NodeName, RelPath, VersionVector};
+use depfs_store::Store;
+use parking_lot::Mutex;
+use tokio::sync::mpsc as tmpsc;
+
+use crate::frame;
+use crate::replica::{Output, Replica, ReplicaConfig};
+use crate::tls::{self, TlsConfig};
+
+/// How the service runs.
+pub struct ServiceConfig {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Peers to dial, `host:port`.
+    pub peers: Vec<String>,
+    /// TLS identity and trust.
+    pub tls: TlsConfig,
+    /// Protocol tunables.
+    pub replica: ReplicaConfig,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The QUIC endpoint could not be set up.
+    #[error("cannot listen on {addr}: {detail}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The async runtime or a thread could not be started.
+    #[error("cannot start the replicator: {0}")]
+    Start(String),
+}
+
+/// What `status` shows about one peer.
+#[derive(Debug, Clone, Default)]
+pub struct PeerStatus {
+    /// Node name (from its certificate).
+    pub name: String,
+    /// Address of the current or last connection.
+    pub addr: String,
+    /// True while connected.
+    pub connected: bool,
+    /// Unix milliseconds of the last connect or disconnect.
+    pub since_ms: u64,
+    /// Round-trip time of the connection.
+    pub rtt_ms: f64,
+    /// Bytes of protocol frames sent to it.
+    pub bytes_sent: u64,
+    /// Bytes of protocol frames received from it.
+    pub bytes_received: u64,
+    /// Changes of ours and others the peer has not acknowledged.
+    pub lag_changes: u64,
+    /// Age of the oldest change it has not acknowledged, in milliseconds.
+    pub lag_ms: u64,
+}
+
+/// A snapshot of the service for `status`.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceStatus {
+    /// Address the endpoint is bound to.
+    pub listen: String,
+    /// Known peers, in name order.
+    pub peers: Vec<PeerStatus>,
+    /// Received changes waiting for their chunks.
+    pub pending_transfers: usize,
+    /// This node's progress.
+    pub progress: VersionVector,
+}
+
+enum Event {
+    Connected {
+        peer: NodeName,
+        conn: u64,
+        tx: tmpsc::UnboundedSender<Outgoing>,
+    },
+    Disconnected {
+        peer: NodeName,
+        conn: u64,
+    },
+    Received {
+        peer: NodeName,
+        conn: u64,
+        msg: Message,
+    },
+    LocalCommit,
+    Status(mpsc::Sender<ServiceStatus>),
+    Shutdown,
+}
+
+enum Outgoing {
+    Frame(Vec<u8>),
+    Close(String),
+}
+
+#[derive(Default)]
+struct PeerInfo {
+    addr: String,
+    connected: bool,
+    since_ms: u64,
+    rtt_ms: f64,
+    bytes_sent: Arc<AtomicU64>,
+    bytes_received: Arc<AtomicU64>,
+}
+
+struct ConnHandle {
+    id: u64,
+    conn: quinn::Connection,
+    dialled_by_us: bool,
+}
+
+struct Shared {
+    node: NodeName,
+    events: mpsc::Sender<Event>,
+    conns: Mutex<HashMap<NodeName, ConnHandle>>,
+    peers: Mutex<BTreeMap<NodeName, PeerInfo>>,
+    /// Which node answered at which dialled address.
+    addr_names: Mutex<HashMap<String, NodeName>>,
+    next_conn: AtomicU64,
+}
+
+/// The running replicator.
+pub struct Service {
+    shared: Arc<Shared>,
+    runtime: Option<tokio::runtime::Runtime>,
+    endpoint: quinn::Endpoint,
+    thread: Option<std::thread::JoinHandle<()>>,
+    local_addr: SocketAddr,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    // quinn closes idle connections after 30 s; keep-alives keep peers connected.
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(20)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    Arc::new(t)
+}
+
+impl Service {
+    /// Starts listening and dialling. Local commits must be reported with
+    /// [`Service::local_commit`] (the daemon wires the store's commit hook to it);
+    /// `on_changed` receives the paths changed by peers.
+    pub fn start(
+        config: ServiceConfig,
+        store: Store,
+        on_changed: Box<dyn Fn(Vec<RelPath>) + Send>,
+    ) -> Result<Service, ServiceError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("depfs-net")
+            .enable_all()
+            .build()
+            .map_err(|e| ServiceError::Start(e.to_string()))?;
+        let server_crypto =
+            quinn::crypto::rustls::QuicServerConfig::try_from(config.tls.server.clone())
+                .map_err(|e| ServiceError::Start(e.to_string()))?;
+        let client_crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(config.tls.client.clone())
+                .map_err(|e| ServiceError::Start(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server_config.transport_config(transport());
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client_config.transport_config(transport());
+        let mut endpoint = {
+            let _guard = runtime.enter();
+            quinn::Endpoint::server(server_config, config.listen).map_err(|e| {
+                ServiceError::Listen {
+                    addr: config.listen,
+                    detail: e.to_string(),
+                }
+            })?
+        };
+        endpoint.set_default_client_config(client_config);
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|e| ServiceError::Start(e.to_string()))?;
+
+        let (events, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            node: store.node().clone(),
+            events,
+            conns: Mutex::new(HashMap::new()),
+            peers: Mutex::new(BTreeMap::new()),
+            addr_names: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+        });
+
+        let replica = Replica::new(store, Vec::new(), config.replica.clone());
+        let thread_shared = shared.clone();
+        let tick = Duration::from_millis(config.replica.hello_every_ms.clamp(50, 1000) / 2);
+        let thread = std::thread::Builder::new()
+            .name("depfs-replica".into())
+            .spawn(move || replica_loop(replica, rx, thread_shared, on_changed, tick))
+            .map_err(|e| ServiceError::Start(e.to_string()))?;
+
+        runtime.spawn(accept_loop(endpoint.clone(), shared.clone()));
+        for peer in config.peers {
+            runtime.spawn(dial_loop(endpoint.clone(), shared.clone(), peer));
+        }
+        tracing::info!(listen = %local_addr, "replicator listening");
+        Ok(Service {
+            shared,
+            runtime: Some(runtime),
+            endpoint,
+            thread: Some(thread),
+            local_addr,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A local change was committed: push it.
+    pub fn local_commit(&self) {
+        let _ = self.shared.events.send(Event::LocalCommit);
+    }
+
+    /// A hook for the store: every local commit wakes the replicator.
+    pub fn commit_notifier(&self) -> impl Fn() + Send + Sync + 'static {
+        let events = Mutex::new(self.shared.events.clone());
+        move || {
+            let _ = events.lock().send(Event::LocalCommit);
+        }
+    }
+
+    /// Peers, progress and transfers.
+    pub fn status(&self) -> ServiceStatus {
+        let (tx, rx) = mpsc::channel();
+        if self.shared.events.send(Event::Status(tx)).is_err() {
+            return ServiceStatus::default();
+        }
+        rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
+    }
+
+    /// Stops the service: closes connections and the endpoint, joins the threads.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.shared.events.send(Event::Shutdown);
+        self.endpoint.close(0u32.into(), b"shutting down");
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The thread that owns the replica.
+fn replica_loop(
+    mut replica: Replica,
+    rx: mpsc::Receiver<Event>,
+    shared: Arc<Shared>,
+    on_changed: Box<dyn Fn(Vec<RelPath>) + Send>,
+    tick: Duration,
+) {
+    let mut senders: BTreeMap<NodeName, (u64, tmpsc::UnboundedSender<Outgoing>)> = BTreeMap::new();
+    let mut backlog: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
+    let mut next_tick = Instant::now() + tick;
+    loop {
+        let timeout = next_tick.saturating_duration_since(Instant::now());
+        let mut outputs = Vec::new();
+        let event = match backlog.pop_front() {
+            Some(ev) => Ok(ev),
+            None => rx.recv_timeout(timeout),
+        };
+        match event {
+            Ok(Event::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Ok(Event::Connected { peer, conn, tx }) => {
+                senders.insert(peer.clone(), (conn, tx));
+                outputs = replica.connected(&peer, now_ms());
+            }
+            Ok(Event::Disconnected { peer, conn }) => {
+                if senders.get(&peer).is_some_and(|(c, _)| *c == conn) {
+                    senders.remove(&peer);
+                    replica.disconnected(&peer);
+                }
+            }
+            Ok(Event::Received { peer, conn, msg }) => {
+                if senders.get(&peer).is_some_and(|(c, _)| *c == conn) {
+                    match replica.receive(&peer, msg, now_ms()) {
+                        Ok(out) => outputs = out,
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "closing the connection to a peer that sent bad data");
+                            if let Some((_, tx)) = senders.remove(&peer) {
+                                let _ = tx.send(Outgoing::Close(e.to_string()));
+                            }
+                            replica.disconnected(&peer);
+                        }
+                    }
+                }
+            }
+            Ok(Event::LocalCommit) => {
+                // Many commits may be queued: one push covers them all. Other events
+                // keep their order in the backlog.
+                while let Ok(ev) = rx.try_recv() {
+                    if !matches!(ev, Event::LocalCommit) {
+                        backlog.push_back(ev);
+                    }
+                }
+                match replica.local_commit(now_ms()) {
+                    Ok(out) => outputs = out,
+                    Err(e) => tracing::error!(error = %e, "reading local changes to send failed"),
+                }
+            }
+            Ok(Event::Status(reply)) => {
+                let _ = reply.send(status(&replica, &shared));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if Instant::now() >= next_tick {
+            next_tick = Instant::now() + tick;
+            match replica.tick(now_ms()) {
+                Ok(out) => outputs.extend(out),
+                Err(e) => tracing::error!(error = %e, "periodic replication work failed"),
+            }
+        }
+        for output in outputs {
+            match output {
+                Output::Send { to, msg } => {
+                    if let Some((_, tx)) = senders.get(&to) {
+                        let _ = tx.send(Outgoing::Frame(frame::encode(&msg)));
+                    }
+                }
+                Output::Changed(paths) => on_changed(paths),
+            }
+        }
+    }
+    for (_, (_, tx)) in senders {
+        let _ = tx.send(Outgoing::Close("shutting down".into()));
+    }
+}
+
+fn status(replica: &Replica, shared: &Shared) -> ServiceStatus {
+    let store = replica.store();
+    let progress = store.version_vector();
+    let now = now_ms();
+    let peers = shared
+        .peers
+        .lock()
+        .iter()
+        .map(|(name, info)| {
+            let acked = store.peer_acked(name).unwrap_or_default();
+            let missing = store.dots_since(&acked).unwrap_or_default();
+            let lag_ms = missing
+                .first()
+                .and_then(|d| store.log_record(d).ok().flatten())
+                .map(|r| now.saturating_sub(r.hlc.wall_ms))
+                .unwrap_or(0);
+            PeerStatus {
+                name: name.to_string(),
+                addr: info.addr.clone(),
+                connected: info.connected,
+                since_ms: info.since_ms,
+                rtt_ms: info.rtt_ms,
+                bytes_sent: info.bytes_sent.load(Ordering::Relaxed),
+                bytes_received: info.bytes_received.load(Ordering::Relaxed),
+                lag_changes: missing.len() as u64,
+                lag_ms,
+            }
+        })
+        .collect();
+    ServiceStatus {
+        listen: String::new(),
+        peers,
+        pending_transfers: replica.pending_transfers(),
+        progress,
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let addr = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => run_connection(conn, shared, false).await,
+                Err(e) => tracing::warn!(%addr, error = %e, "refused a connection"),
+            }
+        });
+    }
+}
+
+async fn dial_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, peer: String) {
+    let mut backoff = Duration::from_millis(100);
+    let mut last_error = String::new();
+    loop {
+        let known = shared.addr_names.lock().get(&peer).cloned();
+        if known.is_some_and(|n| shared.conns.lock().contains_key(&n)) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let result = async {
+            let addr = tokio::net::lookup_host(&peer)
+                .await
+                .map_err(|e| e.to_string())?
+                .next()
+                .ok_or_else(|| "no address".to_string())?;
+            let connecting = endpoint.connect(addr, "depfs").map_err(|e| e.to_string())?;
+            tokio::time::timeout(Duration::from_secs(5), connecting)
+                .await
+                .map_err(|_| "timed out".to_string())?
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match result {
+            Ok(conn) => {
+                backoff = Duration::from_millis(100);
+                last_error.clear();
+                if let Some(name) = tls::peer_node(&conn) {
+                    shared.addr_names.lock().insert(peer.clone(), name);
+                }
+                run_connection(conn, shared.clone(), true).await;
+            }
+            Err(e) => {
+                if e != last_error {
+                    tracing::warn!(%peer, error = %e, "cannot connect to peer; retrying with backoff");
+                    last_error = e;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Serves one authenticated connection until it ends.
+async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>, dialled_by_us: bool) {
+    let addr = conn.remote_address();
+    let Some(peer) = tls::peer_node(&conn) else {
+        tracing::warn!(%addr, "refused a peer whose certificate names no node");
+        conn.close(1u32.into(), b"no node name in certificate");
+        return;
+    };
+    if peer == shared.node {
+        tracing::warn!(%addr, "refused a peer presenting this node's own name");
+        conn.close(1u32.into(), b"that is my name");
+        return;
+    }
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    {
+        // One connection per pair of nodes: the one dialled by the smaller name wins.
+        let mut conns = shared.conns.lock();
+        let preferred = |dialled_by_us: bool| {
+            let dialler = if dialled_by_us { &shared.node } else { &peer };
+            *dialler == std::cmp::min(shared.node.clone(), peer.clone())
+        };
+        if let Some(existing) = conns.get(&peer) {
+            if existing.conn.close_reason().is_none()
+                && (preferred(existing.dialled_by_us) || !preferred(dialled_by_us))
+            {
+                conn.close(2u32.into(), b"duplicate connection");
+                return;
+            }
+            existing.conn.close(2u32.into(), b"duplicate connection");
+        }
+        conns.insert(
+            peer.clone(),
+            ConnHandle {
+                id,
+                conn: conn.clone(),
+                dialled_by_us,
+            },
+        );
+    }
+    let (bytes_sent, bytes_received) = {
+        let mut peers = shared.peers.lock();
+        let info = peers.entry(peer.clone()).or_default();
+        info.addr = addr.to_string();
+        info.connected = true;
+        info.since_ms = now_ms();
+        info.rtt_ms = conn.rtt().as_secs_f64() * 1000.0;
+        (info.bytes_sent.clone(), info.bytes_received.clone())
+    };
+    tracing::info!(%peer, %addr, "peer connected");
+
+    let streams = if dialled_by_us {
+        conn.open_bi().await
+    } else {
+        conn.accept_bi().await
+    };
+    if let Ok((mut send, mut recv)) = streams {
+        let (tx, mut rx) = tmpsc::unbounded_channel();
+        let _ = shared.events.send(Event::Connected {
+            peer: peer.clone(),
+            conn: id,
+            tx,
+        });
+        let writer_conn = conn.clone();
+        let writer = tokio::spawn(async move {
+            while let Some(out) = rx.recv().await {
+                match out {
+                    Outgoing::Frame(bytes) => {
+                        if send.write_all(&bytes).await.is_err() {
+                            break;
+                        }
+                        bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    }
+                    Outgoing::Close(reason) => {
+                        let _ = send.finish();
+                        writer_conn.close(3u32.into(), reason.as_bytes());
+                        break;
+                    }
+                }
+            }
+        });
+        loop {
+            match frame::read(&mut recv).await {
+                Ok((msg, size)) => {
+                    bytes_received.fetch_add(size as u64, Ordering::Relaxed);
+                    if let Some(info) = shared.peers.lock().get_mut(&peer) {
+                        info.rtt_ms = conn.rtt().as_secs_f64() * 1000.0;
+                    }
+                    let _ = shared.events.send(Event::Received {
+                        peer: peer.clone(),
+                        conn: id,
+                        msg,
+                    });
+                }
+                Err(frame::FrameError::Stream(_)) => break,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "closing the connection to a peer that sent a bad frame");
+                    conn.close(4u32.into(), b"bad frame");
+                    break;
+                }
+            }
+        }
+        writer.abort();
+    }
+    let _ = shared.events.send(Event::Disconnected {
+        peer: peer.clone(),
+        conn: id,
+    });
+    {
+        let mut conns = shared.conns.lock();
+        if conns.get(&peer).is_some_and(|c| c.id == id) {
+            conns.remove(&peer);
+            if let Some(info) = shared.peers.lock().get_mut(&peer) {
+                info.connected = false;
+                info.since_ms = now_ms();
+            }
+            tracing::info!(%peer, %addr, "peer disconnected");
+        }
+    }
+    conn.close(0u32.into(), b"bye");
+}
