@@ -11,6 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+mod replication;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -22,6 +24,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Replication on loopback: visibility latency of a 4 KiB file (create, modify,
+    /// delete) from close on one node to complete content on another, and the time for
+    /// a burst of files to converge.
+    Replication {
+        /// Trials per latency measurement.
+        #[arg(long, default_value_t = 200)]
+        trials: usize,
+        /// Files in the burst.
+        #[arg(long, default_value_t = 1000)]
+        burst: usize,
+        /// The depfs binary (default: next to this one).
+        #[arg(long)]
+        depfs: Option<PathBuf>,
+    },
     /// Local operations on one node: small files and sequential I/O, against the native
     /// disk and bindfs.
     Local {
@@ -65,6 +81,7 @@ struct Run {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Cmd::Replication { trials, burst, depfs } => replication::run(trials, burst, depfs),
         Cmd::Local {
             files,
             dirs,
