@@ -81,7 +81,11 @@ struct Run {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::Replication { trials, burst, depfs } => replication::run(trials, burst, depfs),
+        Cmd::Replication {
+            trials,
+            burst,
+            depfs,
+        } => replication::run(trials, burst, depfs),
         Cmd::Local {
             files,
             dirs,

@@ -16,7 +16,10 @@ struct Node {
 
 /// Bytes node `n` has sent to its peers (from `depfs status --json`).
 fn bytes_sent(depfs: &Path, n: &Node) -> Result<u64> {
-    let out = Command::new(depfs).args(["status", "--json", "--config"]).arg(&n.config).output()?;
+    let out = Command::new(depfs)
+        .args(["status", "--json", "--config"])
+        .arg(&n.config)
+        .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     // "bytes_sent": N, for each peer.
     Ok(text
@@ -27,7 +30,9 @@ fn bytes_sent(depfs: &Path, n: &Node) -> Result<u64> {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn run_ok(cmd: &mut Command) -> Result<()> {
@@ -49,7 +54,13 @@ fn cluster(depfs: &Path, base: &Path) -> Result<(Vec<Node>, super::Mounts)> {
     let mut mounts = super::Mounts(Vec::new());
     for i in 0..2 {
         let name = format!("gw{}", i + 1);
-        run_ok(Command::new(depfs).args(["ca", "issue", "--ca"]).arg(&ca).args(["--node", &name, "--out"]).arg(&certs))?;
+        run_ok(
+            Command::new(depfs)
+                .args(["ca", "issue", "--ca"])
+                .arg(&ca)
+                .args(["--node", &name, "--out"])
+                .arg(&certs),
+        )?;
         let mountpoint = base.join(format!("mnt{}", i + 1));
         fs::create_dir(&mountpoint)?;
         let config = base.join(format!("{name}.toml"));
@@ -65,9 +76,17 @@ fn cluster(depfs: &Path, base: &Path) -> Result<(Vec<Node>, super::Mounts)> {
                 certs.join(format!("{name}.key")).display(),
             ),
         )?;
-        run_ok(Command::new(depfs).arg("mount").arg(&config).arg(&mountpoint))?;
+        run_ok(
+            Command::new(depfs)
+                .arg("mount")
+                .arg(&config)
+                .arg(&mountpoint),
+        )?;
         mounts.0.push(mountpoint.clone());
-        nodes.push(Node { mountpoint, config: config.clone() });
+        nodes.push(Node {
+            mountpoint,
+            config: config.clone(),
+        });
         configs.push(config);
     }
     Ok((nodes, mounts))
@@ -115,12 +134,16 @@ pub fn run(trials: usize, burst: usize, depfs: Option<PathBuf>) -> Result<()> {
         Some(p) => p,
         None => std::env::current_exe()?.with_file_name("depfs"),
     };
-    let tmp = tempfile::Builder::new().prefix("depfs-bench-repl-").tempdir_in("/var/tmp")?;
+    let tmp = tempfile::Builder::new()
+        .prefix("depfs-bench-repl-")
+        .tempdir_in("/var/tmp")?;
     let (nodes, _mounts) = cluster(&depfs, tmp.path())?;
     let (a, b) = (&nodes[0].mountpoint, &nodes[1].mountpoint);
     // Wait for the connection.
     fs::write(a.join("warmup"), b"w")?;
-    poll(Instant::now(), || fs::read(b.join("warmup")).is_ok_and(|c| c == b"w"))?;
+    poll(Instant::now(), || {
+        fs::read(b.join("warmup")).is_ok_and(|c| c == b"w")
+    })?;
 
     let mut create = Vec::new();
     let mut modify = Vec::new();
@@ -147,21 +170,33 @@ pub fn run(trials: usize, burst: usize, depfs: Option<PathBuf>) -> Result<()> {
     for d in 0..10 {
         fs::create_dir(a.join(format!("burst/d{d}")))?;
     }
-    poll(Instant::now(), || (0..10).all(|d| b.join(format!("burst/d{d}")).is_dir()))?;
+    poll(Instant::now(), || {
+        (0..10).all(|d| b.join(format!("burst/d{d}")).is_dir())
+    })?;
     let mut last_close = Instant::now();
     for i in 0..burst {
-        fs::write(a.join(format!("burst/d{}/f{i}.xml", i % 10)), content(i, b'b'))?;
+        fs::write(
+            a.join(format!("burst/d{}/f{i}.xml", i % 10)),
+            content(i, b'b'),
+        )?;
         last_close = Instant::now();
     }
     let burst_time = poll(last_close, || {
-        (0..burst).all(|i| fs::read(b.join(format!("burst/d{}/f{i}.xml", i % 10))).is_ok_and(|c| c == content(i, b'b')))
+        (0..burst).all(|i| {
+            fs::read(b.join(format!("burst/d{}/f{i}.xml", i % 10)))
+                .is_ok_and(|c| c == content(i, b'b'))
+        })
     })?;
 
     // A 1 MiB change in the middle of a 50 MiB file.
     let big = random_bytes(1, 50 << 20);
     fs::write(a.join("big.war"), &big)?;
-    poll(Instant::now(), || fs::metadata(b.join("big.war")).is_ok_and(|m| m.len() == big.len() as u64))?;
-    poll(Instant::now(), || fs::read(b.join("big.war")).is_ok_and(|c| c == big))?;
+    poll(Instant::now(), || {
+        fs::metadata(b.join("big.war")).is_ok_and(|m| m.len() == big.len() as u64)
+    })?;
+    poll(Instant::now(), || {
+        fs::read(b.join("big.war")).is_ok_and(|c| c == big)
+    })?;
     let before = bytes_sent(&depfs, &nodes[0])?;
     let middle = random_bytes(2, 1 << 20);
     {
@@ -173,7 +208,10 @@ pub fn run(trials: usize, burst: usize, depfs: Option<PathBuf>) -> Result<()> {
     let big_visible = poll(t, || {
         use std::os::unix::fs::FileExt;
         let mut buf = vec![0u8; 1 << 20];
-        fs::File::open(b.join("big.war")).and_then(|f| f.read_exact_at(&mut buf, 25 << 20)).is_ok() && buf == middle
+        fs::File::open(b.join("big.war"))
+            .and_then(|f| f.read_exact_at(&mut buf, 25 << 20))
+            .is_ok()
+            && buf == middle
     })?;
     let big_bytes = bytes_sent(&depfs, &nodes[0])? - before;
 

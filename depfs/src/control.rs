@@ -22,6 +22,8 @@ pub struct State {
     pub store: Store,
     pub service: Option<Arc<Service>>,
     pub started: Instant,
+    /// Called with the paths a control command changed (kernel cache invalidation).
+    pub on_change: Box<dyn Fn(Vec<depfs_proto::RelPath>) + Send + Sync>,
 }
 
 /// The socket path for a config.
@@ -72,6 +74,17 @@ fn handle(state: &State, stream: UnixStream) -> Result<()> {
                 .unwrap_or(30_000);
             sync(state, Duration::from_millis(timeout))
         }
+        Some("conflicts") => conflicts(state),
+        Some("conflict_content") => {
+            conflict_content(state, &request).unwrap_or_else(|e| json!({"error": e.to_string()}))
+        }
+        Some("restore") => {
+            restore(state, &request).unwrap_or_else(|e| json!({"error": e.to_string()}))
+        }
+        Some("log") => log(
+            state,
+            request.get("limit").and_then(Value::as_u64).unwrap_or(20) as usize,
+        ),
         _ => json!({"error": "unknown request"}),
     };
     let mut stream = stream;
@@ -195,6 +208,103 @@ fn sync(state: &State, timeout: Duration) -> Value {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+fn conflicts(state: &State) -> Value {
+    match state.store.conflicts() {
+        Ok(list) => json!({"conflicts": list.iter().map(|c| {
+            let node = c.version.node();
+            json!({
+                "path": c.path.to_string(),
+                "id": c.version.dot.to_string(),
+                "node": c.version.dot.node.to_string(),
+                "time_ms": c.version.hlc.wall_ms,
+                "kind": node.map(|n| format!("{:?}", n.meta.kind).to_lowercase()),
+                "size": node.map(|n| n.size()),
+                "mtime": node.map(|n| n.meta.mtime.secs),
+            })
+        }).collect::<Vec<_>>()}),
+        Err(e) => json!({"error": e.to_string()}),
+    }
+}
+
+/// Finds the conflict `id` (`node:seq`) of `path`.
+fn find_conflict(state: &State, request: &Value) -> Result<depfs_store::Conflict> {
+    let path = request.get("path").and_then(Value::as_str).unwrap_or("");
+    let id = request.get("id").and_then(Value::as_str).unwrap_or("");
+    let rel = parse_path(path)?;
+    state
+        .store
+        .conflicts()?
+        .into_iter()
+        .find(|c| c.path == rel && c.version.dot.to_string() == id)
+        .ok_or_else(|| anyhow!("no conflict {id} at {path} (see `depfs conflicts list`)"))
+}
+
+/// A path as users write it (`/a/b` or `a/b`, relative to the mount).
+pub fn parse_path(path: &str) -> Result<depfs_proto::RelPath> {
+    depfs_proto::RelPath::parse(
+        path.trim_start_matches('/')
+            .trim_end_matches('/')
+            .as_bytes(),
+    )
+    .map_err(|e| anyhow!("path {path:?}: {e}"))
+}
+
+fn conflict_content(state: &State, request: &Value) -> Result<Value> {
+    let c = find_conflict(state, request)?;
+    let node = c
+        .version
+        .node()
+        .ok_or_else(|| anyhow!("not a live version"))?;
+    let reader = depfs_store::ContentReader::new(node.content.clone());
+    let bytes = reader.read(&state.store, 0, reader.size() as usize)?;
+    Ok(json!({"content": bytes}))
+}
+
+fn restore(state: &State, request: &Value) -> Result<Value> {
+    let c = find_conflict(state, request)?;
+    let to = match request.get("to").and_then(Value::as_str) {
+        Some(to) => parse_path(to)?,
+        None => c.path.clone(),
+    };
+    let committed = state
+        .store
+        .restore_conflict(&c.path, &c.version.dot, &to, now_ms())?
+        .ok_or_else(|| anyhow!("the conflict went away meanwhile"))?;
+    (state.on_change)(vec![c.path.clone(), to.clone()]);
+    Ok(json!({"restored": to.to_string(), "change": committed.dot.to_string()}))
+}
+
+fn log(state: &State, limit: usize) -> Value {
+    let changes = match state.store.recent_changes(limit) {
+        Ok(c) => c,
+        Err(e) => return json!({"error": e.to_string()}),
+    };
+    let entries: Vec<Value> = changes
+        .into_iter()
+        .map(|(dot, record)| {
+            let ops: Vec<Value> = record
+                .paths
+                .iter()
+                .map(|p| {
+                    let op = state
+                        .store
+                        .heads(p)
+                        .ok()
+                        .and_then(|hs| hs.into_iter().find(|h| h.dot == dot))
+                        .map(|h| match h.node() {
+                            Some(n) => format!("{:?}", n.meta.kind).to_lowercase(),
+                            None => "delete".to_string(),
+                        })
+                        .unwrap_or_else(|| "superseded".into());
+                    json!({"op": op, "path": p.to_string()})
+                })
+                .collect();
+            json!({"change": dot.to_string(), "node": dot.node.to_string(), "time_ms": record.hlc.wall_ms, "ops": ops})
+        })
+        .collect();
+    json!({"log": entries})
 }
 
 /// Sends a request to the daemon of `config` and returns its reply.

@@ -63,6 +63,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List, show or restore conflicts: losing concurrent versions kept out of the tree.
+    Conflicts {
+        /// The node's configuration (default: the only file in /etc/depfs/*.toml).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<ConflictsCommand>,
+    },
+    /// Recent changes: time, node, operation, path.
+    Log {
+        /// The node's configuration (default: the only file in /etc/depfs/*.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// How many changes.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: u64,
+        /// Keep printing new changes.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Wait until every change made on this node is acknowledged by all reachable peers.
     Sync {
         /// The node's configuration (default: the only file in /etc/depfs/*.toml).
@@ -71,6 +91,34 @@ enum Command {
         /// Give up after this many seconds (exit 1).
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConflictsCommand {
+    /// List the recorded conflicts (the default).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the content of a conflicting version.
+    Show {
+        /// The path, as in the list.
+        path: String,
+        /// The version's id (`node:seq`), as in the list.
+        id: String,
+    },
+    /// Put a conflicting version back into the tree (at its path, or at --to), and
+    /// resolve the conflict. The restored content replicates like any change.
+    Restore {
+        /// The path, as in the list.
+        path: String,
+        /// The version's id (`node:seq`), as in the list.
+        id: String,
+        /// Restore to this path instead (for example `api.xml.restored`).
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -100,7 +148,7 @@ enum CaCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(mount_helper_args(std::env::args_os().collect()));
     let result = match cli.command {
         Command::Mount {
             config,
@@ -118,6 +166,12 @@ fn main() -> ExitCode {
         Command::Ca { command } => ca(command),
         Command::Status { config, json } => status(config, json),
         Command::Sync { config, timeout } => sync(config, timeout),
+        Command::Conflicts { config, command } => conflicts(config, command),
+        Command::Log {
+            config,
+            limit,
+            follow,
+        } => log(config, limit, follow),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -126,6 +180,41 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Lets depfs run as a mount helper: mount(8) runs `mount.fuse.depfs CONFIG MOUNTPOINT -o
+/// OPTIONS` (through a link of that name) and mount.fuse3 runs `depfs CONFIG MOUNTPOINT
+/// -o OPTIONS`; both become `depfs mount CONFIG MOUNTPOINT -o OPTIONS`.
+fn mount_helper_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let argv0 = args
+        .first()
+        .map(|a| Path::new(a).file_name().unwrap_or_default().to_os_string())
+        .unwrap_or_default();
+    let as_helper = argv0.to_string_lossy().starts_with("mount.");
+    const COMMANDS: [&str; 8] = [
+        "mount",
+        "ca",
+        "status",
+        "sync",
+        "conflicts",
+        "log",
+        "help",
+        "--help",
+    ];
+    let first_is_file = args.get(1).is_some_and(|a| {
+        !COMMANDS.contains(&a.to_string_lossy().as_ref()) && Path::new(a).is_file()
+    });
+    if !(as_helper || first_is_file) {
+        return args;
+    }
+    let mut out = vec![std::ffi::OsString::from("depfs"), "mount".into()];
+    // mount(8) also passes -n (no mtab), -s (sloppy), -f (fake) and -v: drop them.
+    out.extend(
+        args.into_iter()
+            .skip(1)
+            .filter(|a| !matches!(a.to_str(), Some("-n" | "-s" | "-v"))),
+    );
+    out
 }
 
 fn ca(command: CaCommand) -> Result<()> {
@@ -243,6 +332,89 @@ fn sync(config: Option<PathBuf>, timeout: f64) -> Result<()> {
             reply["pending"],
             reply["waited_ms"]
         )
+    }
+}
+
+fn conflicts(config: Option<PathBuf>, command: Option<ConflictsCommand>) -> Result<()> {
+    let config = find_config(config)?;
+    let check = |reply: Value| -> Result<Value> {
+        match reply["error"].as_str() {
+            Some(e) => bail!("{e}"),
+            None => Ok(reply),
+        }
+    };
+    match command.unwrap_or(ConflictsCommand::List { json: false }) {
+        ConflictsCommand::List { json: as_json } => {
+            let reply = check(control::request(&config, json!({"cmd": "conflicts"}))?)?;
+            if as_json {
+                println!("{}", serde_json::to_string_pretty(&reply["conflicts"])?);
+                return Ok(());
+            }
+            let list = reply["conflicts"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no conflicts");
+            }
+            for c in list {
+                println!(
+                    "{}  {}  from {} at {} ms, {} bytes",
+                    c["path"].as_str().unwrap_or(""),
+                    c["id"].as_str().unwrap_or(""),
+                    c["node"].as_str().unwrap_or(""),
+                    c["time_ms"],
+                    c["size"]
+                );
+            }
+        }
+        ConflictsCommand::Show { path, id } => {
+            let reply = check(control::request(
+                &config,
+                json!({"cmd": "conflict_content", "path": path, "id": id}),
+            )?)?;
+            let bytes: Vec<u8> = serde_json::from_value(reply["content"].clone())?;
+            use std::io::Write;
+            std::io::stdout().write_all(&bytes)?;
+        }
+        ConflictsCommand::Restore { path, id, to } => {
+            let reply = check(control::request(
+                &config,
+                json!({"cmd": "restore", "path": path, "id": id, "to": to}),
+            )?)?;
+            println!(
+                "restored to {} ({})",
+                reply["restored"].as_str().unwrap_or(""),
+                reply["change"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn log(config: Option<PathBuf>, limit: u64, follow: bool) -> Result<()> {
+    let config = find_config(config)?;
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let reply = control::request(&config, json!({"cmd": "log", "limit": limit}))?;
+        let mut entries = reply["log"].as_array().cloned().unwrap_or_default();
+        entries.reverse();
+        for e in entries {
+            let change = e["change"].as_str().unwrap_or("").to_string();
+            if !seen.insert(change.clone()) {
+                continue;
+            }
+            for op in e["ops"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  {:<10} {:<10} {}",
+                    e["time_ms"],
+                    e["node"].as_str().unwrap_or(""),
+                    op["op"].as_str().unwrap_or(""),
+                    op["path"].as_str().unwrap_or("")
+                );
+            }
+        }
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 

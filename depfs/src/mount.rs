@@ -149,7 +149,10 @@ fn serve(
         store.mark_initialized()?;
     }
 
-    let service = start_replicator(config, &store)?;
+    // Paths changed behind the kernel's back (by peers, or by control commands such as
+    // restoring a conflict) go to one invalidation thread, started with the session.
+    let (changed_tx, changed_rx) = std::sync::mpsc::channel();
+    let service = start_replicator(config, &store, changed_tx.clone())?;
 
     let staging = config.data_dir.join("staging");
     std::fs::create_dir_all(&staging)
@@ -165,16 +168,17 @@ fn serve(
     )
     .map_err(|e| anyhow!("cannot mount {}: {e}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
-    let service = service.map(|(service, changed)| {
-        spawn_invalidator(fs.clone(), session.notifier(), changed);
-        service
-    });
+    spawn_invalidator(fs.clone(), session.notifier(), changed_rx);
+
     let control = Arc::new(crate::control::State {
         config: config.clone(),
         mountpoint: mountpoint.to_path_buf(),
         store: fs.store().clone(),
         service: service.clone(),
         started: std::time::Instant::now(),
+        on_change: Box::new(move |paths| {
+            let _ = changed_tx.send(paths);
+        }),
     });
     crate::control::serve(control)?;
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
@@ -215,13 +219,13 @@ type ChangedPaths = std::sync::mpsc::Receiver<Vec<depfs_proto::RelPath>>;
 fn start_replicator(
     config: &Config,
     store: &Store,
-) -> Result<Option<(Arc<Service>, ChangedPaths)>> {
+    changed: std::sync::mpsc::Sender<Vec<depfs_proto::RelPath>>,
+) -> Result<Option<Arc<Service>>> {
     let Some(tls_paths) = &config.tls else {
         return Ok(None);
     };
     let tls =
         depfs_replicator::tls::load(&tls_paths.ca, &tls_paths.cert, &tls_paths.key, &config.node)?;
-    let (tx, rx) = std::sync::mpsc::channel();
     let service = Service::start(
         ServiceConfig {
             listen: config.listen,
@@ -231,11 +235,11 @@ fn start_replicator(
         },
         store.clone(),
         Box::new(move |paths| {
-            let _ = tx.send(paths);
+            let _ = changed.send(paths);
         }),
     )?;
     store.set_commit_hook(Box::new(service.commit_notifier()));
-    Ok(Some((Arc::new(service), rx)))
+    Ok(Some(Arc::new(service)))
 }
 
 /// Sends the kernel the cache invalidations for paths peers changed, from a thread of

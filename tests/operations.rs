@@ -1,0 +1,210 @@
+//! Operating depfs (issue 6): `status --json` following peers, conflicts listed, shown
+//! and restored, mounting through mount(8) with an fstab line, and the shipped systemd
+//! units.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{depfs, wait_until, Cluster};
+
+const T: Duration = Duration::from_secs(30);
+
+fn peer(status: &serde_json::Value, name: &str) -> serde_json::Value {
+    status["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn status_json_follows_a_peer_that_stops_and_starts() {
+    let c = Cluster::new(3);
+    c.mount_all();
+    let gw1 = &c.nodes[0];
+    assert!(wait_until(T, || {
+        let s = gw1.status();
+        ["gw2", "gw3"]
+            .iter()
+            .all(|n| peer(&s, n)["connected"] == true)
+    }));
+    let s = gw1.status();
+    for field in ["node", "mode", "role", "mountpoint", "conflicts", "peers"] {
+        assert!(!s[field].is_null(), "status lacks {field}: {s}");
+    }
+    assert_eq!(s["node"], "gw1");
+    assert_eq!(s["mode"], "multi-writer");
+    let p = peer(&s, "gw3");
+    for field in [
+        "name",
+        "addr",
+        "connected",
+        "rtt_ms",
+        "lag_changes",
+        "lag_ms",
+    ] {
+        assert!(!p[field].is_null(), "peer lacks {field}: {p}");
+    }
+    assert!(p["rtt_ms"].as_f64().is_some());
+
+    c.nodes[2].unmount();
+    assert!(wait_until(T, || peer(&gw1.status(), "gw3")["connected"] == false));
+    // While gw3 is away, a change is not acknowledged by it: it lags.
+    std::fs::write(gw1.path("while-away.xml"), b"x").unwrap();
+    assert!(wait_until(T, || peer(&gw1.status(), "gw3")["lag_changes"]
+        .as_u64()
+        >= Some(1)));
+    c.nodes[2].mount();
+    assert!(wait_until(T, || {
+        let p = peer(&gw1.status(), "gw3");
+        p["connected"] == true && p["lag_changes"] == 0
+    }));
+
+    // A stopped daemon: a clear message and a non-zero exit.
+    c.nodes[1].unmount();
+    let out = depfs(&["status", "--config", c.nodes[1].config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+}
+
+#[test]
+fn conflicts_are_listed_shown_and_restored_and_the_restore_replicates() {
+    let c = Cluster::new(2);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    a.mount();
+    std::fs::write(a.path("api.xml"), b"<api from=\"gw1\"/>").unwrap();
+    a.unmount();
+    b.mount();
+    std::fs::write(b.path("api.xml"), b"<api from=\"gw2\"/>").unwrap();
+    a.mount();
+    let cfg = a.config.to_str().unwrap().to_string();
+    let list = || -> serde_json::Value {
+        let out = depfs(&["conflicts", "--config", &cfg, "list", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert!(wait_until(T, || list()
+        .as_array()
+        .is_some_and(|l| l.len() == 1)));
+    let conflict = list()[0].clone();
+    assert_eq!(conflict["path"], "/api.xml");
+    let id = conflict["id"].as_str().unwrap().to_string();
+    let shown = depfs(&["conflicts", "--config", &cfg, "show", "/api.xml", &id]);
+    assert!(shown.status.success());
+    let winner = std::fs::read(a.path("api.xml")).unwrap();
+    let loser = shown.stdout.clone();
+    assert_ne!(winner, loser);
+    assert!(loser == b"<api from=\"gw1\"/>" || loser == b"<api from=\"gw2\"/>");
+
+    let out = depfs(&[
+        "conflicts",
+        "--config",
+        &cfg,
+        "restore",
+        "/api.xml",
+        &id,
+        "--to",
+        "/api.xml.restored",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in [a, b] {
+        assert!(
+            node.wait_for("api.xml.restored", &loser, T),
+            "restore did not reach {}",
+            node.name
+        );
+        assert!(node.wait_for("api.xml", &winner, T));
+        assert!(
+            wait_until(T, || node.status()["conflicts"] == 0),
+            "{} still lists a conflict",
+            node.name
+        );
+    }
+    let log = depfs(&["log", "--config", &cfg]);
+    assert!(String::from_utf8_lossy(&log.stdout).contains("/api.xml.restored"));
+}
+
+#[test]
+fn mount_8_with_an_fstab_line_mounts_and_umount_unmounts() {
+    let node = common::Node::new("fstab");
+    let fstab = node.dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "{} {} fuse.depfs _netdev,allow_other 0 0\n",
+            node.config.display(),
+            node.mountpoint.display()
+        ),
+    )
+    .unwrap();
+    // mount(8) runs /sbin/mount.fuse.depfs for type fuse.depfs: a link to depfs.
+    let helper = std::path::Path::new("/sbin/mount.fuse.depfs");
+    let ours = !helper.exists();
+    if ours {
+        std::os::unix::fs::symlink(common::depfs_bin(), helper)
+            .expect("install /sbin/mount.fuse.depfs");
+    }
+    let status = Command::new("mount")
+        .arg("-T")
+        .arg(&fstab)
+        .arg(&node.mountpoint)
+        .status()
+        .unwrap();
+    let result = std::panic::catch_unwind(|| {
+        assert!(status.success(), "mount -T failed");
+        assert!(common::is_mounted(&node.mountpoint));
+        std::fs::write(node.path("through-fstab"), b"ok").unwrap();
+        assert_eq!(std::fs::read(node.path("through-fstab")).unwrap(), b"ok");
+        node.unmount();
+        assert!(!common::is_mounted(&node.mountpoint));
+    });
+    if ours {
+        let _ = std::fs::remove_file(helper);
+    }
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
+fn the_shipped_systemd_units_pass_systemd_analyze_verify() {
+    let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze is not installed: nothing to verify here");
+        return;
+    };
+    assert!(probe.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/systemd");
+    for entry in std::fs::read_dir(&units).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("/usr/local/bin/depfs", common::depfs_bin());
+        let name = path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .replace("@.service", "@gw1.service");
+        std::fs::write(dir.path().join(&name), text).unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(dir.path().join(&name))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
