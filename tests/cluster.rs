@@ -145,17 +145,24 @@ fn write_to_temp_then_rename_never_shows_a_partial_file() {
                 .nth(1)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or_else(|| panic!("partial file: {text:?}"));
-            assert_eq!(data, version(i), "version {i} is incomplete or mixed");
+            let want = version(i);
+            assert!(
+                data == want,
+                "version {i} is incomplete or mixed: {} bytes read, {} expected; ends with {:?}",
+                data.len(),
+                want.len(),
+                String::from_utf8_lossy(&data[data.len().saturating_sub(12)..])
+            );
             reads += 1;
         }
         reads
     });
-    for i in 1..=60 {
+    for i in 1..=150 {
         let tmp = writer.path(".api.xml.tmp");
         std::fs::write(&tmp, version(i)).unwrap();
         std::fs::rename(&tmp, writer.path("api.xml")).unwrap();
     }
-    assert!(reader.wait_for("api.xml", &version(60), T));
+    assert!(reader.wait_for("api.xml", &version(150), T));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let reads = checker.join().expect("reader saw a partial file");
     assert!(reads > 10, "the reader only managed {reads} reads");

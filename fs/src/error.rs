@@ -22,6 +22,7 @@ impl Errno {
     pub const ENOTEMPTY: Errno = Errno(libc::ENOTEMPTY);
     pub const ENOTSUP: Errno = Errno(libc::ENOTSUP);
     pub const EBUSY: Errno = Errno(libc::EBUSY);
+    pub const ESTALE: Errno = Errno(libc::ESTALE);
 }
 
 /// The result of a filesystem call.

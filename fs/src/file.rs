@@ -13,7 +13,7 @@ use crate::attr::Attr;
 use crate::error::{Errno, FsResult};
 use crate::namespace::touch_parent;
 use crate::staging::{SpillPolicy, Staging};
-use crate::tables::Handle;
+use crate::tables::{Handle, VersionTag};
 use crate::{now, now_ms, DepFs, SetAttr};
 
 /// The state shared by all open handles of one regular file.
@@ -23,6 +23,24 @@ pub(crate) struct OpenFile {
     /// Mirrors `data.staged.is_some()`, readable without the data lock (by the code that
     /// applies changes from other nodes).
     pub(crate) dirty: AtomicBool,
+    /// The committed version this file reads (a leaf lock: may be taken under the
+    /// tables).
+    tag: parking_lot::Mutex<Option<VersionTag>>,
+}
+
+/// How the kernel may cache an open file's pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Keep the page cache across opens: it holds this version.
+    Keep,
+    /// Bypass the page cache for this handle: it may hold another version (a peer's
+    /// change not yet invalidated), and mixing the two would show a file that never
+    /// existed.
+    Direct,
+}
+
+pub(crate) fn tag_of(meta: &Meta, size: u64) -> VersionTag {
+    (meta.mtime, meta.ctime, size)
 }
 
 #[derive(Debug)]
@@ -52,7 +70,9 @@ impl FileData {
 
 impl OpenFile {
     pub(crate) fn committed(content: Content, meta: Meta, pin: PinGuard) -> Arc<OpenFile> {
+        let tag = tag_of(&meta, content.size());
         Arc::new(OpenFile {
+            tag: parking_lot::Mutex::new(Some(tag)),
             data: RwLock::new(FileData {
                 base: ContentReader::new(content),
                 _pin: pin,
@@ -69,6 +89,7 @@ impl OpenFile {
     /// the path (tombstones) when it was created.
     pub(crate) fn pending(meta: Meta, started_from: Vec<Dot>) -> Arc<OpenFile> {
         Arc::new(OpenFile {
+            tag: parking_lot::Mutex::new(None),
             data: RwLock::new(FileData {
                 base: ContentReader::new(Content::empty()),
                 _pin: PinGuard::none(),
@@ -107,8 +128,12 @@ impl DepFs {
         }
     }
 
-    /// `open`. Returns the handle and whether the kernel may keep its page cache.
-    pub fn open(&self, ino: u64, flags: i32) -> FsResult<(u64, bool)> {
+    /// `open`. Returns the handle and how the kernel may cache its pages.
+    ///
+    /// The kernel's page cache of an inode may hold an older version than the store when
+    /// a peer's change has been applied and its invalidation is still on its way; such an
+    /// open bypasses the cache, so it reads exactly the version it opened.
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<(u64, CacheMode)> {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if writable {
             self.check_writable()?;
@@ -119,12 +144,28 @@ impl DepFs {
             return Err(Errno::EISDIR);
         }
         if inode.file.is_none() {
-            let path = inode.path.clone().ok_or(Errno::ENOENT)?;
+            // A path replaced by a peer keeps its old inode until the kernel forgets it;
+            // ESTALE makes the kernel look the name up again and open the new one.
+            let path = inode.path.clone().ok_or(Errno::ESTALE)?;
             let (node, pin) = self.store.get_pinned(&path)?.ok_or(Errno::ENOENT)?;
             inode.file = Some(OpenFile::committed(node.content, node.meta, pin));
         }
         inode.open += 1;
         let file = inode.file.clone().ok_or(Errno::EIO)?;
+        let dirty = file.dirty.load(Ordering::Acquire);
+        // Use the page cache only if the kernel's attributes and any pages it holds are
+        // of the version this handle reads.
+        let cache = match *file.tag.lock() {
+            _ if dirty => CacheMode::Keep,
+            None => CacheMode::Keep,
+            Some(tag)
+                if inode.attr_tag == Some(tag) && inode.cache_tag.is_none_or(|c| c == tag) =>
+            {
+                inode.cache_tag = Some(tag);
+                CacheMode::Keep
+            }
+            Some(_) => CacheMode::Direct,
+        };
         let fh = tables.new_handle(Handle::File { ino, writable });
         drop(tables);
         if writable && flags & libc::O_TRUNC != 0 {
@@ -133,7 +174,7 @@ impl DepFs {
             data.staging = Some(Staging::empty());
             touch_content(&mut data);
         }
-        Ok((fh, true))
+        Ok((fh, cache))
     }
 
     fn handle_file(&self, fh: u64) -> FsResult<(u64, bool, Arc<OpenFile>)> {
@@ -397,8 +438,13 @@ impl DepFs {
         {
             let mut tables = self.tables.lock();
             tx.commit(now_ms(), durability)?;
+            let tag = tag_of(&meta, content.size());
+            *file.tag.lock() = Some(tag);
             if let Some(inode) = tables.inodes.get_mut(&ino) {
                 inode.pending = false;
+                // The kernel's pages are our own writes: this version.
+                inode.cache_tag = Some(tag);
+                inode.attr_tag = Some(tag);
             }
         }
         data.base = ContentReader::new(content);

@@ -32,7 +32,13 @@ impl DepFs {
         }
         let node = self.store.get(&path)?.ok_or(Errno::ENOENT)?;
         let ino = tables.intern(&path, node.meta.kind);
-        let file = tables.inodes.get(&ino).and_then(|i| i.file.clone());
+        let file = match tables.inodes.get_mut(&ino) {
+            Some(inode) => {
+                inode.attr_tag = Some(crate::file::tag_of(&node.meta, node.size()));
+                inode.file.clone()
+            }
+            None => None,
+        };
         drop(tables);
         let size = node.size();
         Ok(file
@@ -42,13 +48,14 @@ impl DepFs {
 
     /// `getattr`.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        let tables = self.tables.lock();
-        let inode = tables.inodes.get(&ino).ok_or(Errno::ENOENT)?;
+        let mut tables = self.tables.lock();
+        let inode = tables.inodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         let file = inode.file.clone();
         let base = match (&inode.path, inode.pending) {
             (Some(path), false) => {
                 let node = self.store.get(path)?.ok_or(Errno::ENOENT)?;
                 let size = node.size();
+                inode.attr_tag = Some(crate::file::tag_of(&node.meta, size));
                 Some(Attr::new(ino, node.meta, size))
             }
             (Some(_), true) => None,
@@ -196,6 +203,8 @@ impl DepFs {
                 file: Some(file),
                 pending: true,
                 detached: None,
+                cache_tag: None,
+                attr_tag: None,
             },
         );
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -482,6 +491,15 @@ pub enum Invalidation {
 }
 
 impl DepFs {
+    /// The kernel dropped its cached pages and attributes of `ino` (after an
+    /// [`Invalidation::Inode`] was sent): the next open may use the page cache again.
+    pub fn kernel_cache_dropped(&self, ino: u64) {
+        if let Some(inode) = self.tables.lock().inodes.get_mut(&ino) {
+            inode.cache_tag = None;
+            inode.attr_tag = None;
+        }
+    }
+
     /// Paths changed because of other nodes: updates the inode table and returns the
     /// kernel caches to invalidate (to be sent from a thread that is not serving a
     /// request).

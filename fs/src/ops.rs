@@ -14,7 +14,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::{Attr, Caller, DepFs, Errno, SetAttr};
+use crate::{Attr, CacheMode, Caller, DepFs, Errno, SetAttr};
 
 /// Largest write the kernel may send in one request.
 const MAX_WRITE: u32 = 1 << 20;
@@ -110,6 +110,8 @@ impl Filesystem for FuseAdapter {
             );
         }
         let _ = config.set_max_write(MAX_WRITE);
+        // Handles that bypass a stale page cache (see `DepFs::open`) can still be mapped.
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         Ok(())
     }
 
@@ -283,11 +285,10 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, flags.0) {
-            Ok((fh, keep_cache)) => {
-                let flags = if keep_cache {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
+            Ok((fh, cache)) => {
+                let flags = match cache {
+                    CacheMode::Keep => FopenFlags::FOPEN_KEEP_CACHE,
+                    CacheMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
                 };
                 reply.opened(FileHandle(fh), flags)
             }

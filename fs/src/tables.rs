@@ -30,7 +30,15 @@ pub(crate) struct Inode {
     pub(crate) pending: bool,
     /// Attributes of an entry that was unlinked while open.
     pub(crate) detached: Option<Meta>,
+    /// The version of the content whose pages the kernel may hold for this inode (see
+    /// `DepFs::open`); `None` when it holds none.
+    pub(crate) cache_tag: Option<VersionTag>,
+    /// The version of the attributes (size above all) last given to the kernel.
+    pub(crate) attr_tag: Option<VersionTag>,
 }
+
+/// Identifies a committed version of a file's content for the kernel page cache.
+pub(crate) type VersionTag = (depfs_proto::Timespec, depfs_proto::Timespec, u64);
 
 #[derive(Debug)]
 pub(crate) enum Handle {
@@ -66,6 +74,8 @@ impl Tables {
                 file: None,
                 pending: false,
                 detached: None,
+                cache_tag: None,
+                attr_tag: None,
             },
         );
         let mut by_path = HashMap::new();
@@ -108,6 +118,8 @@ impl Tables {
                 file: None,
                 pending: false,
                 detached: None,
+                cache_tag: None,
+                attr_tag: None,
             },
         );
         self.by_path.insert(path.clone(), ino);
