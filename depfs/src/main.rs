@@ -144,6 +144,10 @@ enum CaCommand {
         /// Validity in days.
         #[arg(long, default_value_t = depfs_replicator::pki::NODE_VALID_DAYS)]
         days: u64,
+        /// One-way mode: the role the certificate allows, `manager` or `worker`
+        /// (default: any role, for multi-writer clusters).
+        #[arg(long)]
+        role: Option<String>,
     },
 }
 
@@ -228,10 +232,19 @@ fn ca(command: CaCommand) -> Result<()> {
             node,
             out,
             days,
+            role,
         } => {
             let name = NodeName::new(&node).map_err(|e| anyhow::anyhow!("node {node:?}: {e}"))?;
+            let role = match role.as_deref() {
+                None => None,
+                Some(r) => {
+                    Some(depfs_replicator::pki::CertRole::parse(r).ok_or_else(|| {
+                        anyhow::anyhow!("--role {r:?}: expected manager or worker")
+                    })?)
+                }
+            };
             let (cert, key) =
-                depfs_replicator::pki::issue_node(&ca, &name, &out, SystemTime::now(), days)?;
+                depfs_replicator::pki::issue_node(&ca, &name, &out, SystemTime::now(), days, role)?;
             println!("created {} and {}", cert.display(), key.display());
         }
     }

@@ -17,8 +17,10 @@ use depfs_store::{Store, StoreOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::os::unix::ffi::OsStrExt;
 
-use crate::config::Config;
+use crate::config::{Config, Mode, Role};
 use crate::options::MountOptions;
+use depfs_replicator::pki::CertRole;
+use depfs_replicator::Mode as ReplicationMode;
 
 /// The line a background daemon prints on its status pipe once the mount is ready.
 const READY: &str = "ready";
@@ -138,9 +140,12 @@ fn serve(
 ) -> Result<()> {
     let root_md = std::fs::metadata(mountpoint)?;
     let store = open_store(config, &root_md)?;
+    check_mode(config, &store)?;
     if !store.is_initialized()? {
         let non_empty = std::fs::read_dir(mountpoint)?.next().is_some();
-        if non_empty {
+        if non_empty && config.read_only() {
+            tracing::warn!(dir = %mountpoint.display(), "a worker does not import: its tree comes from the manager");
+        } else if non_empty {
             tracing::info!(dir = %mountpoint.display(), "first mount over a non-empty directory: importing it");
             let stats = depfs_fs::import_dir(&store, mountpoint, now_ms)
                 .with_context(|| format!("cannot import {}", mountpoint.display()))?;
@@ -215,6 +220,40 @@ fn serve(
 /// Paths changed by peers, from the replicator to the invalidation thread.
 type ChangedPaths = std::sync::mpsc::Receiver<Vec<depfs_proto::RelPath>>;
 
+/// A store keeps the mode it was created in: switching an existing cluster between
+/// multi-writer and one-way is refused (see docs/operations.md). In one-way mode, a
+/// manager's certificate must allow the role.
+fn check_mode(config: &Config, store: &Store) -> Result<()> {
+    let wanted = match config.mode {
+        Mode::MultiWriter => "multi-writer",
+        Mode::OneWay => "one-way",
+    };
+    match store.app_meta("mode")? {
+        Some(stored) if stored != wanted.as_bytes() => {
+            bail!(
+                "data_dir {} holds a {} cluster's store, but the config says mode = {wanted:?}; \
+                 switching modes needs new (empty) data_dirs on every node",
+                config.data_dir.display(),
+                String::from_utf8_lossy(&stored)
+            )
+        }
+        Some(_) => {}
+        None => store.set_app_meta("mode", wanted.as_bytes())?,
+    }
+    if config.role == Some(Role::Manager) {
+        if let Some(tls) = &config.tls {
+            if depfs_replicator::tls::role_of_file(&tls.cert)? == Some(CertRole::Worker) {
+                bail!(
+                    "config {} says role = \"manager\", but certificate {} only allows the worker role",
+                    config.source.display(),
+                    tls.cert.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Starts replication when the node has peers (or a TLS identity to accept them).
 fn start_replicator(
     config: &Config,
@@ -232,6 +271,17 @@ fn start_replicator(
             peers: config.peers.clone(),
             tls,
             replica: ReplicaConfig::default(),
+            mode: match (config.mode, config.role) {
+                (Mode::MultiWriter, _) => ReplicationMode::MultiWriter,
+                (Mode::OneWay, Some(Role::Manager)) => ReplicationMode::OneWay {
+                    manager: Some(config.node.clone()),
+                },
+                (Mode::OneWay, _) => ReplicationMode::OneWay {
+                    manager: store.app_meta("manager")?.and_then(|m| {
+                        depfs_proto::NodeName::new(&String::from_utf8_lossy(&m)).ok()
+                    }),
+                },
+            },
         },
         store.clone(),
         Box::new(move |paths| {
@@ -256,7 +306,9 @@ fn spawn_invalidator(fs: Arc<DepFs>, notifier: fuser::Notifier, changed: Changed
                             std::ffi::OsStr::from_bytes(name),
                         ),
                         Invalidation::Inode(ino) => {
-                            notifier.inval_inode(fuser::INodeNo(*ino), 0, 0)
+                            let sent = notifier.inval_inode(fuser::INodeNo(*ino), 0, 0);
+                            fs.kernel_cache_dropped(*ino);
+                            sent
                         }
                     };
                     if let Err(e) = result {

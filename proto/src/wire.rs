@@ -67,6 +67,8 @@ pub enum Message {
         node: NodeName,
         /// The sender's progress.
         vv: VersionVector,
+        /// One-way mode: the manager the sender follows (itself, on the manager).
+        manager: Option<NodeName>,
     },
     /// One part of a batch of changes the receiver lacks. `base` is the progress the
     /// sender assumed the receiver had; `upto`, on the last part, is the sender's

@@ -65,6 +65,7 @@ mod tests {
         let msg = Message::Hello {
             node: NodeName::new("gw1").unwrap(),
             vv: VersionVector::new(),
+            manager: None,
         };
         let frame = encode(&msg);
         let len = body_len(frame[..4].try_into().unwrap()).unwrap();

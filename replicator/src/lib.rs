@@ -12,5 +12,5 @@ pub mod replica;
 pub mod service;
 pub mod tls;
 
-pub use replica::{Output, Replica, ReplicaConfig, ReplicaError};
+pub use replica::{Mode, Output, Replica, ReplicaConfig, ReplicaError};
 pub use service::{PeerStatus, Service, ServiceConfig, ServiceError, ServiceStatus};

@@ -53,6 +53,38 @@ fn invalid(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> PkiError {
     }
 }
 
+/// The role a node certificate allows in one-way mode, carried in a private,
+/// non-critical X.509 extension. Certificates without it allow any role (multi-writer
+/// clusters need no roles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertRole {
+    /// May start as the manager.
+    Manager,
+    /// Starts as a worker (it can still be promoted by `depfs promote`).
+    Worker,
+}
+
+/// OID of the role extension (a private arc; its value is a DER UTF8String).
+pub const ROLE_OID: [u64; 9] = [1, 3, 6, 1, 4, 1, 58888, 1, 1];
+
+impl CertRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            CertRole::Manager => "manager",
+            CertRole::Worker => "worker",
+        }
+    }
+
+    /// Parses `manager` or `worker`.
+    pub fn parse(s: &str) -> Option<CertRole> {
+        match s {
+            "manager" => Some(CertRole::Manager),
+            "worker" => Some(CertRole::Worker),
+            _ => None,
+        }
+    }
+}
+
 /// How long certificates are valid: CA 20 years, nodes 10 years by default.
 const CA_VALID_DAYS: u64 = 20 * 365;
 /// Default validity of a node certificate.
@@ -119,6 +151,7 @@ pub fn issue_node(
     out: &Path,
     from: SystemTime,
     days: u64,
+    role: Option<CertRole>,
 ) -> Result<(PathBuf, PathBuf), PkiError> {
     let ca_cert_path = ca_dir.join("ca.pem");
     let ca_key_path = ca_dir.join("ca.key");
@@ -149,6 +182,14 @@ pub fn issue_node(
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     validity(&mut params, from, days);
+    if let Some(role) = role {
+        let text = role.as_str().as_bytes();
+        let mut der = vec![0x0c, text.len() as u8];
+        der.extend_from_slice(text);
+        params
+            .custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(&ROLE_OID, der));
+    }
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(invalid("sign node certificate"))?;

@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use depfs_proto::{Change, ChunkData, ChunkHash, Dot, Message, NodeName, RelPath, VersionVector};
 use depfs_store::{PinGuard, Store, StoreError};
 
+use crate::pki::CertRole;
+
 /// Tunables, with defaults suited to a LAN cluster.
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
@@ -142,6 +144,20 @@ struct Peer {
     sent_beyond: BTreeSet<Dot>,
 }
 
+/// Who may write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Every node writes; changes from any member are applied.
+    MultiWriter,
+    /// One manager writes; only its changes are applied (others are refused and
+    /// logged). `manager` is the node followed: this node itself on the manager, learned
+    /// from the manager's `Hello` (or a peer's, relayed) on a worker.
+    OneWay {
+        /// The manager followed, if known.
+        manager: Option<NodeName>,
+    },
+}
+
 /// One node's side of replication with all its peers.
 pub struct Replica {
     store: Store,
@@ -149,6 +165,9 @@ pub struct Replica {
     peers: BTreeMap<NodeName, Peer>,
     configured: Vec<NodeName>,
     last_gc_ms: u64,
+    mode: Mode,
+    /// The role each connected peer's certificate allows.
+    roles: BTreeMap<NodeName, Option<CertRole>>,
 }
 
 impl Replica {
@@ -161,7 +180,86 @@ impl Replica {
             peers: BTreeMap::new(),
             configured,
             last_gc_ms: 0,
+            mode: Mode::MultiWriter,
+            roles: BTreeMap::new(),
         }
+    }
+
+    /// Sets who may write (multi-writer by default).
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The current mode (and, in one-way mode, the manager followed).
+    pub fn mode(&self) -> &Mode {
+        &self.mode
+    }
+
+    /// Records the role `peer`'s certificate allows (`None`: any).
+    pub fn set_peer_role(&mut self, peer: &NodeName, role: Option<CertRole>) {
+        self.roles.insert(peer.clone(), role);
+    }
+
+    /// In one-way mode, keeps only the changes made by the manager; the others are
+    /// refused and logged. Returns `None` while no manager is known (nothing can be
+    /// judged yet).
+    fn admissible(&self, from: &NodeName, changes: Vec<Change>) -> Option<Vec<Change>> {
+        let Mode::OneWay { manager } = &self.mode else {
+            return Some(changes);
+        };
+        let manager = manager.as_ref()?;
+        let (keep, refused): (Vec<Change>, Vec<Change>) =
+            changes.into_iter().partition(|c| &c.dot.node == manager);
+        if !refused.is_empty() {
+            let origins: BTreeSet<String> =
+                refused.iter().map(|c| c.dot.node.to_string()).collect();
+            tracing::warn!(
+                peer = %from,
+                refused = refused.len(),
+                ?origins,
+                %manager,
+                "refused changes not made by the manager"
+            );
+        }
+        Some(keep)
+    }
+
+    /// A peer told us which manager it follows.
+    fn manager_claim(
+        &mut self,
+        from: &NodeName,
+        claimed: Option<NodeName>,
+    ) -> Result<(), StoreError> {
+        let Mode::OneWay { manager } = &self.mode else {
+            return Ok(());
+        };
+        let Some(claimed) = claimed else {
+            return Ok(());
+        };
+        if manager.as_ref() == Some(&claimed) {
+            return Ok(());
+        }
+        if manager.as_ref() == Some(self.store.node()) {
+            tracing::error!(peer = %from, %claimed, "another node claims to be the manager; keeping this node's role");
+            return Ok(());
+        }
+        let direct = &claimed == from;
+        if direct && self.roles.get(from).copied().flatten() == Some(CertRole::Worker) {
+            tracing::warn!(peer = %from, "peer claims to be the manager but holds a worker's certificate; not followed");
+            return Ok(());
+        }
+        if !direct && manager.is_some() {
+            // Hearsay never replaces a manager we follow.
+            return Ok(());
+        }
+        tracing::info!(manager = %claimed, via = %from, "following the manager");
+        self.store
+            .set_app_meta("manager", claimed.as_str().as_bytes())?;
+        self.mode = Mode::OneWay {
+            manager: Some(claimed),
+        };
+        Ok(())
     }
 
     /// The store.
@@ -205,6 +303,10 @@ impl Replica {
             msg: Message::Hello {
                 node: self.store.node().clone(),
                 vv: self.store.version_vector(),
+                manager: match &self.mode {
+                    Mode::MultiWriter => None,
+                    Mode::OneWay { manager } => manager.clone(),
+                },
             },
         }
     }
@@ -289,13 +391,14 @@ impl Replica {
         }
         let mut out = Vec::new();
         match msg {
-            Message::Hello { node, vv } => {
+            Message::Hello { node, vv, manager } => {
                 if &node != from {
                     return Err(ReplicaError::Protocol {
                         peer: from.clone(),
                         what: format!("claims to be {node}"),
                     });
                 }
+                self.manager_claim(from, manager).map_err(store_err)?;
                 self.store.set_peer_acked(from, &vv).map_err(store_err)?;
                 if let Some(p) = self.peers.get_mut(from) {
                     p.known = Some(vv);
@@ -331,6 +434,17 @@ impl Replica {
                         what: "progress on a part that is not the last".into(),
                     });
                 }
+                let Some(changes) = self.admissible(from, changes) else {
+                    // No manager known yet: nothing is applied; the peer resends after
+                    // our next Hello. The acknowledgement keeps its window open.
+                    out.push(Output::Send {
+                        to: from.clone(),
+                        msg: Message::Ack {
+                            vv: self.store.version_vector(),
+                        },
+                    });
+                    return Ok(out);
+                };
                 let (missing, pins) = self.store.missing_chunks(&changes).map_err(store_err)?;
                 let p = self.peers.entry(from.clone()).or_default();
                 let ask: Vec<ChunkHash> = missing

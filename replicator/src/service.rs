@@ -19,7 +19,8 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc as tmpsc;
 
 use crate::frame;
-use crate::replica::{Output, Replica, ReplicaConfig};
+use crate::pki::CertRole;
+use crate::replica::{Mode, Output, Replica, ReplicaConfig};
 use crate::tls::{self, TlsConfig};
 
 /// How the service runs.
@@ -32,6 +33,8 @@ pub struct ServiceConfig {
     pub tls: TlsConfig,
     /// Protocol tunables.
     pub replica: ReplicaConfig,
+    /// Who may write.
+    pub mode: Mode,
 }
 
 /// Why the service could not start.
@@ -90,6 +93,7 @@ enum Event {
     Connected {
         peer: NodeName,
         conn: u64,
+        role: Option<CertRole>,
         tx: tmpsc::UnboundedSender<Outgoing>,
     },
     Disconnected {
@@ -212,7 +216,8 @@ impl Service {
             next_conn: AtomicU64::new(1),
         });
 
-        let replica = Replica::new(store, Vec::new(), config.replica.clone());
+        let replica =
+            Replica::new(store, Vec::new(), config.replica.clone()).with_mode(config.mode.clone());
         let thread_shared = shared.clone();
         let tick = Duration::from_millis(config.replica.hello_every_ms.clamp(50, 1000) / 2);
         let thread = std::thread::Builder::new()
@@ -304,8 +309,14 @@ fn replica_loop(
         };
         match event {
             Ok(Event::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Ok(Event::Connected { peer, conn, tx }) => {
+            Ok(Event::Connected {
+                peer,
+                conn,
+                role,
+                tx,
+            }) => {
                 senders.insert(peer.clone(), (conn, tx));
+                replica.set_peer_role(&peer, role);
                 outputs = replica.connected(&peer, now_ms());
             }
             Ok(Event::Disconnected { peer, conn }) => {
@@ -522,6 +533,7 @@ async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>, dialled_by
         let _ = shared.events.send(Event::Connected {
             peer: peer.clone(),
             conn: id,
+            role: tls::peer_role(&conn),
             tx,
         });
         let writer_conn = conn.clone();

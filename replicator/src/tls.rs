@@ -67,6 +67,46 @@ pub fn node_name_of(cert: &CertificateDer<'_>) -> Option<NodeName> {
     })
 }
 
+/// The one-way role a certificate allows (`None`: any role).
+pub fn role_of(cert: &CertificateDer<'_>) -> Option<crate::pki::CertRole> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let wanted = crate::pki::ROLE_OID
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(".");
+    let ext = parsed
+        .extensions()
+        .iter()
+        .find(|e| e.oid.to_id_string() == wanted)?;
+    match ext.value {
+        [0x0c, len, text @ ..] if *len as usize == text.len() => {
+            crate::pki::CertRole::parse(std::str::from_utf8(text).ok()?)
+        }
+        _ => None,
+    }
+}
+
+/// The role allowed by the certificate in a PEM file.
+pub fn role_of_file(cert: &Path) -> Result<Option<crate::pki::CertRole>, TlsError> {
+    let leaf = CertificateDer::pem_file_iter(cert)
+        .map_err(file_err(cert))?
+        .next()
+        .ok_or_else(|| TlsError::File {
+            path: cert.display().to_string(),
+            detail: "no certificate in file".into(),
+        })?
+        .map_err(file_err(cert))?;
+    Ok(role_of(&leaf))
+}
+
+/// The role the peer's certificate allows on an established connection.
+pub fn peer_role(conn: &quinn::Connection) -> Option<crate::pki::CertRole> {
+    let identity = conn.peer_identity()?;
+    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    role_of(certs.first()?)
+}
+
 /// Loads the CA, the node's certificate and key, checks that the certificate is for
 /// `node` and signed by the CA and valid now, and builds the TLS configurations.
 pub fn load(ca: &Path, cert: &Path, key: &Path, node: &NodeName) -> Result<TlsConfig, TlsError> {

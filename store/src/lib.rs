@@ -121,6 +121,27 @@ impl Store {
         *self.inner.commit_hook.write() = Some(hook);
     }
 
+    /// A value the daemon keeps in the store (`app/KEY`): the mode a store was created
+    /// in, the manager a worker follows.
+    pub fn app_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let db = &self.inner.db;
+        Ok(db.get_cf(db::cf(db, keys::CF_META), format!("app/{key}"))?)
+    }
+
+    /// Sets an [`Store::app_meta`] value (synced).
+    pub fn set_app_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        let db = &self.inner.db;
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        db.put_cf_opt(
+            db::cf(db, keys::CF_META),
+            format!("app/{key}"),
+            value,
+            &options,
+        )?;
+        Ok(())
+    }
+
     /// True if this open created the store (first start of this node).
     pub fn was_created(&self) -> bool {
         self.inner.created

@@ -216,9 +216,14 @@ impl Ca {
 
     /// Issues `name`'s certificate; returns the `[tls]` section for its config.
     pub fn issue(&self, name: &str) -> String {
+        self.issue_with_role(name, None)
+    }
+
+    /// Issues `name`'s certificate allowing `role` (`manager`/`worker`, or any).
+    pub fn issue_with_role(&self, name: &str, role: Option<&str>) -> String {
         let ca = self.dir.path().join("ca");
         let certs = self.dir.path().join("certs");
-        let out = depfs(&[
+        let mut args = vec![
             "ca",
             "issue",
             "--ca",
@@ -227,7 +232,11 @@ impl Ca {
             name,
             "--out",
             certs.to_str().unwrap(),
-        ]);
+        ];
+        if let Some(role) = role {
+            args.extend(["--role", role]);
+        }
+        let out = depfs(&args);
         assert!(
             out.status.success(),
             "ca issue: {}",
@@ -252,6 +261,16 @@ pub struct Cluster {
 impl Cluster {
     /// Creates (but does not mount) `n` nodes.
     pub fn new(n: usize) -> Cluster {
+        Self::with_roles(&vec![None; n])
+    }
+
+    /// A one-way cluster: node i has role `roles[i]` in its config and certificate.
+    pub fn one_way(roles: &[&str]) -> Cluster {
+        Self::with_roles(&roles.iter().map(|r| Some(*r)).collect::<Vec<_>>())
+    }
+
+    fn with_roles(roles: &[Option<&str>]) -> Cluster {
+        let n = roles.len();
         let ca = Ca::new();
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let nodes = (0..n)
@@ -261,11 +280,15 @@ impl Cluster {
                     .filter(|&j| j != i)
                     .map(|j| format!("\"127.0.0.1:{}\"", ports[j]))
                     .collect();
+                let mode = match roles[i] {
+                    Some(role) => format!("mode = \"one-way\"\nrole = \"{role}\"\n"),
+                    None => String::new(),
+                };
                 let rest = format!(
-                    "listen = \"127.0.0.1:{}\"\npeers = [{}]\n{}",
+                    "listen = \"127.0.0.1:{}\"\npeers = [{}]\n{mode}{}",
                     ports[i],
                     peers.join(", "),
-                    ca.issue(&name)
+                    ca.issue_with_role(&name, roles[i])
                 );
                 Node::with_config(&name, &rest)
             })

@@ -1,0 +1,161 @@
+//! One-way rules of the replica state machine: whom a worker follows, and which changes
+//! it accepts.
+
+use depfs_proto::{Content, Kind, Meta, Node, NodeName, RelPath, Timespec};
+use depfs_replicator::pki::CertRole;
+use depfs_replicator::{Mode, Output, Replica, ReplicaConfig};
+use depfs_store::{Durability, Store, StoreOptions};
+
+fn meta(kind: Kind) -> Meta {
+    Meta {
+        kind,
+        perm: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: Timespec::new(1, 0),
+        ctime: Timespec::new(1, 0),
+    }
+}
+
+fn replica(dir: &std::path::Path, name: &str, mode: Mode) -> Replica {
+    let node = NodeName::new(name).unwrap();
+    let store = Store::open(&dir.join(name), &node, &StoreOptions::new(meta(Kind::Dir))).unwrap();
+    Replica::new(store, Vec::new(), ReplicaConfig::default()).with_mode(mode)
+}
+
+fn write(r: &Replica, path: &str, bytes: &[u8]) {
+    let mut tx = r.store().transaction();
+    tx.put(
+        RelPath::parse(path.as_bytes()).unwrap(),
+        Node {
+            meta: meta(Kind::File),
+            content: Content::Inline(bytes.to_vec()),
+        },
+    );
+    tx.commit(1000, Durability::Process).unwrap();
+}
+
+/// Delivers messages between `a` and `b` until they fall silent.
+fn exchange(a: &mut Replica, b: &mut Replica, mut from_a: Vec<Output>, mut from_b: Vec<Output>) {
+    let (na, nb) = (a.store().node().clone(), b.store().node().clone());
+    for _ in 0..100 {
+        if from_a.is_empty() && from_b.is_empty() {
+            return;
+        }
+        let mut next_a = Vec::new();
+        let mut next_b = Vec::new();
+        for o in from_a.drain(..) {
+            if let Output::Send { msg, .. } = o {
+                next_b.extend(b.receive(&na, msg, 2000).unwrap());
+            }
+        }
+        for o in from_b.drain(..) {
+            if let Output::Send { msg, .. } = o {
+                next_a.extend(a.receive(&nb, msg, 2000).unwrap());
+            }
+        }
+        from_a = next_a;
+        from_b = next_b;
+    }
+    panic!("the replicas never fell silent");
+}
+
+fn connect(a: &mut Replica, a_role: Option<CertRole>, b: &mut Replica, b_role: Option<CertRole>) {
+    let (na, nb) = (a.store().node().clone(), b.store().node().clone());
+    a.set_peer_role(&nb, b_role);
+    b.set_peer_role(&na, a_role);
+    let out_a = a.connected(&nb, 1000);
+    let out_b = b.connected(&na, 1000);
+    exchange(a, b, out_a, out_b);
+}
+
+#[test]
+fn a_worker_follows_the_manager_and_not_a_worker_certificate_claiming_the_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let f_name = NodeName::new("forged").unwrap();
+    let mut worker = replica(dir.path(), "w1", Mode::OneWay { manager: None });
+    let mut forged = replica(
+        dir.path(),
+        "forged",
+        Mode::OneWay {
+            manager: Some(f_name),
+        },
+    );
+    write(&forged, "evil.xml", b"forged");
+    connect(
+        &mut worker,
+        Some(CertRole::Worker),
+        &mut forged,
+        Some(CertRole::Worker),
+    );
+    assert_eq!(
+        worker.mode(),
+        &Mode::OneWay { manager: None },
+        "followed a worker certificate"
+    );
+    assert!(worker
+        .store()
+        .get(&RelPath::parse(b"evil.xml").unwrap())
+        .unwrap()
+        .is_none());
+
+    let m_name = NodeName::new("m").unwrap();
+    let mut manager = replica(
+        dir.path(),
+        "m",
+        Mode::OneWay {
+            manager: Some(m_name.clone()),
+        },
+    );
+    write(&manager, "api.xml", b"real");
+    connect(
+        &mut worker,
+        Some(CertRole::Worker),
+        &mut manager,
+        Some(CertRole::Manager),
+    );
+    assert_eq!(
+        worker.mode(),
+        &Mode::OneWay {
+            manager: Some(m_name)
+        }
+    );
+    assert!(worker
+        .store()
+        .get(&RelPath::parse(b"api.xml").unwrap())
+        .unwrap()
+        .is_some());
+
+    // Now that it follows a manager, the forged node's changes are refused, not applied.
+    worker.disconnected(forged.store().node());
+    forged.disconnected(worker.store().node());
+    connect(
+        &mut worker,
+        Some(CertRole::Worker),
+        &mut forged,
+        Some(CertRole::Worker),
+    );
+    assert!(worker
+        .store()
+        .get(&RelPath::parse(b"evil.xml").unwrap())
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        worker.store().app_meta("manager").unwrap().as_deref(),
+        Some(&b"m"[..])
+    );
+}
+
+#[test]
+fn multi_writer_accepts_every_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = replica(dir.path(), "a", Mode::MultiWriter);
+    let mut b = replica(dir.path(), "b", Mode::MultiWriter);
+    write(&b, "x", b"from b");
+    connect(&mut a, None, &mut b, None);
+    assert!(a
+        .store()
+        .get(&RelPath::parse(b"x").unwrap())
+        .unwrap()
+        .is_some());
+}

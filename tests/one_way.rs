@@ -1,0 +1,150 @@
+//! One-way mode (issue 5): a manager writes, workers follow read-only.
+
+mod common;
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::{depfs, wait_until, Cluster, Node};
+
+const T: Duration = Duration::from_secs(30);
+
+fn errno_of<V>(r: std::io::Result<V>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+#[test]
+fn the_manager_writes_and_workers_follow_read_only() {
+    let c = Cluster::one_way(&["manager", "worker", "worker"]);
+    c.mount_all();
+    let (m, w1, w2) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    std::fs::create_dir_all(m.path("synapse-configs/default/api")).unwrap();
+    std::fs::write(m.path("synapse-configs/default/api/a.xml"), b"<api/>").unwrap();
+    std::fs::write(m.path("existing.xml"), b"keep").unwrap();
+    for w in [w1, w2] {
+        assert!(
+            w.wait_for("synapse-configs/default/api/a.xml", b"<api/>", T),
+            "{}",
+            w.name
+        );
+        assert!(w.wait_for("existing.xml", b"keep", T));
+    }
+
+    for w in [w1, w2] {
+        let p = |s: &str| w.path(s);
+        let cases: Vec<(&str, i32)> = vec![
+            ("create", errno_of(std::fs::write(p("new.xml"), b"x"))),
+            (
+                "write",
+                errno_of(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(p("existing.xml")),
+                ),
+            ),
+            (
+                "rename",
+                errno_of(std::fs::rename(p("existing.xml"), p("moved.xml"))),
+            ),
+            ("unlink", errno_of(std::fs::remove_file(p("existing.xml")))),
+            ("mkdir", errno_of(std::fs::create_dir(p("dir")))),
+            (
+                "rmdir",
+                errno_of(std::fs::remove_dir(p("synapse-configs/default/api"))),
+            ),
+            (
+                "chmod",
+                errno_of(std::fs::set_permissions(
+                    p("existing.xml"),
+                    std::fs::Permissions::from_mode(0o600),
+                )),
+            ),
+            ("truncate", {
+                let c = CString::new(p("existing.xml").as_os_str().as_bytes()).unwrap();
+                if unsafe { libc::truncate(c.as_ptr(), 0) } == 0 {
+                    0
+                } else {
+                    std::io::Error::last_os_error().raw_os_error().unwrap()
+                }
+            }),
+            (
+                "symlink",
+                errno_of(std::os::unix::fs::symlink("existing.xml", p("link"))),
+            ),
+        ];
+        for (what, errno) in cases {
+            assert_eq!(errno, libc::EROFS, "{what} on worker {}", w.name);
+        }
+        // The mount itself reports read-only.
+        let c = CString::new(w.mountpoint.as_os_str().as_bytes()).unwrap();
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        assert_ne!(
+            st.f_flag & libc::ST_RDONLY,
+            0,
+            "statvfs does not say read-only"
+        );
+    }
+    // Nothing changed anywhere.
+    std::fs::write(m.path("marker.xml"), b"after").unwrap();
+    for node in [m, w1, w2] {
+        assert!(node.wait_for("marker.xml", b"after", T));
+        assert_eq!(std::fs::read(node.path("existing.xml")).unwrap(), b"keep");
+        assert!(
+            !node.path("new.xml").exists()
+                && !node.path("dir").exists()
+                && !node.path("moved.xml").exists()
+        );
+        let mode = std::fs::metadata(node.path("existing.xml"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_ne!(mode, 0o600);
+    }
+    let status = w1.status();
+    assert_eq!(status["mode"], "one-way");
+    assert_eq!(status["role"], "worker");
+}
+
+#[test]
+fn a_worker_with_a_forged_manager_config_is_not_followed() {
+    let c = Cluster::one_way(&["manager", "worker"]);
+    c.mount_all();
+    std::fs::write(c.nodes[0].path("a.xml"), b"real").unwrap();
+    assert!(c.nodes[1].wait_for("a.xml", b"real", T));
+
+    // gw3 holds a worker's certificate but its config claims the manager role.
+    let tls = c.ca.issue_with_role("gw3", Some("worker"));
+    let rest = format!(
+        "listen = \"127.0.0.1:{}\"\npeers = [\"127.0.0.1:{}\", \"127.0.0.1:{}\"]\nmode = \"one-way\"\nrole = \"manager\"\n{tls}",
+        common::free_port(),
+        c.ports[0],
+        c.ports[1]
+    );
+    let forged = Node::with_config("gw3", &rest);
+    let out = forged.try_mount(&[]);
+    assert!(!out.status.success(), "the forged manager started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only allows the worker role"), "{err}");
+    // The cluster still follows its manager.
+    std::fs::write(c.nodes[0].path("b.xml"), b"still the manager").unwrap();
+    assert!(c.nodes[1].wait_for("b.xml", b"still the manager", T));
+    let out = depfs(&[
+        "status",
+        "--config",
+        c.nodes[1].config.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success());
+    assert!(wait_until(T, || c.nodes[1].status()["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["name"] != "gw3")));
+}
