@@ -148,3 +148,150 @@ fn a_worker_with_a_forged_manager_config_is_not_followed() {
         .iter()
         .all(|p| p["name"] != "gw3")));
 }
+
+/// `depfs conflicts list --json` of `node`, as (path, origin, cut_off) triples.
+fn conflicts_of(node: &Node) -> Vec<(String, String, bool)> {
+    let out = depfs(&[
+        "conflicts",
+        "--config",
+        node.config.to_str().unwrap(),
+        "list",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut v: Vec<(String, String, bool)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["node"].as_str().unwrap().to_string(),
+                c["cut_off"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn is_read_only_mount(node: &Node) -> bool {
+    let c = CString::new(node.mountpoint.as_os_str().as_bytes()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_flag & libc::ST_RDONLY != 0
+}
+
+#[test]
+fn a_promoted_worker_takes_over_and_the_old_manager_steps_down() {
+    // gw2's certificate allows any role, so it can be promoted; gw3's does not.
+    let c = Cluster::one_way_with_certs(
+        &["manager", "worker", "worker"],
+        &[Some("manager"), None, Some("worker")],
+    );
+    c.mount_all();
+    let (m, w1, w2) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+    std::fs::write(m.path("a.xml"), b"a1").unwrap();
+    std::fs::write(m.path("b.xml"), b"b1").unwrap();
+    std::fs::write(m.path("c.xml"), b"c1").unwrap();
+    for w in [w1, w2] {
+        assert!(w.wait_for("c.xml", b"c1", T), "{}", w.name);
+    }
+
+    // The manager dies; gw3 cannot be promoted with its worker certificate; gw2 can.
+    m.kill9();
+    let refused = depfs(&["promote", "--config", w2.config.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("only allows the worker role"));
+    let out = depfs(&["promote", "--config", w1.config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "promote: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w1.status()["role"], "manager");
+    assert_eq!(w1.status()["term"], 2);
+    assert!(wait_until(T, || !is_read_only_mount(w1)));
+    // Nothing the old manager had delivered to gw2 is lost.
+    for (f, bytes) in [("a.xml", b"a1"), ("b.xml", b"b1"), ("c.xml", b"c1")] {
+        assert!(w1.wait_for(f, bytes, T), "{f}");
+    }
+    std::fs::write(w1.path("e.xml"), b"from gw2").unwrap();
+    assert!(w2.wait_for("e.xml", b"from gw2", T));
+    assert!(wait_until(T, || w2.status()["manager"] == "gw2"));
+
+    // The old manager comes back cut off (no peers) and, still manager of term 1 as far
+    // as it knows, writes.
+    let config = std::fs::read_to_string(&m.config).unwrap();
+    let isolated_config = m.dir.path().join("isolated.toml");
+    let isolated: String = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("peers") {
+                "peers = []".to_string()
+            } else if l.starts_with("listen") {
+                format!("listen = \"127.0.0.1:{}\"", common::free_port())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&isolated_config, isolated).unwrap();
+    let out = depfs(&[
+        "mount",
+        isolated_config.to_str().unwrap(),
+        m.mountpoint.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(m.status()["role"], "manager");
+    std::fs::write(m.path("a.xml"), b"a2 cut off").unwrap();
+    std::fs::remove_file(m.path("b.xml")).unwrap();
+    std::fs::write(m.path("d.xml"), b"created cut off").unwrap();
+    m.unmount();
+
+    // It rejoins: steps down, converges on gw2's tree, and its cut-off changes are
+    // conflicts everywhere.
+    m.mount();
+    assert!(wait_until(T, || m.status()["role"] == "worker"));
+    assert_eq!(m.status()["manager"], "gw2");
+    assert!(wait_until(T, || is_read_only_mount(m)));
+    let expected = vec![
+        ("/a.xml".to_string(), "gw1".to_string(), true),
+        ("/d.xml".to_string(), "gw1".to_string(), true),
+    ];
+    for node in [m, w1, w2] {
+        assert!(node.wait_for("a.xml", b"a1", T), "{}: a.xml", node.name);
+        assert!(node.wait_for("b.xml", b"b1", T), "{}: b.xml", node.name);
+        assert!(node.wait_for("e.xml", b"from gw2", T), "{}", node.name);
+        assert!(
+            wait_until(T, || !node.path("d.xml").exists()),
+            "{}: d.xml",
+            node.name
+        );
+        assert!(
+            wait_until(T, || conflicts_of(node) == expected),
+            "{}: conflicts {:?}",
+            node.name,
+            conflicts_of(node)
+        );
+    }
+    assert_eq!(
+        errno_of(std::fs::write(m.path("x.xml"), b"x")),
+        libc::EROFS,
+        "the old manager still writes"
+    );
+    // The new manager keeps writing; everyone follows it.
+    std::fs::write(w1.path("f.xml"), b"after").unwrap();
+    assert!(m.wait_for("f.xml", b"after", T));
+    assert!(w2.wait_for("f.xml", b"after", T));
+}

@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use depfs_replicator::pki::CertRole;
 use depfs_replicator::Service;
 use depfs_store::Store;
 use serde_json::{json, Value};
 
-use crate::config::{Config, Mode, Role};
+use crate::config::{Config, Mode};
 
 /// What the control socket reports on.
 pub struct State {
@@ -81,6 +82,7 @@ fn handle(state: &State, stream: UnixStream) -> Result<()> {
         Some("restore") => {
             restore(state, &request).unwrap_or_else(|e| json!({"error": e.to_string()}))
         }
+        Some("promote") => promote(state).unwrap_or_else(|e| json!({"error": format!("{e:#}")})),
         Some("log") => log(
             state,
             request.get("limit").and_then(Value::as_u64).unwrap_or(20) as usize,
@@ -136,15 +138,18 @@ fn status(state: &State) -> Value {
         Mode::MultiWriter => "multi-writer",
         Mode::OneWay => "one-way",
     };
-    let role = match state.config.role {
-        Some(Role::Manager) => "manager",
-        Some(Role::Worker) => "worker",
-        None => "writer",
+    let lead = store.leadership();
+    let role = match state.config.mode {
+        Mode::MultiWriter => "writer",
+        Mode::OneWay if lead.manager() == Some(store.node()) => "manager",
+        Mode::OneWay => "worker",
     };
     json!({
         "node": state.config.node.to_string(),
         "mode": mode,
         "role": role,
+        "manager": lead.manager().map(|m| m.to_string()),
+        "term": lead.term(),
         "mountpoint": state.mountpoint.display().to_string(),
         "data_dir": state.config.data_dir.display().to_string(),
         "config": state.config.source.display().to_string(),
@@ -179,6 +184,29 @@ fn dir_size(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// `depfs promote`: this node becomes the manager, if its certificate allows the role.
+fn promote(state: &State) -> Result<Value> {
+    if state.config.mode != Mode::OneWay {
+        bail!(
+            "{} is in a multi-writer cluster: every node writes already",
+            state.config.node
+        );
+    }
+    let Some(service) = &state.service else {
+        bail!("this node has no replicator (no [tls] in its config)");
+    };
+    if let Some(tls) = &state.config.tls {
+        if depfs_replicator::tls::role_of_file(&tls.cert)? == Some(CertRole::Worker) {
+            bail!(
+                "certificate {} only allows the worker role; issue one with `depfs ca issue --role manager`",
+                tls.cert.display()
+            );
+        }
+    }
+    let term = service.promote()?;
+    Ok(json!({"term": term, "manager": state.config.node.to_string()}))
+}
+
 /// Waits until every change made here before the call is acknowledged by every
 /// connected peer.
 fn sync(state: &State, timeout: Duration) -> Value {
@@ -211,6 +239,7 @@ fn sync(state: &State, timeout: Duration) -> Value {
 }
 
 fn conflicts(state: &State) -> Value {
+    let lead = state.store.leadership();
     match state.store.conflicts() {
         Ok(list) => json!({"conflicts": list.iter().map(|c| {
             let node = c.version.node();
@@ -218,6 +247,8 @@ fn conflicts(state: &State) -> Value {
                 "path": c.path.to_string(),
                 "id": c.version.dot.to_string(),
                 "node": c.version.dot.node.to_string(),
+                // One-way mode: written by an old manager cut off from the cluster.
+                "cut_off": lead.is_cut_off(&c.version.dot),
                 "time_ms": c.version.hlc.wall_ms,
                 "kind": node.map(|n| format!("{:?}", n.meta.kind).to_lowercase()),
                 "size": node.map(|n| n.size()),

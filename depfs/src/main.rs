@@ -92,6 +92,13 @@ enum Command {
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
     },
+    /// One-way mode: make this node the manager, in a new term, for the whole cluster
+    /// (after the manager failed). A returning old manager steps down to worker.
+    Promote {
+        /// The node's configuration (default: the only file in /etc/depfs/*.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -170,6 +177,7 @@ fn main() -> ExitCode {
         Command::Ca { command } => ca(command),
         Command::Status { config, json } => status(config, json),
         Command::Sync { config, timeout } => sync(config, timeout),
+        Command::Promote { config } => promote(config),
         Command::Conflicts { config, command } => conflicts(config, command),
         Command::Log {
             config,
@@ -195,11 +203,12 @@ fn mount_helper_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
         .map(|a| Path::new(a).file_name().unwrap_or_default().to_os_string())
         .unwrap_or_default();
     let as_helper = argv0.to_string_lossy().starts_with("mount.");
-    const COMMANDS: [&str; 8] = [
+    const COMMANDS: [&str; 9] = [
         "mount",
         "ca",
         "status",
         "sync",
+        "promote",
         "conflicts",
         "log",
         "help",
@@ -285,6 +294,12 @@ fn status(config: Option<PathBuf>, as_json: bool) -> Result<()> {
         s(&reply["mode"]),
         s(&reply["role"])
     );
+    if reply["mode"] == "one-way" {
+        match reply["manager"].as_str() {
+            Some(m) => println!("manager     {m} (term {})", reply["term"]),
+            None => println!("manager     not known yet"),
+        }
+    }
     println!("mount       {}", s(&reply["mountpoint"]));
     println!("data_dir    {}", s(&reply["data_dir"]));
     println!("uptime      {} s", reply["uptime_s"]);
@@ -346,6 +361,19 @@ fn sync(config: Option<PathBuf>, timeout: f64) -> Result<()> {
             reply["waited_ms"]
         )
     }
+}
+
+fn promote(config: Option<PathBuf>) -> Result<()> {
+    let config = find_config(config)?;
+    let reply = control::request(&config, json!({"cmd": "promote"}))?;
+    if let Some(e) = reply["error"].as_str() {
+        bail!("{e}");
+    }
+    println!(
+        "{} is the manager now (term {}); its mount is writable",
+        config.node, reply["term"]
+    );
+    Ok(())
 }
 
 fn conflicts(config: Option<PathBuf>, command: Option<ConflictsCommand>) -> Result<()> {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use depfs_fs::ops::FuseAdapter;
 use depfs_fs::{DepFs, FsConfig, Invalidation};
-use depfs_proto::{Kind, Meta, Timespec};
-use depfs_replicator::{ReplicaConfig, Service, ServiceConfig};
+use depfs_proto::{Kind, Leadership, Meta, Timespec};
+use depfs_replicator::{Callbacks, ReplicaConfig, RoleChange, Service, ServiceConfig};
 use depfs_store::{Store, StoreOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::os::unix::ffi::OsStrExt;
@@ -157,23 +157,28 @@ fn serve(
     // Paths changed behind the kernel's back (by peers, or by control commands such as
     // restoring a conflict) go to one invalidation thread, started with the session.
     let (changed_tx, changed_rx) = std::sync::mpsc::channel();
-    let service = start_replicator(config, &store, changed_tx.clone())?;
+    let (role_tx, role_rx) = std::sync::mpsc::channel();
+    let service = start_replicator(config, &store, changed_tx.clone(), role_tx)?;
+    let read_only = options.read_only || !may_write(config, &store);
 
     let staging = config.data_dir.join("staging");
     std::fs::create_dir_all(&staging)
         .with_context(|| format!("cannot create {}", staging.display()))?;
     let mut fs_config = FsConfig::new(staging);
-    fs_config.read_only = options.read_only || config.read_only();
+    fs_config.read_only = read_only;
     let fs = Arc::new(DepFs::new(store, fs_config));
 
     let mut session = fuser::Session::new(
         FuseAdapter::new(fs.clone()),
         mountpoint,
-        &fuse_config(config, options),
+        &fuse_config(config, options, read_only),
     )
     .map_err(|e| anyhow!("cannot mount {}: {e}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     spawn_invalidator(fs.clone(), session.notifier(), changed_rx);
+    if !options.read_only {
+        spawn_role_keeper(fs.clone(), mountpoint.to_path_buf(), role_rx);
+    }
 
     let control = Arc::new(crate::control::State {
         config: config.clone(),
@@ -240,6 +245,25 @@ fn check_mode(config: &Config, store: &Store) -> Result<()> {
         Some(_) => {}
         None => store.set_app_meta("mode", wanted.as_bytes())?,
     }
+    if config.mode == Mode::OneWay && config.role == Some(Role::Manager) {
+        let lead = store.leadership();
+        match lead.manager() {
+            None => {
+                tracing::info!("first start of the manager: term 1 begins");
+                store.set_leadership(Leadership::first(
+                    config.node.clone(),
+                    store.version_vector(),
+                ))?;
+            }
+            Some(m) if m != &config.node => tracing::warn!(
+                manager = %m,
+                term = lead.term(),
+                "the config says role = \"manager\", but another node was promoted since: \
+                 running as a worker (`depfs promote` makes this node the manager again)"
+            ),
+            Some(_) => {}
+        }
+    }
     if config.role == Some(Role::Manager) {
         if let Some(tls) = &config.tls {
             if depfs_replicator::tls::role_of_file(&tls.cert)? == Some(CertRole::Worker) {
@@ -254,11 +278,88 @@ fn check_mode(config: &Config, store: &Store) -> Result<()> {
     Ok(())
 }
 
+/// True if local changes are allowed: always in multi-writer mode, only on the current
+/// manager in one-way mode (the store's manager terms decide, not the config's role,
+/// which only says how a node starts).
+fn may_write(config: &Config, store: &Store) -> bool {
+    match config.mode {
+        Mode::MultiWriter => true,
+        Mode::OneWay => store.leadership().manager() == Some(&config.node),
+    }
+}
+
+/// Applies changes of manager to the mount: writable exactly on the manager. The kernel
+/// mount is remounted too, so `statfs` and the mount table tell the truth.
+fn spawn_role_keeper(
+    fs: Arc<DepFs>,
+    mountpoint: PathBuf,
+    roles: std::sync::mpsc::Receiver<RoleChange>,
+) {
+    let _ = std::thread::Builder::new()
+        .name("depfs-role".into())
+        .spawn(move || {
+            while let Ok(role) = roles.recv() {
+                let read_only = !role.manages;
+                if read_only == fs.is_read_only() {
+                    continue;
+                }
+                if read_only {
+                    // Refuse new changes first, then tell the kernel.
+                    fs.set_read_only(true);
+                }
+                if let Err(e) = remount(&mountpoint, read_only) {
+                    tracing::warn!(error = %e, read_only, "cannot remount; depfs itself still enforces the role");
+                }
+                if !read_only {
+                    fs.set_read_only(false);
+                }
+                tracing::info!(manager = ?role.manager.map(|m| m.to_string()), term = role.term, read_only, "role changed");
+            }
+        });
+}
+
+/// Remounts `mountpoint` read-only or read-write, keeping its other flags.
+fn remount(mountpoint: &Path, read_only: bool) -> std::io::Result<()> {
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The ST_* flags of statvfs have the values of the matching MS_* mount flags.
+    let keep = libc::ST_NOSUID
+        | libc::ST_NODEV
+        | libc::ST_NOEXEC
+        | libc::ST_SYNCHRONOUS
+        | libc::ST_NOATIME
+        | libc::ST_NODIRATIME
+        | libc::ST_RELATIME;
+    let mut flags = libc::MS_REMOUNT | (st.f_flag & keep) as libc::c_ulong;
+    if read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    // SAFETY: null source, type and data are allowed for a remount.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            path.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Starts replication when the node has peers (or a TLS identity to accept them).
 fn start_replicator(
     config: &Config,
     store: &Store,
     changed: std::sync::mpsc::Sender<Vec<depfs_proto::RelPath>>,
+    roles: std::sync::mpsc::Sender<RoleChange>,
 ) -> Result<Option<Arc<Service>>> {
     let Some(tls_paths) = &config.tls else {
         return Ok(None);
@@ -271,22 +372,20 @@ fn start_replicator(
             peers: config.peers.clone(),
             tls,
             replica: ReplicaConfig::default(),
-            mode: match (config.mode, config.role) {
-                (Mode::MultiWriter, _) => ReplicationMode::MultiWriter,
-                (Mode::OneWay, Some(Role::Manager)) => ReplicationMode::OneWay {
-                    manager: Some(config.node.clone()),
-                },
-                (Mode::OneWay, _) => ReplicationMode::OneWay {
-                    manager: store.app_meta("manager")?.and_then(|m| {
-                        depfs_proto::NodeName::new(&String::from_utf8_lossy(&m)).ok()
-                    }),
-                },
+            mode: match config.mode {
+                Mode::MultiWriter => ReplicationMode::MultiWriter,
+                Mode::OneWay => ReplicationMode::OneWay,
             },
         },
         store.clone(),
-        Box::new(move |paths| {
-            let _ = changed.send(paths);
-        }),
+        Callbacks {
+            on_changed: Box::new(move |paths| {
+                let _ = changed.send(paths);
+            }),
+            on_role: Box::new(move |role| {
+                let _ = roles.send(role);
+            }),
+        },
     )?;
     store.set_commit_hook(Box::new(service.commit_notifier()));
     Ok(Some(Arc::new(service)))
@@ -334,7 +433,7 @@ fn open_store(config: &Config, root: &std::fs::Metadata) -> Result<Store> {
         .map_err(|e| anyhow!("{e}"))
 }
 
-fn fuse_config(config: &Config, options: &MountOptions) -> fuser::Config {
+fn fuse_config(config: &Config, options: &MountOptions, read_only: bool) -> fuser::Config {
     use fuser::MountOption as O;
     let mut c = fuser::Config::default();
     c.mount_options.push(O::FSName(
@@ -346,7 +445,7 @@ fn fuse_config(config: &Config, options: &MountOptions) -> fuser::Config {
     c.mount_options.push(O::Subtype("depfs".into()));
     c.mount_options.push(O::DefaultPermissions);
     c.mount_options.push(O::NoAtime);
-    if options.read_only || config.read_only() {
+    if read_only {
         c.mount_options.push(O::RO);
     }
     for flag in &options.kernel_flags {

@@ -206,6 +206,8 @@ impl DepFs {
         if !writable {
             return Err(Errno::EBADF);
         }
+        // A node that stepped down from manager refuses writes on handles opened before.
+        self.check_writable()?;
         if offset.saturating_add(bytes.len() as u64) > MAX_FILE_SIZE {
             return Err(Errno::EFBIG);
         }

@@ -27,6 +27,7 @@ pub use import::{import_dir, ImportError, ImportStats};
 pub use namespace::Invalidation;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use depfs_proto::{Meta, RelPath, Timespec};
@@ -65,6 +66,9 @@ impl FsConfig {
 pub struct DepFs {
     store: Store,
     config: FsConfig,
+    /// Starts as `!config.read_only`; one-way mode flips it when this node is promoted
+    /// to manager or steps down.
+    writable: AtomicBool,
     tables: Mutex<Tables>,
 }
 
@@ -102,6 +106,7 @@ impl DepFs {
     pub fn new(store: Store, config: FsConfig) -> Self {
         DepFs {
             store,
+            writable: AtomicBool::new(!config.read_only),
             config,
             tables: Mutex::new(Tables::new()),
         }
@@ -117,8 +122,19 @@ impl DepFs {
         &self.config
     }
 
+    /// Makes the filesystem refuse (or accept again) every change. Files open for writing
+    /// keep their handles; their next write fails.
+    pub fn set_read_only(&self, read_only: bool) {
+        self.writable.store(!read_only, Ordering::SeqCst);
+    }
+
+    /// True if changes are refused with `EROFS`.
+    pub fn is_read_only(&self) -> bool {
+        !self.writable.load(Ordering::SeqCst)
+    }
+
     fn check_writable(&self) -> FsResult<()> {
-        if self.config.read_only {
+        if self.is_read_only() {
             Err(Errno::EROFS)
         } else {
             Ok(())

@@ -6,6 +6,7 @@
 //! * [`name`]: node names and file names, validated by Linux rules.
 //! * [`path`]: relative paths inside a mount and their ordered key encoding.
 //! * [`hlc`]: the hybrid logical clock that orders concurrent changes.
+//! * [`lead`]: manager terms in one-way mode, and which changes each manager made.
 //! * [`vv`]: version vectors (per-path causal contexts and per-node progress).
 //! * [`entry`]: what a path holds: kind, attributes and content reference.
 //! * [`version`]: one version of one path, as the change log and the merge rules see it.
@@ -16,6 +17,7 @@
 pub mod codec;
 pub mod entry;
 pub mod hlc;
+pub mod lead;
 pub mod limits;
 pub mod name;
 pub mod path;
@@ -26,6 +28,7 @@ pub mod wire;
 pub use codec::{decode_value, encode_value, DecodeError};
 pub use entry::{ChunkHash, ChunkRef, Content, Kind, Meta, Node, Timespec};
 pub use hlc::{ClockDrift, Hlc, HlcClock};
+pub use lead::{Authority, Leadership, Term};
 pub use name::{FileName, NameError, NodeName};
 pub use path::RelPath;
 pub use version::{Dot, Stamp, State, Version};

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::entry::ChunkHash;
 use crate::hlc::Hlc;
+use crate::lead::Leadership;
 use crate::name::NodeName;
 use crate::path::RelPath;
 use crate::version::{Dot, State, Version};
@@ -67,8 +68,9 @@ pub enum Message {
         node: NodeName,
         /// The sender's progress.
         vv: VersionVector,
-        /// One-way mode: the manager the sender follows (itself, on the manager).
-        manager: Option<NodeName>,
+        /// One-way mode: the manager terms the sender follows (empty in multi-writer
+        /// mode and before a worker has heard of a manager).
+        lead: Leadership,
     },
     /// One part of a batch of changes the receiver lacks. `base` is the progress the
     /// sender assumed the receiver had; `upto`, on the last part, is the sender's

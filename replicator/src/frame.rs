@@ -65,7 +65,7 @@ mod tests {
         let msg = Message::Hello {
             node: NodeName::new("gw1").unwrap(),
             vv: VersionVector::new(),
-            manager: None,
+            lead: Default::default(),
         };
         let frame = encode(&msg);
         let len = body_len(frame[..4].try_into().unwrap()).unwrap();

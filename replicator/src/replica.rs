@@ -12,7 +12,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use depfs_proto::{Change, ChunkData, ChunkHash, Dot, Message, NodeName, RelPath, VersionVector};
+use depfs_proto::{
+    Authority, Change, ChunkData, ChunkHash, Dot, Leadership, Message, NodeName, RelPath,
+    VersionVector,
+};
 use depfs_store::{PinGuard, Store, StoreError};
 
 use crate::pki::CertRole;
@@ -65,6 +68,16 @@ pub enum Output {
     },
     /// These paths changed on this node because of a peer: invalidate their caches.
     Changed(Vec<RelPath>),
+    /// One-way mode: the manager followed changed (or this node was promoted). The
+    /// mount must be writable exactly when `manages`.
+    Role {
+        /// The manager now followed.
+        manager: Option<NodeName>,
+        /// Its term.
+        term: u64,
+        /// True if this node is the manager.
+        manages: bool,
+    },
 }
 
 /// Why a peer's message was refused. The driver closes that peer's connection and logs
@@ -145,17 +158,33 @@ struct Peer {
 }
 
 /// Who may write.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Every node writes; changes from any member are applied.
     MultiWriter,
-    /// One manager writes; only its changes are applied (others are refused and
-    /// logged). `manager` is the node followed: this node itself on the manager, learned
-    /// from the manager's `Hello` (or a peer's, relayed) on a worker.
-    OneWay {
-        /// The manager followed, if known.
-        manager: Option<NodeName>,
-    },
+    /// One manager writes; only managers' changes are applied (others are refused and
+    /// logged). The manager terms are kept by the store (see
+    /// [`depfs_store::Store::leadership`]) and spread with every `Hello`.
+    OneWay,
+}
+
+/// Why `promote` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PromoteError {
+    /// Only one-way clusters have a manager.
+    #[error(
+        "this node is in a multi-writer cluster: every node writes, there is nothing to promote"
+    )]
+    NotOneWay,
+    /// Nothing to do.
+    #[error("this node already is the manager (term {0})")]
+    AlreadyManager(u64),
+    /// The store could not record the new term.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The replicator is not running.
+    #[error("the replicator is not running")]
+    Stopped,
 }
 
 /// One node's side of replication with all its peers.
@@ -201,16 +230,34 @@ impl Replica {
         self.roles.insert(peer.clone(), role);
     }
 
-    /// In one-way mode, keeps only the changes made by the manager; the others are
-    /// refused and logged. Returns `None` while no manager is known (nothing can be
-    /// judged yet).
-    fn admissible(&self, from: &NodeName, changes: Vec<Change>) -> Option<Vec<Change>> {
-        let Mode::OneWay { manager } = &self.mode else {
-            return Some(changes);
-        };
-        let manager = manager.as_ref()?;
-        let (keep, refused): (Vec<Change>, Vec<Change>) =
-            changes.into_iter().partition(|c| &c.dot.node == manager);
+    /// The manager followed, in one-way mode.
+    pub fn manager(&self) -> Option<NodeName> {
+        self.store.leadership().manager().cloned()
+    }
+
+    /// True if this node is the current manager (one-way mode).
+    pub fn is_manager(&self) -> bool {
+        self.mode == Mode::OneWay && self.manager().as_ref() == Some(self.store.node())
+    }
+
+    /// In one-way mode, keeps only the changes made by a manager (including those an old
+    /// manager made cut off, which the store keeps as conflicts); the others are refused
+    /// and logged. Returns `None` while no manager is known (nothing can be judged yet).
+    fn admissible(
+        &self,
+        from: &NodeName,
+        changes: Vec<Change>,
+    ) -> Result<Option<Vec<Change>>, StoreError> {
+        if self.mode == Mode::MultiWriter {
+            return Ok(Some(changes));
+        }
+        let lead = self.store.leadership();
+        if lead.is_empty() {
+            return Ok(None);
+        }
+        let (keep, refused): (Vec<Change>, Vec<Change>) = changes
+            .into_iter()
+            .partition(|c| lead.authority(&c.dot) != Authority::NotManager);
         if !refused.is_empty() {
             let origins: BTreeSet<String> =
                 refused.iter().map(|c| c.dot.node.to_string()).collect();
@@ -218,48 +265,103 @@ impl Replica {
                 peer = %from,
                 refused = refused.len(),
                 ?origins,
-                %manager,
-                "refused changes not made by the manager"
+                manager = ?lead.manager().map(|m| m.to_string()),
+                "refused changes not made by a manager"
             );
         }
-        Some(keep)
+        Ok(Some(keep))
     }
 
-    /// A peer told us which manager it follows.
-    fn manager_claim(
+    /// A peer told us the manager terms it follows. A later history is followed, unless
+    /// the peer itself claims to be the manager while its certificate only allows the
+    /// worker role. Following a new term may make this node step down.
+    fn leadership_claim(
         &mut self,
         from: &NodeName,
-        claimed: Option<NodeName>,
-    ) -> Result<(), StoreError> {
-        let Mode::OneWay { manager } = &self.mode else {
+        claimed: Leadership,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ReplicaError> {
+        if self.mode == Mode::MultiWriter || claimed.is_empty() {
+            return Ok(());
+        }
+        claimed.validate().map_err(|e| ReplicaError::Protocol {
+            peer: from.clone(),
+            what: format!("leadership history: {e}"),
+        })?;
+        let ours = self.store.leadership();
+        if !claimed.supersedes(&ours) {
+            return Ok(());
+        }
+        let Some(term) = claimed.current().cloned() else {
             return Ok(());
         };
-        let Some(claimed) = claimed else {
-            return Ok(());
-        };
-        if manager.as_ref() == Some(&claimed) {
-            return Ok(());
-        }
-        if manager.as_ref() == Some(self.store.node()) {
-            tracing::error!(peer = %from, %claimed, "another node claims to be the manager; keeping this node's role");
+        if &term.manager == from
+            && self.roles.get(from).copied().flatten() == Some(CertRole::Worker)
+        {
+            tracing::warn!(peer = %from, term = term.number, "peer claims to be the manager but holds a worker's certificate; not followed");
             return Ok(());
         }
-        let direct = &claimed == from;
-        if direct && self.roles.get(from).copied().flatten() == Some(CertRole::Worker) {
-            tracing::warn!(peer = %from, "peer claims to be the manager but holds a worker's certificate; not followed");
-            return Ok(());
+        let was_manager = self.is_manager();
+        let changed = self
+            .store
+            .set_leadership(claimed)
+            .map_err(|source| ReplicaError::Store {
+                peer: from.clone(),
+                source,
+            })?;
+        if was_manager {
+            tracing::warn!(manager = %term.manager, term = term.number, via = %from, "another node was promoted: this node steps down to worker; its changes the new manager lacked are kept as conflicts");
+        } else {
+            tracing::info!(manager = %term.manager, term = term.number, via = %from, "following the manager");
         }
-        if !direct && manager.is_some() {
-            // Hearsay never replaces a manager we follow.
-            return Ok(());
+        if !changed.is_empty() {
+            out.push(Output::Changed(changed));
         }
-        tracing::info!(manager = %claimed, via = %from, "following the manager");
-        self.store
-            .set_app_meta("manager", claimed.as_str().as_bytes())?;
-        self.mode = Mode::OneWay {
-            manager: Some(claimed),
-        };
+        out.push(self.role_output());
+        // Spread the news.
+        for peer in self.connected_peers() {
+            if &peer != from {
+                out.push(self.hello(&peer, now_ms));
+            }
+        }
         Ok(())
+    }
+
+    fn role_output(&self) -> Output {
+        let lead = self.store.leadership();
+        Output::Role {
+            manager: lead.manager().cloned(),
+            term: lead.term(),
+            manages: self.is_manager(),
+        }
+    }
+
+    /// `depfs promote`: makes this node the manager in a new term. Every change of the
+    /// old manager this node has stays; later ones it made cut off become conflicts.
+    pub fn promote(&mut self, now_ms: u64) -> Result<(u64, Vec<Output>), PromoteError> {
+        if self.mode != Mode::OneWay {
+            return Err(PromoteError::NotOneWay);
+        }
+        if self.is_manager() {
+            return Err(PromoteError::AlreadyManager(self.store.leadership().term()));
+        }
+        let lead = self
+            .store
+            .leadership()
+            .promote(self.store.node().clone(), self.store.version_vector());
+        let term = lead.term();
+        let changed = self.store.set_leadership(lead)?;
+        tracing::warn!(term, "promoted to manager");
+        let mut out = Vec::new();
+        if !changed.is_empty() {
+            out.push(Output::Changed(changed));
+        }
+        out.push(self.role_output());
+        for peer in self.connected_peers() {
+            out.push(self.hello(&peer, now_ms));
+        }
+        Ok((term, out))
     }
 
     /// The store.
@@ -303,9 +405,9 @@ impl Replica {
             msg: Message::Hello {
                 node: self.store.node().clone(),
                 vv: self.store.version_vector(),
-                manager: match &self.mode {
-                    Mode::MultiWriter => None,
-                    Mode::OneWay { manager } => manager.clone(),
+                lead: match self.mode {
+                    Mode::MultiWriter => Leadership::default(),
+                    Mode::OneWay => self.store.leadership(),
                 },
             },
         }
@@ -391,14 +493,14 @@ impl Replica {
         }
         let mut out = Vec::new();
         match msg {
-            Message::Hello { node, vv, manager } => {
+            Message::Hello { node, vv, lead } => {
                 if &node != from {
                     return Err(ReplicaError::Protocol {
                         peer: from.clone(),
                         what: format!("claims to be {node}"),
                     });
                 }
-                self.manager_claim(from, manager).map_err(store_err)?;
+                self.leadership_claim(from, lead, now_ms, &mut out)?;
                 self.store.set_peer_acked(from, &vv).map_err(store_err)?;
                 if let Some(p) = self.peers.get_mut(from) {
                     p.known = Some(vv);
@@ -434,7 +536,7 @@ impl Replica {
                         what: "progress on a part that is not the last".into(),
                     });
                 }
-                let Some(changes) = self.admissible(from, changes) else {
+                let Some(changes) = self.admissible(from, changes).map_err(store_err)? else {
                     // No manager known yet: nothing is applied; the peer resends after
                     // our next Hello. The acknowledgement keeps its window open.
                     out.push(Output::Send {
@@ -560,6 +662,7 @@ impl Replica {
             source,
         };
         let mut changed = BTreeSet::new();
+        let mut cut_off = Vec::new();
         let mut admitted = 0;
         while let Some(w) = self.next_ready(from) {
             // Progress only once every part of the batch is applied.
@@ -607,6 +710,7 @@ impl Replica {
             }
             admitted += applied.admitted;
             changed.extend(applied.changed);
+            cut_off.extend(applied.cut_off);
             let vv = self.store.version_vector();
             if let Some((_, upto)) = &complete {
                 if let Some(p) = self.peers.get_mut(from) {
@@ -627,10 +731,23 @@ impl Replica {
         if !changed.is_empty() {
             out.push(Output::Changed(changed.into_iter().collect()));
         }
-        if admitted > 0 {
-            // Relay to everyone else.
+        let mut reasserted = false;
+        if !cut_off.is_empty() && self.is_manager() {
+            tracing::warn!(peer = %from, paths = cut_off.len(), "received changes an old manager made cut off: kept as conflicts, re-asserting this manager's versions");
+            reasserted = self
+                .store
+                .reassert(&cut_off, now_ms)
+                .map_err(store_err)?
+                .is_some();
+            if reasserted {
+                // Committed here, but not by the filesystem: its caches must drop them.
+                out.push(Output::Changed(cut_off));
+            }
+        }
+        if admitted > 0 || reasserted {
+            // Relay to everyone else (and our re-assertions to the sender too).
             for peer in self.connected_peers() {
-                if &peer != from {
+                if &peer != from || reasserted {
                     self.push(&peer, now_ms, out).map_err(store_err)?;
                 }
             }

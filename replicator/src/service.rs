@@ -20,7 +20,7 @@ use tokio::sync::mpsc as tmpsc;
 
 use crate::frame;
 use crate::pki::CertRole;
-use crate::replica::{Mode, Output, Replica, ReplicaConfig};
+use crate::replica::{Mode, Output, PromoteError, Replica, ReplicaConfig};
 use crate::tls::{self, TlsConfig};
 
 /// How the service runs.
@@ -89,6 +89,25 @@ pub struct ServiceStatus {
     pub progress: VersionVector,
 }
 
+/// The role this node plays after a change of manager (one-way mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleChange {
+    /// The manager now followed.
+    pub manager: Option<NodeName>,
+    /// Its term.
+    pub term: u64,
+    /// True if this node is the manager: its mount must become writable.
+    pub manages: bool,
+}
+
+/// What the service tells the daemon.
+pub struct Callbacks {
+    /// Paths changed by peers: drop them from the kernel caches.
+    pub on_changed: Box<dyn Fn(Vec<RelPath>) + Send>,
+    /// The manager changed (one-way mode).
+    pub on_role: Box<dyn Fn(RoleChange) + Send>,
+}
+
 enum Event {
     Connected {
         peer: NodeName,
@@ -107,6 +126,7 @@ enum Event {
     },
     LocalCommit,
     Status(mpsc::Sender<ServiceStatus>),
+    Promote(mpsc::Sender<Result<u64, PromoteError>>),
     Shutdown,
 }
 
@@ -170,11 +190,11 @@ fn transport() -> Arc<quinn::TransportConfig> {
 impl Service {
     /// Starts listening and dialling. Local commits must be reported with
     /// [`Service::local_commit`] (the daemon wires the store's commit hook to it);
-    /// `on_changed` receives the paths changed by peers.
+    /// `callbacks` receive the paths changed by peers and changes of manager.
     pub fn start(
         config: ServiceConfig,
         store: Store,
-        on_changed: Box<dyn Fn(Vec<RelPath>) + Send>,
+        callbacks: Callbacks,
     ) -> Result<Service, ServiceError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -217,12 +237,12 @@ impl Service {
         });
 
         let replica =
-            Replica::new(store, Vec::new(), config.replica.clone()).with_mode(config.mode.clone());
+            Replica::new(store, Vec::new(), config.replica.clone()).with_mode(config.mode);
         let thread_shared = shared.clone();
         let tick = Duration::from_millis(config.replica.hello_every_ms.clamp(50, 1000) / 2);
         let thread = std::thread::Builder::new()
             .name("depfs-replica".into())
-            .spawn(move || replica_loop(replica, rx, thread_shared, on_changed, tick))
+            .spawn(move || replica_loop(replica, rx, thread_shared, callbacks, tick))
             .map_err(|e| ServiceError::Start(e.to_string()))?;
 
         runtime.spawn(accept_loop(endpoint.clone(), shared.clone()));
@@ -266,6 +286,18 @@ impl Service {
         rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
     }
 
+    /// `depfs promote`: makes this node the manager of its one-way cluster in a new
+    /// term. Returns the term.
+    pub fn promote(&self) -> Result<u64, PromoteError> {
+        let (tx, rx) = mpsc::channel();
+        self.shared
+            .events
+            .send(Event::Promote(tx))
+            .map_err(|_| PromoteError::Stopped)?;
+        rx.recv_timeout(Duration::from_secs(30))
+            .map_err(|_| PromoteError::Stopped)?
+    }
+
     /// Stops the service: closes connections and the endpoint, joins the threads.
     pub fn shutdown(mut self) {
         self.stop();
@@ -294,7 +326,7 @@ fn replica_loop(
     mut replica: Replica,
     rx: mpsc::Receiver<Event>,
     shared: Arc<Shared>,
-    on_changed: Box<dyn Fn(Vec<RelPath>) + Send>,
+    callbacks: Callbacks,
     tick: Duration,
 ) {
     let mut senders: BTreeMap<NodeName, (u64, tmpsc::UnboundedSender<Outgoing>)> = BTreeMap::new();
@@ -355,6 +387,13 @@ fn replica_loop(
             Ok(Event::Status(reply)) => {
                 let _ = reply.send(status(&replica, &shared));
             }
+            Ok(Event::Promote(reply)) => {
+                let result = replica.promote(now_ms()).map(|(term, out)| {
+                    outputs = out;
+                    term
+                });
+                let _ = reply.send(result);
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if Instant::now() >= next_tick {
@@ -371,7 +410,16 @@ fn replica_loop(
                         let _ = tx.send(Outgoing::Frame(frame::encode(&msg)));
                     }
                 }
-                Output::Changed(paths) => on_changed(paths),
+                Output::Changed(paths) => (callbacks.on_changed)(paths),
+                Output::Role {
+                    manager,
+                    term,
+                    manages,
+                } => (callbacks.on_role)(RoleChange {
+                    manager,
+                    term,
+                    manages,
+                }),
             }
         }
     }

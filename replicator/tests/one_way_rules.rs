@@ -1,7 +1,9 @@
 //! One-way rules of the replica state machine: whom a worker follows, and which changes
 //! it accepts.
 
-use depfs_proto::{Content, Kind, Meta, Node, NodeName, RelPath, Timespec};
+use depfs_proto::{
+    Content, Kind, Leadership, Meta, Node, NodeName, RelPath, Timespec, VersionVector,
+};
 use depfs_replicator::pki::CertRole;
 use depfs_replicator::{Mode, Output, Replica, ReplicaConfig};
 use depfs_store::{Durability, Store, StoreOptions};
@@ -17,9 +19,15 @@ fn meta(kind: Kind) -> Meta {
     }
 }
 
-fn replica(dir: &std::path::Path, name: &str, mode: Mode) -> Replica {
+/// A replica; `manager` starts term 1 with itself as the manager (one-way mode).
+fn replica(dir: &std::path::Path, name: &str, mode: Mode, manager: bool) -> Replica {
     let node = NodeName::new(name).unwrap();
     let store = Store::open(&dir.join(name), &node, &StoreOptions::new(meta(Kind::Dir))).unwrap();
+    if manager {
+        store
+            .set_leadership(Leadership::first(node, VersionVector::new()))
+            .unwrap();
+    }
     Replica::new(store, Vec::new(), ReplicaConfig::default()).with_mode(mode)
 }
 
@@ -72,15 +80,8 @@ fn connect(a: &mut Replica, a_role: Option<CertRole>, b: &mut Replica, b_role: O
 #[test]
 fn a_worker_follows_the_manager_and_not_a_worker_certificate_claiming_the_role() {
     let dir = tempfile::tempdir().unwrap();
-    let f_name = NodeName::new("forged").unwrap();
-    let mut worker = replica(dir.path(), "w1", Mode::OneWay { manager: None });
-    let mut forged = replica(
-        dir.path(),
-        "forged",
-        Mode::OneWay {
-            manager: Some(f_name),
-        },
-    );
+    let mut worker = replica(dir.path(), "w1", Mode::OneWay, false);
+    let mut forged = replica(dir.path(), "forged", Mode::OneWay, true);
     write(&forged, "evil.xml", b"forged");
     connect(
         &mut worker,
@@ -88,11 +89,7 @@ fn a_worker_follows_the_manager_and_not_a_worker_certificate_claiming_the_role()
         &mut forged,
         Some(CertRole::Worker),
     );
-    assert_eq!(
-        worker.mode(),
-        &Mode::OneWay { manager: None },
-        "followed a worker certificate"
-    );
+    assert_eq!(worker.manager(), None, "followed a worker certificate");
     assert!(worker
         .store()
         .get(&RelPath::parse(b"evil.xml").unwrap())
@@ -100,13 +97,7 @@ fn a_worker_follows_the_manager_and_not_a_worker_certificate_claiming_the_role()
         .is_none());
 
     let m_name = NodeName::new("m").unwrap();
-    let mut manager = replica(
-        dir.path(),
-        "m",
-        Mode::OneWay {
-            manager: Some(m_name.clone()),
-        },
-    );
+    let mut manager = replica(dir.path(), "m", Mode::OneWay, true);
     write(&manager, "api.xml", b"real");
     connect(
         &mut worker,
@@ -114,12 +105,7 @@ fn a_worker_follows_the_manager_and_not_a_worker_certificate_claiming_the_role()
         &mut manager,
         Some(CertRole::Manager),
     );
-    assert_eq!(
-        worker.mode(),
-        &Mode::OneWay {
-            manager: Some(m_name)
-        }
-    );
+    assert_eq!(worker.manager(), Some(m_name.clone()));
     assert!(worker
         .store()
         .get(&RelPath::parse(b"api.xml").unwrap())
@@ -140,17 +126,14 @@ fn a_worker_follows_the_manager_and_not_a_worker_certificate_claiming_the_role()
         .get(&RelPath::parse(b"evil.xml").unwrap())
         .unwrap()
         .is_none());
-    assert_eq!(
-        worker.store().app_meta("manager").unwrap().as_deref(),
-        Some(&b"m"[..])
-    );
+    assert_eq!(worker.store().leadership().manager(), Some(&m_name));
 }
 
 #[test]
 fn multi_writer_accepts_every_member() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = replica(dir.path(), "a", Mode::MultiWriter);
-    let mut b = replica(dir.path(), "b", Mode::MultiWriter);
+    let mut a = replica(dir.path(), "a", Mode::MultiWriter, false);
+    let mut b = replica(dir.path(), "b", Mode::MultiWriter, false);
     write(&b, "x", b"from b");
     connect(&mut a, None, &mut b, None);
     assert!(a

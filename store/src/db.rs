@@ -80,6 +80,13 @@ pub(crate) fn init(
         })?,
         None => WriterState::default(),
     };
+    let lead = match db.get_cf(cf(&db, CF_META), META_LEADERSHIP)? {
+        Some(bytes) => decode_value(&bytes).map_err(|source| StoreError::Corrupt {
+            what: "meta/leadership".into(),
+            source,
+        })?,
+        None => depfs_proto::Leadership::default(),
+    };
     let writer = Writer {
         clock: HlcClock::new(state.hlc, options.max_clock_drift_ms),
         seq: state.seq,
@@ -93,6 +100,7 @@ pub(crate) fn init(
         pins: Mutex::new(PinTable::default()),
         created,
         commit_hook: parking_lot::RwLock::new(None),
+        lead: parking_lot::RwLock::new(lead),
         _lock: lock,
     })
 }

@@ -46,6 +46,8 @@ pub(crate) const ALL_CFS: [&str; 8] = [
 pub(crate) const META_NODE: &[u8] = b"node";
 pub(crate) const META_WRITER: &[u8] = b"writer";
 pub(crate) const META_IMPORTED: &[u8] = b"imported";
+/// One-way mode: the manager terms (see `depfs_proto::lead`).
+pub(crate) const META_LEADERSHIP: &[u8] = b"leadership";
 /// `acked/<node>`: the progress a peer last acknowledged.
 pub(crate) const META_ACKED_PREFIX: &[u8] = b"acked/";
 

@@ -20,6 +20,7 @@ mod chunks;
 mod db;
 mod error;
 mod keys;
+mod lead;
 mod lock;
 pub mod log;
 pub mod merge;
@@ -86,6 +87,9 @@ pub(crate) struct Inner {
     pub(crate) created: bool,
     /// Called after every local commit (the replicator's wake-up).
     pub(crate) commit_hook: parking_lot::RwLock<Option<CommitHook>>,
+    /// One-way mode: the manager terms, which decide which changes are cut off. Changed
+    /// only with the writer lock held.
+    pub(crate) lead: parking_lot::RwLock<depfs_proto::Leadership>,
     _lock: DirLock,
 }
 

@@ -13,16 +13,22 @@
 //!   0755, owner root, mtime of the latest head) — every node makes the same one.
 //!
 //! Live heads that are not shown and whose content differs from what is shown are
-//! *conflicts*: kept, listed, restorable, never in the tree. All of this depends only on
+//! *conflicts*: kept, listed, restorable, never in the tree.
+//!
+//! In one-way mode, heads an old manager wrote while cut off from the cluster (see
+//! `depfs_proto::lead`) lose to every other head: they become conflicts. Only when a
+//! path has nothing but cut-off heads are they shown, so that the old manager's files
+//! do not vanish before the current manager re-asserts its own version of the path. All of this depends only on
 //! the set of versions a node holds, never on the order they arrived in, so nodes that
 //! hold the same versions show the same tree.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 
 use depfs_proto::{
-    decode_value, encode_value, ChunkHash, Content, Dot, Kind, Meta, Node, RelPath, State,
-    Timespec, Version,
+    decode_value, encode_value, ChunkHash, Content, Dot, Kind, Leadership, Meta, Node, RelPath,
+    State, Timespec, Version,
 };
 
 use crate::error::{Result, StoreError};
@@ -34,6 +40,24 @@ use crate::Store;
 /// The winner-picking order: later HLC time, then greater node name.
 pub(crate) fn stamp_key(v: &Version) -> (depfs_proto::Hlc, &str) {
     (v.hlc, v.dot.node.as_str())
+}
+
+/// The heads that compete for what a path shows: cut-off heads only when there is
+/// nothing else.
+pub fn contenders<'a>(heads: &'a [Version], lead: &Leadership) -> Cow<'a, [Version]> {
+    if lead.is_empty() || !heads.iter().any(|h| lead.is_cut_off(&h.dot)) {
+        return Cow::Borrowed(heads);
+    }
+    let kept: Vec<Version> = heads
+        .iter()
+        .filter(|h| !lead.is_cut_off(&h.dot))
+        .cloned()
+        .collect();
+    if kept.is_empty() {
+        Cow::Borrowed(heads)
+    } else {
+        Cow::Owned(kept)
+    }
 }
 
 /// What a path shows, given its heads and whether it has visible children. Returns the
@@ -125,6 +149,8 @@ pub(crate) struct Batch<'s> {
     dirty: BTreeSet<(Reverse<usize>, RelPath)>,
     /// Paths whose visible entry changed.
     pub(crate) changed: BTreeSet<RelPath>,
+    /// The manager terms the merge rules follow (one-way mode).
+    pub(crate) lead: Leadership,
 }
 
 impl<'s> Batch<'s> {
@@ -136,6 +162,7 @@ impl<'s> Batch<'s> {
             released: HashMap::new(),
             dirty: BTreeSet::new(),
             changed: BTreeSet::new(),
+            lead: store.inner.lead.read().clone(),
         }
     }
 
@@ -219,15 +246,16 @@ impl<'s> Batch<'s> {
         while let Some(item) = self.dirty.pop_first() {
             let path = item.1;
             let heads = self.heads(&path)?;
+            let contending = contenders(&heads, &self.lead);
             // Children only matter when the latest head is not a live directory (a
             // directory is shown either way); skipping the scan keeps commits in busy
             // directories cheap.
-            let latest_is_dir = heads
+            let latest_is_dir = contending
                 .iter()
                 .max_by(|a, b| stamp_key(a).cmp(&stamp_key(b)))
                 .is_some_and(|h| matches!(&h.state, State::Live(n) if n.meta.kind == Kind::Dir));
             let has_children = !latest_is_dir && self.has_visible_children(&path)?;
-            let (shown, shown_dot) = visible(&heads, has_children, path.is_root());
+            let (shown, shown_dot) = visible(&contending, has_children, path.is_root());
             let prefix = heads_prefix(&path);
             for (key, _) in self
                 .overlay

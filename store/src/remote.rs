@@ -3,7 +3,7 @@
 
 use depfs_proto::{
     decode_value, encode_value, Change, ChangeOp, ChunkData, ChunkHash, Dot, Kind, NodeName,
-    RelPath, State, VersionVector,
+    RelPath, State, Version, VersionVector,
 };
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
@@ -29,6 +29,9 @@ pub struct Applied {
     pub progressed: bool,
     /// HLC drift warnings: remote times too far ahead of the local clock.
     pub drift: Vec<depfs_proto::ClockDrift>,
+    /// Paths that received versions an old manager wrote while cut off (one-way mode):
+    /// the current manager re-asserts them (see [`Store::reassert`]).
+    pub cut_off: Vec<RelPath>,
 }
 
 /// A change that cannot be applied because it is malformed.
@@ -73,8 +76,20 @@ impl Store {
                     applied.obsolete += 1;
                     continue;
                 }
-                for head in heads.iter().filter(|h| version.ctx.covers(&h.dot)) {
+                // A version an old manager wrote cut off from the cluster replaces only
+                // other cut-off versions: what it overwrote stays, and wins.
+                let cut_off = batch.lead.is_cut_off(&version.dot);
+                let replaced: Vec<&Version> = heads
+                    .iter()
+                    .filter(|h| {
+                        version.ctx.covers(&h.dot) && (!cut_off || batch.lead.is_cut_off(&h.dot))
+                    })
+                    .collect();
+                for head in replaced {
                     batch.evict(&op.path, head)?;
+                }
+                if cut_off {
+                    applied.cut_off.push(op.path.clone());
                 }
                 batch.admit(&op.path, version)?;
                 admitted_paths.push(op.path.clone());

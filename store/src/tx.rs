@@ -169,6 +169,14 @@ impl<'a> Tx<'a> {
         self.stage(path, None);
     }
 
+    /// Stages a deletion based on the heads `base` (see [`Tx::put_based`]), committed even
+    /// if nothing is visible at `path`.
+    pub(crate) fn delete_based(&mut self, path: RelPath, base: Vec<Dot>) {
+        self.bases.insert(path.clone(), base);
+        self.forced_deletes.insert(path.clone());
+        self.stage(path, None);
+    }
+
     /// Stages a deletion that is committed even if nothing is visible at `path`.
     fn delete_resolving(&mut self, path: RelPath) {
         self.forced_deletes.insert(path.clone());

@@ -261,15 +261,23 @@ pub struct Cluster {
 impl Cluster {
     /// Creates (but does not mount) `n` nodes.
     pub fn new(n: usize) -> Cluster {
-        Self::with_roles(&vec![None; n])
+        Self::with_roles(&vec![None; n], &vec![None; n])
     }
 
     /// A one-way cluster: node i has role `roles[i]` in its config and certificate.
     pub fn one_way(roles: &[&str]) -> Cluster {
-        Self::with_roles(&roles.iter().map(|r| Some(*r)).collect::<Vec<_>>())
+        let roles: Vec<Option<&str>> = roles.iter().map(|r| Some(*r)).collect();
+        Self::with_roles(&roles, &roles)
     }
 
-    fn with_roles(roles: &[Option<&str>]) -> Cluster {
+    /// A one-way cluster whose certificates allow `cert_roles` (`None`: any role, so the
+    /// node can be promoted).
+    pub fn one_way_with_certs(roles: &[&str], cert_roles: &[Option<&str>]) -> Cluster {
+        let roles: Vec<Option<&str>> = roles.iter().map(|r| Some(*r)).collect();
+        Self::with_roles(&roles, cert_roles)
+    }
+
+    fn with_roles(roles: &[Option<&str>], cert_roles: &[Option<&str>]) -> Cluster {
         let n = roles.len();
         let ca = Ca::new();
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -288,7 +296,7 @@ impl Cluster {
                     "listen = \"127.0.0.1:{}\"\npeers = [{}]\n{mode}{}",
                     ports[i],
                     peers.join(", "),
-                    ca.issue_with_role(&name, roles[i])
+                    ca.issue_with_role(&name, cert_roles[i])
                 );
                 Node::with_config(&name, &rest)
             })

@@ -1,0 +1,90 @@
+//! One-way mode in the store: following a new manager term, and the current manager's
+//! re-assertion of paths an old manager changed while cut off.
+
+use std::cmp::Reverse;
+use std::collections::BTreeSet;
+
+use depfs_proto::{decode_value, encode_value, Leadership, RelPath};
+
+use crate::db::cf;
+use crate::error::{Result, StoreError};
+use crate::keys::*;
+use crate::log::LogRecord;
+use crate::merge::{contenders, visible, Batch};
+use crate::tx::{Committed, Durability};
+use crate::Store;
+
+impl Store {
+    /// The manager terms this store follows (empty in multi-writer mode).
+    pub fn leadership(&self) -> Leadership {
+        self.inner.lead.read().clone()
+    }
+
+    /// Follows `lead` from now on (it is persisted, synced). Changes whose standing moves
+    /// (made cut off, or no longer) are re-judged: returns the paths whose visible entry
+    /// changed.
+    pub fn set_leadership(&self, lead: Leadership) -> Result<Vec<RelPath>> {
+        let writer = self.inner.writer.lock();
+        let old = std::mem::replace(&mut *self.inner.lead.write(), lead.clone());
+        let mut batch = Batch::new(self);
+        let db = &self.inner.db;
+        for item in db.iterator_cf(cf(db, CF_LOG), rocksdb::IteratorMode::Start) {
+            let (key, value) = item?;
+            let Some(dot) = parse_log_key(&key) else {
+                continue;
+            };
+            if old.is_cut_off(&dot) == lead.is_cut_off(&dot) {
+                continue;
+            }
+            let record: LogRecord = decode_value(&value).map_err(|source| StoreError::Corrupt {
+                what: format!("log/{dot}"),
+                source,
+            })?;
+            for path in &record.paths {
+                batch.mark(path);
+            }
+        }
+        batch.settle()?;
+        batch
+            .overlay
+            .put(CF_META, META_LEADERSHIP.to_vec(), encode_value(&lead));
+        let changed = batch.changed.iter().cloned().collect();
+        self.write_batch(batch, Durability::Machine)?;
+        drop(writer);
+        Ok(changed)
+    }
+
+    /// On the current manager: commits, for each of `paths`, what the path shows when
+    /// cut-off versions are left out, as a new change of this node that does not descend
+    /// from them. Everywhere it arrives, it replaces the version the cut-off one
+    /// overwrote (an old manager lost it when it wrote while cut off), and the cut-off
+    /// version stays as a conflict.
+    pub fn reassert(&self, paths: &[RelPath], wall_ms: u64) -> Result<Option<Committed>> {
+        let lead = self.leadership();
+        // Deepest first, so a directory sees its children's re-assertions.
+        let paths: BTreeSet<(Reverse<usize>, &RelPath)> =
+            paths.iter().map(|p| (Reverse(p.depth()), p)).collect();
+        let mut tx = self.transaction();
+        for (_, path) in paths {
+            let heads = self.heads(path)?;
+            let base: Vec<_> = heads
+                .iter()
+                .filter(|h| !lead.is_cut_off(&h.dot))
+                .cloned()
+                .collect();
+            if base.len() == heads.len() {
+                // Nothing cut off here (any more).
+                continue;
+            }
+            let own = contenders(&base, &lead);
+            let has_children = tx.has_children(path)?;
+            let (truth, _) = visible(&own, has_children, path.is_root());
+            let dots = base.iter().map(|h| h.dot.clone()).collect();
+            match truth {
+                Some(node) => tx.put_based(path.clone(), node, dots),
+                None => tx.delete_based(path.clone(), dots),
+            }
+        }
+        tx.commit(wall_ms, Durability::Process)
+    }
+}
