@@ -295,3 +295,31 @@ fn a_promoted_worker_takes_over_and_the_old_manager_steps_down() {
     assert!(m.wait_for("f.xml", b"after", T));
     assert!(w2.wait_for("f.xml", b"after", T));
 }
+
+#[test]
+fn switching_an_existing_store_between_modes_is_refused() {
+    let node = Node::new("solo");
+    node.mount();
+    std::fs::write(node.path("a.xml"), b"kept").unwrap();
+    node.unmount();
+    let config = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        format!("{config}mode = \"one-way\"\nrole = \"manager\"\n"),
+    )
+    .unwrap();
+    let out = node.try_mount(&[]);
+    assert!(
+        !out.status.success(),
+        "a multi-writer store mounted one-way"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("switching modes needs new (empty) data_dirs"),
+        "{err}"
+    );
+    // The store is untouched: back in its own mode, the file is there.
+    std::fs::write(&node.config, config).unwrap();
+    node.mount();
+    assert_eq!(std::fs::read(node.path("a.xml")).unwrap(), b"kept");
+}
