@@ -82,6 +82,10 @@ fn handle(state: &State, stream: UnixStream) -> Result<()> {
         Some("restore") => {
             restore(state, &request).unwrap_or_else(|e| json!({"error": e.to_string()}))
         }
+        Some("verify") => match state.store.check_integrity() {
+            Ok(problems) => json!({ "problems": problems }),
+            Err(e) => json!({"error": format!("cannot read the store: {e}")}),
+        },
         Some("promote") => promote(state).unwrap_or_else(|e| json!({"error": format!("{e:#}")})),
         Some("log") => log(
             state,

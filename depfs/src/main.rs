@@ -92,6 +92,15 @@ enum Command {
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
     },
+    /// Check the whole store: every chunk against its blake3 hash, reference counts, the
+    /// change log, and the tree against the merge rules. Works on a running node (through
+    /// its daemon) or a stopped one. Corrupt chunks are quarantined and fetched again
+    /// from a peer by the running daemon. Exits 1 if anything is wrong.
+    Verify {
+        /// The node's configuration (default: the only file in /etc/depfs/*.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// One-way mode: make this node the manager, in a new term, for the whole cluster
     /// (after the manager failed). A returning old manager steps down to worker.
     Promote {
@@ -178,6 +187,7 @@ fn main() -> ExitCode {
         Command::Status { config, json } => status(config, json),
         Command::Sync { config, timeout } => sync(config, timeout),
         Command::Promote { config } => promote(config),
+        Command::Verify { config } => verify(config),
         Command::Conflicts { config, command } => conflicts(config, command),
         Command::Log {
             config,
@@ -203,12 +213,13 @@ fn mount_helper_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
         .map(|a| Path::new(a).file_name().unwrap_or_default().to_os_string())
         .unwrap_or_default();
     let as_helper = argv0.to_string_lossy().starts_with("mount.");
-    const COMMANDS: [&str; 9] = [
+    const COMMANDS: [&str; 10] = [
         "mount",
         "ca",
         "status",
         "sync",
         "promote",
+        "verify",
         "conflicts",
         "log",
         "help",
@@ -359,6 +370,63 @@ fn sync(config: Option<PathBuf>, timeout: f64) -> Result<()> {
             "not acknowledged by {} after {} ms",
             reply["pending"],
             reply["waited_ms"]
+        )
+    }
+}
+
+fn verify(config: Option<PathBuf>) -> Result<()> {
+    let config = find_config(config)?;
+    let started = std::time::Instant::now();
+    let problems: Vec<String> = match control::request(&config, json!({"cmd": "verify"})) {
+        Ok(reply) => {
+            if let Some(e) = reply["error"].as_str() {
+                bail!("{e}");
+            }
+            reply["problems"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|p| p.as_str().unwrap_or_default().to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+        // Not running: check the store directly.
+        Err(_) => {
+            if !config.data_dir.join("db").exists() {
+                bail!("no depfs store in {}", config.data_dir.display());
+            }
+            let root = depfs_proto::Meta {
+                kind: depfs_proto::Kind::Dir,
+                perm: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: Default::default(),
+                ctime: Default::default(),
+            };
+            let store = depfs_store::Store::open(
+                &config.data_dir,
+                &config.node,
+                &depfs_store::StoreOptions::new(root),
+            )?;
+            store.check_integrity()?
+        }
+    };
+    for p in &problems {
+        println!("problem: {p}");
+    }
+    if problems.is_empty() {
+        println!(
+            "{}: store verified in {:.1} s, no problems",
+            config.node,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    } else {
+        bail!(
+            "{} problem(s) in the store of {}",
+            problems.len(),
+            config.node
         )
     }
 }

@@ -197,6 +197,8 @@ pub struct Replica {
     mode: Mode,
     /// The role each connected peer's certificate allows.
     roles: BTreeMap<NodeName, Option<CertRole>>,
+    /// Which peer is asked for damaged chunks next.
+    repair_turn: usize,
 }
 
 impl Replica {
@@ -211,6 +213,7 @@ impl Replica {
             last_gc_ms: 0,
             mode: Mode::MultiWriter,
             roles: BTreeMap::new(),
+            repair_turn: 0,
         }
     }
 
@@ -467,11 +470,37 @@ impl Replica {
                 out.push(self.hello(&peer, now_ms));
             }
         }
+        self.ask_for_damaged_chunks(&mut out)?;
         if now_ms.saturating_sub(self.last_gc_ms) >= self.config.gc_every_ms {
             self.last_gc_ms = now_ms;
             self.store.collect_tombstones(&self.configured)?;
         }
         Ok(out)
+    }
+
+    /// Chunks found corrupt on disk are asked for again, from one connected peer per
+    /// tick in turn (a peer without a good copy answers "missing").
+    fn ask_for_damaged_chunks(&mut self, out: &mut Vec<Output>) -> Result<(), StoreError> {
+        let peers = self.connected_peers();
+        if peers.is_empty() {
+            return Ok(());
+        }
+        let damaged = self.store.damaged_chunks()?;
+        if damaged.is_empty() {
+            return Ok(());
+        }
+        self.repair_turn = self.repair_turn.wrapping_add(1);
+        let peer = peers[self.repair_turn % peers.len()].clone();
+        tracing::info!(%peer, chunks = damaged.len(), "asking a peer for damaged chunks");
+        for hashes in damaged.chunks(self.config.fetch_batch) {
+            out.push(Output::Send {
+                to: peer.clone(),
+                msg: Message::GetChunks {
+                    hashes: hashes.to_vec(),
+                },
+            });
+        }
+        Ok(())
     }
 
     /// Handles a message from `from` (whose identity the transport has authenticated).
@@ -611,6 +640,7 @@ impl Replica {
                 });
             }
             Message::Chunks { chunks, missing } => {
+                self.store.repair_chunks(&chunks).map_err(store_err)?;
                 // Keep only chunks that something waits for (late answers to requests
                 // dropped by a resync, or unsolicited data, are not stored).
                 let p = self.peers.entry(from.clone()).or_default();

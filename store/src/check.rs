@@ -10,7 +10,7 @@ use crate::db::cf;
 use crate::error::Result;
 use crate::keys::*;
 use crate::log::LogRecord;
-use crate::merge::{conflicts, decode_heads, visible};
+use crate::merge::{conflicts, contenders, decode_heads, visible};
 use crate::tree::decode_node;
 use crate::Store;
 
@@ -18,7 +18,8 @@ impl Store {
     /// Checks the store's invariants and returns the problems found (none when healthy):
     /// heads and log records agree, reference counts match the versions that use each
     /// chunk, no chunk is orphaned or corrupt, and every visible entry is what the merge
-    /// rules make of its path's heads.
+    /// rules make of its path's heads. Corrupt chunks found are quarantined (see
+    /// [`Store::damaged_chunks`]) so that the replicator fetches them again.
     pub fn check_integrity(&self) -> Result<Vec<String>> {
         let db = &self.inner.db;
         let mut problems = Vec::new();
@@ -123,14 +124,23 @@ impl Store {
             };
             let hash = ChunkHash(hash);
             if !hash.verifies(&value) {
-                problems.push(format!("chunk {hash:?} is corrupt"));
+                problems.push(format!(
+                    "chunk {hash:?} is corrupt (blake3 mismatch): quarantined, a peer's copy will repair it"
+                ));
+                self.quarantine_chunk(&hash)?;
+                continue;
             }
             if !uses.contains_key(&hash) {
                 problems.push(format!("chunk {hash:?} is orphaned"));
             }
         }
+        let damaged: BTreeSet<ChunkHash> = self.damaged_chunks()?.into_iter().collect();
         for hash in uses.keys() {
-            if db.get_pinned_cf(cf(db, CF_CHUNKS), hash.0)?.is_none() {
+            if damaged.contains(hash) {
+                problems.push(format!(
+                    "chunk {hash:?} is damaged, waiting for a peer's copy"
+                ));
+            } else if db.get_pinned_cf(cf(db, CF_CHUNKS), hash.0)?.is_none() {
                 problems.push(format!("chunk {hash:?} is used but missing"));
             }
         }
@@ -150,6 +160,7 @@ impl Store {
             marked.insert(item?.0.to_vec());
         }
         let paths: BTreeSet<&RelPath> = heads.keys().chain(entries.keys()).collect();
+        let lead = self.leadership();
         let mut expected_marks = BTreeSet::new();
         for path in paths {
             let hs = heads.get(path).map(Vec::as_slice).unwrap_or(&[]);
@@ -158,7 +169,7 @@ impl Store {
                 .skip(1)
                 .take_while(|(p, _)| path.is_ancestor_of(p))
                 .any(|(p, _)| p.parent().as_ref() == Some(path));
-            let (shown, dot) = visible(hs, has_children, path.is_root());
+            let (shown, dot) = visible(&contenders(hs, &lead), has_children, path.is_root());
             if entries.get(path) != shown.as_ref() {
                 problems.push(format!(
                     "{path} shows {:?}, its versions make {:?}",

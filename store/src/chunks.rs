@@ -13,12 +13,12 @@ use std::io::Read;
 use std::sync::Arc;
 
 use depfs_proto::limits::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, INLINE_MAX, MAX_FILE_SIZE};
-use depfs_proto::{ChunkHash, ChunkRef, Content};
+use depfs_proto::{ChunkData, ChunkHash, ChunkRef, Content};
 use rocksdb::WriteBatch;
 
 use crate::db::cf;
 use crate::error::{Result, StoreError};
-use crate::keys::{CF_CHUNKS, CF_PENDING, CF_REFS};
+use crate::keys::{damaged_key, CF_CHUNKS, CF_META, CF_PENDING, CF_REFS, META_DAMAGED_PREFIX};
 use crate::{Inner, Store};
 
 /// Chunk batches are written in pieces of about this size, bounding the memory a large
@@ -162,14 +162,104 @@ impl Store {
         writer.finish()
     }
 
-    /// Reads one chunk and checks it against its hash.
+    /// Reads one chunk and checks it against its hash. A chunk whose bytes do not match
+    /// is quarantined (see [`Store::damaged_chunks`]): the reader gets
+    /// [`StoreError::BadChunk`] — never wrong bytes — until a peer's copy repairs it.
     pub fn read_chunk(&self, hash: &ChunkHash) -> Result<Vec<u8>> {
         let db = &self.inner.db;
         match db.get_pinned_cf(cf(db, CF_CHUNKS), hash.0)? {
             Some(bytes) if hash.verifies(&bytes) => Ok(bytes.to_vec()),
-            Some(_) => Err(StoreError::BadChunk(*hash)),
+            Some(_) => {
+                self.quarantine_chunk(hash)?;
+                Err(StoreError::BadChunk(*hash))
+            }
+            None if self.is_damaged(hash)? => Err(StoreError::BadChunk(*hash)),
             None => Err(StoreError::MissingChunk(*hash)),
         }
+    }
+
+    /// Overwrites a stored chunk's bytes without any check: fault injection for tests
+    /// and recovery drills (depfs itself never calls it).
+    #[doc(hidden)]
+    pub fn inject_chunk_corruption(&self, hash: &ChunkHash, bytes: &[u8]) -> Result<()> {
+        let db = &self.inner.db;
+        db.put_cf(cf(db, CF_CHUNKS), hash.0, bytes)?;
+        Ok(())
+    }
+
+    /// Removes a chunk whose bytes do not match its hash and records it as damaged, so
+    /// the replicator fetches it again from a peer.
+    pub(crate) fn quarantine_chunk(&self, hash: &ChunkHash) -> Result<()> {
+        tracing::error!(chunk = ?hash, "chunk corrupt on disk (blake3 mismatch): quarantined until a peer's copy repairs it");
+        let db = &self.inner.db;
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(cf(db, CF_CHUNKS), hash.0);
+        batch.put_cf(cf(db, CF_META), damaged_key(hash), []);
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
+    fn is_damaged(&self, hash: &ChunkHash) -> Result<bool> {
+        let db = &self.inner.db;
+        Ok(db
+            .get_pinned_cf(cf(db, CF_META), damaged_key(hash))?
+            .is_some())
+    }
+
+    /// Chunks found corrupt and not repaired yet that some version still uses (marks of
+    /// chunks nothing uses any more are dropped).
+    pub fn damaged_chunks(&self) -> Result<Vec<ChunkHash>> {
+        let db = &self.inner.db;
+        let mut out = Vec::new();
+        let mut unused = Vec::new();
+        for item in crate::db::prefix_iter(db, CF_META, META_DAMAGED_PREFIX) {
+            let (key, _) = item?;
+            let Some(rest) = key.strip_prefix(META_DAMAGED_PREFIX) else {
+                break;
+            };
+            let Ok(bytes) = <[u8; 32]>::try_from(rest) else {
+                unused.push(key.to_vec());
+                continue;
+            };
+            let hash = ChunkHash(bytes);
+            if db.get_pinned_cf(cf(db, CF_REFS), hash.0)?.is_some() {
+                out.push(hash);
+            } else {
+                unused.push(key.to_vec());
+            }
+        }
+        if !unused.is_empty() {
+            let mut batch = WriteBatch::default();
+            for key in unused {
+                batch.delete_cf(cf(db, CF_META), key);
+            }
+            db.write(batch)?;
+        }
+        Ok(out)
+    }
+
+    /// Stores the peer-sent copies of damaged chunks that match their hash. Returns how
+    /// many were repaired.
+    pub fn repair_chunks(&self, chunks: &[ChunkData]) -> Result<usize> {
+        let db = &self.inner.db;
+        let mut batch = WriteBatch::default();
+        let mut repaired = 0;
+        for ChunkData { hash, data } in chunks {
+            if hash.verifies(data) && self.is_damaged(hash)? {
+                batch.put_cf(cf(db, CF_CHUNKS), hash.0, data);
+                batch.delete_cf(cf(db, CF_META), damaged_key(hash));
+                repaired += 1;
+            }
+        }
+        if repaired > 0 {
+            let mut options = rocksdb::WriteOptions::default();
+            options.set_sync(true);
+            db.write_opt(batch, &options)?;
+            tracing::info!(repaired, "damaged chunks repaired from a peer's copy");
+        }
+        Ok(repaired)
     }
 
     /// Deletes chunks that were written for a commit that never happened.

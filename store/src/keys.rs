@@ -46,6 +46,10 @@ pub(crate) const ALL_CFS: [&str; 8] = [
 pub(crate) const META_NODE: &[u8] = b"node";
 pub(crate) const META_WRITER: &[u8] = b"writer";
 pub(crate) const META_IMPORTED: &[u8] = b"imported";
+/// Chunks found corrupt on disk and removed, waiting to be fetched again from a peer:
+/// this prefix, then the 32-byte hash.
+pub(crate) const META_DAMAGED_PREFIX: &[u8] = b"damaged/";
+
 /// One-way mode: the manager terms (see `depfs_proto::lead`).
 pub(crate) const META_LEADERSHIP: &[u8] = b"leadership";
 /// `acked/<node>`: the progress a peer last acknowledged.
@@ -57,6 +61,13 @@ pub(crate) fn log_key(dot: &Dot) -> Vec<u8> {
     key.extend_from_slice(dot.node.as_str().as_bytes());
     key.push(0);
     key.extend_from_slice(&dot.seq.to_be_bytes());
+    key
+}
+
+/// The meta key marking `hash` as damaged.
+pub(crate) fn damaged_key(hash: &depfs_proto::ChunkHash) -> Vec<u8> {
+    let mut key = META_DAMAGED_PREFIX.to_vec();
+    key.extend_from_slice(&hash.0);
     key
 }
 

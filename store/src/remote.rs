@@ -197,7 +197,8 @@ impl Store {
     pub fn chunk_if_present(&self, hash: &ChunkHash) -> Result<Option<Vec<u8>>> {
         match self.read_chunk(hash) {
             Ok(bytes) => Ok(Some(bytes)),
-            Err(StoreError::MissingChunk(_)) => Ok(None),
+            // A damaged copy is never served: the peer asks someone else.
+            Err(StoreError::MissingChunk(_) | StoreError::BadChunk(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }
