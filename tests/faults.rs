@@ -135,3 +135,95 @@ fn without_a_peer_a_corrupt_chunk_stays_an_error_and_is_reported() {
     assert!(!ok);
     assert!(report.contains("waiting for a peer's copy"), "{report}");
 }
+
+/// A tmpfs mounted on a directory for the life of the value (lazily unmounted after).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size_mib: u64) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs");
+        Tmpfs(dir.to_path_buf())
+    }
+
+    fn free_bytes(&self) -> u64 {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(self.0.as_os_str().as_bytes()).unwrap();
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        st.f_bavail * st.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn write_file(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+#[test]
+fn a_full_disk_fails_writes_with_enospc_and_service_resumes_when_space_is_freed() {
+    let node = Node::with_config("full", "peers = []\nmin_free_mib = 8\n");
+    let disk = Tmpfs::mount(&node.data_dir, 64);
+    node.mount();
+    let mut big = vec![0u8; 1 << 20];
+    rand_chacha::ChaCha8Rng::seed_from_u64(11).fill_bytes(&mut big);
+    std::fs::write(node.path("big.car"), &big).unwrap();
+    for i in 0..10 {
+        std::fs::write(node.path(&format!("keep{i}.xml")), format!("keep {i}")).unwrap();
+    }
+
+    // Something else fills the disk to 6 MiB free, below the 8 MiB reserve.
+    let ballast = node.data_dir.join("ballast");
+    let fill = disk.free_bytes().saturating_sub(6 << 20);
+    std::fs::write(&ballast, vec![0u8; fill as usize]).unwrap();
+
+    let errno = |r: std::io::Result<()>| r.err().and_then(|e| e.raw_os_error());
+    assert_eq!(
+        errno(write_file(&node.path("new.car"), &big[..200 << 10])),
+        Some(libc::ENOSPC),
+        "a content write on a full disk"
+    );
+    assert_eq!(
+        errno(write_file(&node.path("new.xml"), b"<api/>")),
+        Some(libc::ENOSPC),
+        "a small file on a full disk"
+    );
+    // Changes without content may still use half of the reserve: files can be deleted.
+    std::fs::remove_file(node.path("keep9.xml")).unwrap();
+    // Nothing stored before is damaged.
+    assert_eq!(std::fs::read(node.path("big.car")).unwrap(), big);
+    for i in 0..9 {
+        assert_eq!(
+            std::fs::read(node.path(&format!("keep{i}.xml"))).unwrap(),
+            format!("keep {i}").into_bytes()
+        );
+    }
+    // Space is freed: writes work again, without a restart.
+    std::fs::remove_file(&ballast).unwrap();
+    write_file(&node.path("new.car"), &big[..200 << 10]).unwrap();
+    write_file(&node.path("new.xml"), b"<api/>").unwrap();
+    assert_eq!(
+        std::fs::read(node.path("new.car")).unwrap(),
+        &big[..200 << 10]
+    );
+    let (ok, report) = verify(&node);
+    assert!(ok, "{report}");
+    node.unmount();
+    drop(disk);
+}

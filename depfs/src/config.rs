@@ -49,6 +49,10 @@ struct RawConfig {
     role: Option<Role>,
     #[serde(default)]
     tls: Option<TlsPaths>,
+    /// Free space (MiB) kept on the data_dir's filesystem; writes that would leave less
+    /// fail with ENOSPC.
+    #[serde(default)]
+    min_free_mib: Option<u64>,
 }
 
 /// A validated node configuration.
@@ -64,6 +68,8 @@ pub struct Config {
     /// `Some` exactly in one-way mode.
     pub role: Option<Role>,
     pub tls: Option<TlsPaths>,
+    /// Free space kept on the data_dir's filesystem, in bytes.
+    pub min_free_bytes: u64,
 }
 
 /// The QUIC port used when `listen` is not given.
@@ -140,6 +146,11 @@ impl Config {
             peers: raw.peers,
             mode,
             role: raw.role,
+            min_free_bytes: raw
+                .min_free_mib
+                .map_or(depfs_store::DEFAULT_MIN_FREE_BYTES, |m| {
+                    m.saturating_mul(1 << 20)
+                }),
             tls: raw.tls.map(|t| TlsPaths {
                 ca: resolve(&t.ca),
                 cert: resolve(&t.cert),

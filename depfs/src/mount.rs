@@ -429,8 +429,9 @@ fn open_store(config: &Config, root: &std::fs::Metadata) -> Result<Store> {
         mtime: t,
         ctime: t,
     };
-    Store::open(&config.data_dir, &config.node, &StoreOptions::new(root))
-        .map_err(|e| anyhow!("{e}"))
+    let mut options = StoreOptions::new(root);
+    options.min_free_bytes = config.min_free_bytes;
+    Store::open(&config.data_dir, &config.node, &options).map_err(|e| anyhow!("{e}"))
 }
 
 fn fuse_config(config: &Config, options: &MountOptions, read_only: bool) -> fuser::Config {

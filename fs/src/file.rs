@@ -249,16 +249,24 @@ impl DepFs {
         };
         let mut tables = self.tables.lock();
         if let Some(Handle::File { ino, .. }) = tables.handles.remove(&fh) {
+            let mut dropped = None;
             if let Some(inode) = tables.inodes.get_mut(&ino) {
                 inode.open = inode.open.saturating_sub(1);
                 if inode.open == 0 {
                     inode.file = None;
-                    // A pending file that could not be published is dropped with its
-                    // last handle; the error was returned to the closer.
-                    inode.pending = false;
+                    if inode.pending {
+                        // A new file that could not be published (the error went to
+                        // the closer, e.g. ENOSPC) is dropped with its last handle.
+                        dropped = inode.path.clone();
+                    }
                 }
             }
-            tables.maybe_drop(ino);
+            match dropped {
+                // Its name leads nowhere now: an open through a cached name gets
+                // ESTALE, so the kernel looks it up again (and may create it anew).
+                Some(path) => tables.detach(&path, None),
+                None => tables.maybe_drop(ino),
+            }
         }
         result
     }

@@ -130,6 +130,7 @@ impl Store {
         if data.len() <= INLINE_MAX {
             return Ok((Content::Inline(data.to_vec()), PinGuard::none()));
         }
+        self.ensure_space(data.len() as u64)?;
         let cuts = fastcdc::v2020::FastCDC::new(data, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
         let mut writer = ChunkWriter::new(self);
         for cut in cuts {
@@ -152,6 +153,7 @@ impl Store {
                 .map_err(|e| StoreError::io("read staged content", e))?;
             return Ok((Content::Inline(data), PinGuard::none()));
         }
+        self.ensure_space(len)?;
         let mut writer = ChunkWriter::new(self);
         let cuts =
             fastcdc::v2020::StreamCDC::new(source.take(len), CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);

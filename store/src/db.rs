@@ -100,6 +100,7 @@ pub(crate) fn init(
         pins: Mutex::new(PinTable::default()),
         created,
         commit_hook: parking_lot::RwLock::new(None),
+        min_free_bytes: options.min_free_bytes,
         lead: parking_lot::RwLock::new(lead),
         _lock: lock,
     })

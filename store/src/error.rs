@@ -55,6 +55,16 @@ pub enum StoreError {
     /// A change or key that no honest node produces.
     #[error("malformed input: {0}")]
     Malformed(String),
+    /// The store's filesystem is (nearly) full: nothing was written.
+    #[error("no space for the store in {dir}: {available} bytes free, {needed} needed (including the reserve)")]
+    NoSpace {
+        /// The store's directory.
+        dir: std::path::PathBuf,
+        /// Bytes free.
+        available: u64,
+        /// Bytes the write needed, reserve included.
+        needed: u64,
+    },
     /// A file larger than depfs accepts.
     #[error("file of {0} bytes exceeds the size limit")]
     TooLarge(u64),
@@ -80,6 +90,7 @@ impl StoreError {
         match self {
             StoreError::Io { source, .. } => source.raw_os_error().unwrap_or(libc_eio()),
             StoreError::TooLarge(_) => 27,             // EFBIG
+            StoreError::NoSpace { .. } => 28,          // ENOSPC
             StoreError::Db(e) if is_no_space(e) => 28, // ENOSPC
             _ => libc_eio(),
         }

@@ -55,7 +55,16 @@ pub struct StoreOptions {
     pub block_cache_bytes: usize,
     /// How far ahead of the local clock a peer's clock is followed.
     pub max_clock_drift_ms: u64,
+    /// Free space kept on the store's filesystem: a write that would leave less fails
+    /// with `ENOSPC` before RocksDB sees it. RocksDB stops all writes until it is
+    /// reopened once its own write hits a full disk; the reserve also leaves room for
+    /// its memtable flushes and compactions.
+    pub min_free_bytes: u64,
 }
+
+/// The default [`StoreOptions::min_free_bytes`]: room for a memtable flush of every
+/// column family with margin.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 << 20;
 
 impl StoreOptions {
     /// Defaults with the given root attributes.
@@ -64,8 +73,21 @@ impl StoreOptions {
             root,
             block_cache_bytes: 64 << 20,
             max_clock_drift_ms: HlcClock::DEFAULT_MAX_DRIFT_MS,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
     }
+}
+
+/// Bytes available to unprivileged writers on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// A function called after every local commit.
@@ -85,6 +107,8 @@ pub(crate) struct Inner {
     pub(crate) pins: Mutex<PinTable>,
     /// True if the store was created by this open (nothing was there before).
     pub(crate) created: bool,
+    /// See [`StoreOptions::min_free_bytes`].
+    pub(crate) min_free_bytes: u64,
     /// Called after every local commit (the replicator's wake-up).
     pub(crate) commit_hook: parking_lot::RwLock<Option<CommitHook>>,
     /// One-way mode: the manager terms, which decide which changes are cut off. Changed
@@ -108,6 +132,32 @@ impl Store {
         };
         store.sweep_uncommitted_chunks()?;
         Ok(store)
+    }
+
+    /// Fails with [`StoreError::NoSpace`] if writing `incoming` more bytes would leave
+    /// less than [`StoreOptions::min_free_bytes`] free on the store's filesystem.
+    pub fn ensure_space(&self, incoming: u64) -> Result<()> {
+        self.ensure_free(incoming.saturating_add(self.inner.min_free_bytes))
+    }
+
+    /// Like [`Store::ensure_space`] for changes without content (mkdir, rename, delete,
+    /// chmod, ...): they may use half of the reserve, so that files can still be
+    /// deleted to make room when content writes are refused.
+    pub(crate) fn ensure_space_for_metadata(&self) -> Result<()> {
+        self.ensure_free(self.inner.min_free_bytes / 2)
+    }
+
+    fn ensure_free(&self, needed: u64) -> Result<()> {
+        let available = free_bytes(&self.inner.dir)
+            .map_err(|e| StoreError::io(format!("statvfs {}", self.inner.dir.display()), e))?;
+        if available < needed {
+            return Err(StoreError::NoSpace {
+                dir: self.inner.dir.clone(),
+                available,
+                needed,
+            });
+        }
+        Ok(())
     }
 
     /// This node's name.

@@ -2,8 +2,8 @@
 //! chunks that travel with them, peers' acknowledgements, and tombstone collection.
 
 use depfs_proto::{
-    decode_value, encode_value, Change, ChangeOp, ChunkData, ChunkHash, Dot, Kind, NodeName,
-    RelPath, State, Version, VersionVector,
+    decode_value, encode_value, Change, ChangeOp, ChunkData, ChunkHash, Content, Dot, Kind, Node,
+    NodeName, RelPath, State, Version, VersionVector,
 };
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
@@ -54,6 +54,18 @@ impl Store {
         progress: Option<(&VersionVector, &VersionVector)>,
         wall_ms: u64,
     ) -> Result<Applied> {
+        let inline: usize = changes
+            .iter()
+            .flat_map(|c| &c.ops)
+            .map(|op| match &op.state {
+                State::Live(Node {
+                    content: Content::Inline(bytes),
+                    ..
+                }) => bytes.len(),
+                _ => 0,
+            })
+            .sum();
+        self.ensure_space(inline as u64)?;
         let mut writer = self.inner.writer.lock();
         let mut batch = Batch::new(self);
         let mut applied = Applied::default();
@@ -172,6 +184,7 @@ impl Store {
                 return Err(StoreError::BadChunk(*hash));
             }
         }
+        self.ensure_space(chunks.iter().map(|c| c.data.len() as u64).sum())?;
         let hashes: Vec<ChunkHash> = chunks.iter().map(|c| c.hash).collect();
         let guard = self.pin_hashes(&hashes);
         {

@@ -8,7 +8,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use depfs_proto::{encode_value, Dot, Hlc, HlcClock, Node, RelPath, State, Version, VersionVector};
+use depfs_proto::{
+    encode_value, Content, Dot, Hlc, HlcClock, Node, RelPath, State, Version, VersionVector,
+};
 use parking_lot::MutexGuard;
 use serde::{Deserialize, Serialize};
 
@@ -209,6 +211,21 @@ impl<'a> Tx<'a> {
     /// superseded by its newer write.
     pub fn commit(mut self, wall_ms: u64, durability: Durability) -> Result<Option<Committed>> {
         let store = self.store;
+        // New content needs the whole reserve (chunked content was checked when its
+        // chunks were written); changes without content may use half of it.
+        let inline: u64 = self
+            .ops
+            .iter()
+            .filter_map(|(_, op)| match op.as_ref().map(|n| &n.content) {
+                Some(Content::Inline(bytes)) if !bytes.is_empty() => Some(bytes.len() as u64),
+                _ => None,
+            })
+            .sum();
+        if inline > 0 {
+            store.ensure_space(inline)?;
+        } else {
+            store.ensure_space_for_metadata()?;
+        }
         let node = store.inner.node.clone();
         let mut batch = Batch::new(store);
 
