@@ -92,7 +92,7 @@ fn start_burst(writer: &Node, seed: u64) -> (Arc<AtomicUsize>, std::thread::Join
 
 #[test]
 fn killing_the_writer_mid_burst_loses_nothing_acknowledged() {
-    let seed = 0xb0b5_1;
+    let seed = 0xb0b5_0001;
     let c = Cluster::new(2);
     c.mount_all();
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
@@ -124,7 +124,7 @@ fn killing_the_writer_mid_burst_loses_nothing_acknowledged() {
 
 #[test]
 fn killing_a_receiver_mid_burst_converges_after_restart() {
-    let seed = 0xb0b5_2;
+    let seed = 0xb0b5_0002;
     let c = Cluster::new(2);
     c.mount_all();
     let (a, b) = (&c.nodes[0], &c.nodes[1]);

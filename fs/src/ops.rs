@@ -39,13 +39,17 @@ fn errno(e: Errno) -> fuser::Errno {
     fuser::Errno::from_i32(e.0)
 }
 
+/// A stored time as a `SystemTime`, saturating at the epoch's representable range
+/// (times come from other nodes and are never trusted to be sane).
 fn time(t: Timespec) -> SystemTime {
-    if t.secs >= 0 {
-        UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
+    let nanos = Duration::from_nanos(u64::from(t.nanos.min(999_999_999)));
+    let at = if t.secs >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(t.secs as u64))
     } else {
-        UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs())
-            + Duration::from_nanos(u64::from(t.nanos))
-    }
+        UNIX_EPOCH.checked_sub(Duration::from_secs(t.secs.unsigned_abs()))
+    };
+    at.and_then(|at| at.checked_add(nanos))
+        .unwrap_or(UNIX_EPOCH)
 }
 
 fn timespec(t: SystemTime) -> Timespec {

@@ -409,6 +409,19 @@ fn validate(change: &Change) -> Result<()> {
                         change.dot, op.path
                     )));
                 }
+                let times_ok = [node.meta.mtime, node.meta.ctime]
+                    .iter()
+                    .all(|t| t.nanos < 1_000_000_000);
+                let symlink_ok = match (&node.meta.kind, &node.content) {
+                    (Kind::Symlink, Content::Inline(target)) => !target.contains(&0),
+                    _ => true,
+                };
+                if !times_ok || !symlink_ok || node.meta.perm > 0o7777 {
+                    return Err(malformed(format!(
+                        "change {}: bad attributes for {}",
+                        change.dot, op.path
+                    )));
+                }
             }
             State::Deleted => {}
         }

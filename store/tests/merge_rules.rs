@@ -543,5 +543,26 @@ fn malformed_changes_are_refused_and_change_nothing() {
     changes[0].ops[0].path = RelPath::root();
     changes[0].ops[0].state = depfs_proto::State::Deleted;
     assert!(c.stores[1].apply_remote(&changes, None, 1).is_err());
+    // Attributes no node writes: an out-of-range nanosecond field (found by the
+    // decoder fuzz: it used to reach the FUSE layer's time conversion), a mode beyond
+    // 0o7777.
+    for bad in 0..2 {
+        let (mut changes, _, _) = delta(&c.stores[0], &c.stores[1]);
+        if let depfs_proto::State::Live(node) = &mut changes[0].ops[0].state {
+            match bad {
+                0 => {
+                    node.meta.mtime = depfs_proto::Timespec {
+                        secs: i64::MAX,
+                        nanos: 1_000_000_000,
+                    }
+                }
+                _ => node.meta.perm = 0o177777,
+            }
+        }
+        assert!(matches!(
+            c.stores[1].apply_remote(&changes, None, 1),
+            Err(depfs_store::StoreError::Malformed(_))
+        ));
+    }
     assert_eq!(c.stores[1].tree_digest().unwrap(), before);
 }
