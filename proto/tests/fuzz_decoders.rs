@@ -56,12 +56,12 @@
 //! A failing property panics with `Test failed: <reason>` and the shrunk `minimal failing
 //! input`. The run is deterministic: the same command (same `PROPTEST_CASES` and
 //! `PROPTEST_RNG_SEED`, if they were set) fails the same way again. Raw inputs are printed as
-//! `Bytes(len N, hex "...")`; to replay one alone, pass the hex string to the ignored
-//! `replay` test:
+//! `Bytes(len N, hex "...")`; to replay one alone, pass the hex string to the `replay`
+//! test:
 //!
 //! ```text
 //! DEPFS_FUZZ_HEX=01ff00 \
-//!     cargo test -p depfs-proto --test fuzz_decoders replay -- --ignored --nocapture
+//!     cargo test -p depfs-proto --test fuzz_decoders replay -- --nocapture
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -1374,9 +1374,9 @@ fn sample_change() -> Change {
     }
 }
 
-/// Replays one raw input printed by a failing property (`DEPFS_FUZZ_HEX`).
+/// Replays one raw input printed by a failing property (`DEPFS_FUZZ_HEX`); without it,
+/// replays the empty input.
 #[test]
-#[ignore = "replays DEPFS_FUZZ_HEX; run by hand"]
 fn replay() {
     let hex = std::env::var("DEPFS_FUZZ_HEX").unwrap_or_default();
     let bytes = unhex(&hex);
