@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -97,6 +99,34 @@ impl Node {
             is_mounted(&self.mountpoint),
             "mount returned before the mount was ready"
         );
+    }
+
+    /// Mounts with a wall clock `offset` (like "+10m" or "-10m") for the daemon, through
+    /// libfaketime (Debian's `faketime` package, installed by scripts/setup).
+    pub fn mount_with_clock(&self, offset: &str) {
+        let lib = ["x86_64-linux-gnu", "aarch64-linux-gnu"]
+            .iter()
+            .map(|arch| format!("/usr/lib/{arch}/faketime/libfaketime.so.1"))
+            .find(|p| Path::new(p).exists())
+            .expect("libfaketime (apt-get install faketime)");
+        let out = Command::new(depfs_bin())
+            .args([
+                "mount",
+                self.config.to_str().unwrap(),
+                self.mountpoint.to_str().unwrap(),
+            ])
+            .env("LD_PRELOAD", lib)
+            .env("FAKETIME", offset)
+            // Shift only the wall clock; timers keep the real monotonic clock.
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .output()
+            .expect("cannot run depfs");
+        assert!(
+            out.status.success(),
+            "depfs mount (clock {offset}) failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(is_mounted(&self.mountpoint));
     }
 
     /// `depfs mount` with extra arguments, returning its output.
@@ -256,9 +286,80 @@ pub struct Cluster {
     pub ca: Ca,
     pub ports: Vec<u16>,
     pub nodes: Vec<Node>,
+    /// With [`Cluster::partitionable`]: `links[i][j]` carries node i's dialling of j.
+    pub links: Vec<Vec<Option<relay::Relay>>>,
 }
 
 impl Cluster {
+    /// `n` nodes (multi-writer) that reach each other only through relays, so that
+    /// links can be cut and restored ([`Cluster::cut`], [`Cluster::heal`]). `extra` is
+    /// appended to every config.
+    pub fn partitionable(n: usize, extra: &str) -> Cluster {
+        let ca = Ca::new();
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let links: Vec<Vec<Option<relay::Relay>>> = (0..n)
+            .map(|i| {
+                (0..n)
+                    .map(|j| {
+                        (i != j).then(|| {
+                            relay::Relay::start(format!("127.0.0.1:{}", ports[j]).parse().unwrap())
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let nodes = (0..n)
+            .map(|i| {
+                let name = format!("gw{}", i + 1);
+                let peers: Vec<String> = links[i]
+                    .iter()
+                    .flatten()
+                    .map(|r| format!("\"{}\"", r.addr))
+                    .collect();
+                let rest = format!(
+                    "listen = \"127.0.0.1:{}\"\npeers = [{}]\n{extra}{}",
+                    ports[i],
+                    peers.join(", "),
+                    ca.issue(&name)
+                );
+                Node::with_config(&name, &rest)
+            })
+            .collect();
+        Cluster {
+            ca,
+            ports,
+            nodes,
+            links,
+        }
+    }
+
+    /// Cuts the links between `a` and `b` (both directions of dialling).
+    pub fn cut(&self, a: usize, b: usize) {
+        self.set_link(a, b, true);
+    }
+
+    /// Restores the links between `a` and `b`.
+    pub fn heal(&self, a: usize, b: usize) {
+        self.set_link(a, b, false);
+    }
+
+    fn set_link(&self, a: usize, b: usize, blocked: bool) {
+        for (x, y) in [(a, b), (b, a)] {
+            if let Some(r) = &self.links[x][y] {
+                r.set_blocked(blocked);
+            }
+        }
+    }
+
+    /// Cuts (or restores) every link of node `i`.
+    pub fn isolate(&self, i: usize, isolated: bool) {
+        for j in 0..self.nodes.len() {
+            if j != i {
+                self.set_link(i, j, isolated);
+            }
+        }
+    }
+
     /// Creates (but does not mount) `n` nodes.
     pub fn new(n: usize) -> Cluster {
         Self::with_roles(&vec![None; n], &vec![None; n])
@@ -301,7 +402,12 @@ impl Cluster {
                 Node::with_config(&name, &rest)
             })
             .collect();
-        Cluster { ca, ports, nodes }
+        Cluster {
+            ca,
+            ports,
+            nodes,
+            links: Vec::new(),
+        }
     }
 
     /// Mounts every node.

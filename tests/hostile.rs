@@ -1,0 +1,388 @@
+//! Hostile peers and input (issue 8): certificates that must not be accepted, and an
+//! authenticated member that sends garbage, oversized frames, lies about its name,
+//! names paths that escape or break the tree, or sends chunks that do not match their
+//! hash. Each is refused with a log line; the daemon keeps serving its cluster and
+//! nothing is written anywhere.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::{wait_until, Cluster, Node};
+use depfs_proto::{
+    Change, ChangeOp, ChunkData, ChunkHash, ChunkRef, Content, Dot, Hlc, Kind, Message, Meta,
+    NodeName, RelPath, State, Timespec, VersionVector,
+};
+
+const T: Duration = Duration::from_secs(30);
+
+fn log_of(node: &Node) -> String {
+    std::fs::read_to_string(node.data_dir.join("depfs.log")).unwrap_or_default()
+}
+
+fn peer_names(node: &Node) -> Vec<String> {
+    node.status()["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["connected"] == true)
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A QUIC client with a certificate of the cluster's CA (or not), speaking raw frames.
+struct Hostile {
+    rt: tokio::runtime::Runtime,
+    endpoint: quinn::Endpoint,
+}
+
+impl Hostile {
+    fn new(ca: &Path, cert: &Path, key: &Path, name: &str) -> Hostile {
+        let tls =
+            depfs_replicator::tls::load(ca, cert, key, &NodeName::new(name).unwrap()).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let endpoint = {
+            let _guard = rt.enter();
+            let mut e = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            let crypto =
+                quinn::crypto::rustls::QuicClientConfig::try_from(tls.client.clone()).unwrap();
+            e.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+            e
+        };
+        Hostile { rt, endpoint }
+    }
+
+    /// Connects and sends `bytes` on a stream; returns how the daemon ended the
+    /// connection (its close reason), or `None` if it did not within the deadline.
+    fn send(&self, to: SocketAddr, bytes: Vec<u8>) -> Result<Option<String>, String> {
+        self.rt.block_on(async {
+            let conn = self
+                .endpoint
+                .connect(to, "depfs")
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut send, _recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            send.write_all(&bytes).await.map_err(|e| e.to_string())?;
+            match tokio::time::timeout(T, conn.closed()).await {
+                Ok(reason) => Ok(Some(reason.to_string())),
+                Err(_) => Ok(None),
+            }
+        })
+    }
+
+    /// Connects and reports the handshake's outcome.
+    fn handshake(&self, to: SocketAddr) -> Result<(), String> {
+        self.rt.block_on(async {
+            let conn = self
+                .endpoint
+                .connect(to, "depfs")
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            // The server may accept the handshake and close right after.
+            match tokio::time::timeout(Duration::from_secs(2), conn.closed()).await {
+                Ok(reason) => Err(reason.to_string()),
+                Err(_) => Ok(()),
+            }
+        })
+    }
+}
+
+fn frame(msg: &Message) -> Vec<u8> {
+    depfs_replicator::frame::encode(msg)
+}
+
+fn meta(kind: Kind) -> Meta {
+    Meta {
+        kind,
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime: Timespec::new(1, 0),
+        ctime: Timespec::new(1, 0),
+    }
+}
+
+fn node(n: &str) -> NodeName {
+    NodeName::new(n).unwrap()
+}
+
+/// A `Changes` message from `origin` writing `path` with `content`.
+fn changes(origin: &str, path: &str, content: Content) -> Message {
+    let dot = Dot::new(node(origin), 1);
+    let mut ctx = VersionVector::new();
+    ctx.raise(&node(origin), 1);
+    let mut upto = VersionVector::new();
+    upto.raise(&node(origin), 1);
+    Message::Changes {
+        batch: 1,
+        part: 0,
+        last: true,
+        base: VersionVector::new(),
+        changes: vec![Change {
+            dot,
+            hlc: Hlc::new(1, 0),
+            ops: vec![ChangeOp {
+                path: RelPath::parse(path.as_bytes()).unwrap(),
+                ctx,
+                state: State::Live(depfs_proto::Node {
+                    meta: meta(Kind::File),
+                    content,
+                }),
+            }],
+        }],
+        upto: Some(upto),
+    }
+}
+
+fn hello(name: &str) -> Message {
+    Message::Hello {
+        node: node(name),
+        vv: VersionVector::new(),
+        lead: Default::default(),
+    }
+}
+
+/// Replaces the only occurrence of `from` in `bytes` by `to` (same length).
+fn patch(mut bytes: Vec<u8>, from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("pattern in the frame");
+    bytes[at..at + from.len()].copy_from_slice(to);
+    bytes
+}
+
+struct Setup {
+    c: Cluster,
+    evil: Hostile,
+    victim: SocketAddr,
+}
+
+/// Two nodes, and "evil": an authenticated member of the same CA.
+fn setup() -> Setup {
+    let c = Cluster::new(2);
+    c.mount_all();
+    std::fs::write(c.nodes[0].path("before.xml"), b"ok").unwrap();
+    assert!(c.nodes[1].wait_for("before.xml", b"ok", T));
+    c.ca.issue("evil");
+    let certs = c.ca.dir.path().join("certs");
+    let evil = Hostile::new(
+        &c.ca.dir.path().join("ca").join("ca.pem"),
+        &certs.join("evil.pem"),
+        &certs.join("evil.key"),
+        "evil",
+    );
+    let victim = format!("127.0.0.1:{}", c.ports[0]).parse().unwrap();
+    Setup { c, evil, victim }
+}
+
+/// The victim still serves: a new file crosses the cluster, the store verifies.
+fn still_healthy(c: &Cluster, marker: &str) {
+    std::fs::write(c.nodes[0].path(marker), marker).unwrap();
+    assert!(
+        c.nodes[1].wait_for(marker, marker.as_bytes(), T),
+        "the cluster stopped replicating after {marker}"
+    );
+    for n in &c.nodes {
+        let out = common::depfs(&["verify", "--config", n.config.to_str().unwrap()]);
+        assert!(out.status.success(), "{}: store damaged", n.name);
+    }
+}
+
+#[test]
+fn garbage_oversized_frames_and_lies_are_refused_and_nothing_crashes() {
+    let s = setup();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "random bytes",
+            (0..4000).map(|i| (i * 7 + 3) as u8).collect(),
+            "bad frame",
+        ),
+        (
+            "an oversized frame header",
+            vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+            "bad frame",
+        ),
+        (
+            "a frame that is not a message",
+            [&[0, 0, 0, 5][..], b"hello"].concat(),
+            "bad frame",
+        ),
+        (
+            "a Hello with another node's name",
+            frame(&hello("gw2")),
+            "claims to be gw2",
+        ),
+    ];
+    for (what, bytes, reason) in cases {
+        let closed = s
+            .evil
+            .send(s.victim, bytes)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what}: connection not closed"));
+        assert!(closed.contains(reason), "{what}: closed with {closed}");
+        assert!(s.c.nodes[0].daemon_alive(), "{what} crashed the daemon");
+    }
+    still_healthy(&s.c, "after-garbage.xml");
+    assert!(log_of(&s.c.nodes[0]).contains("bad frame"));
+}
+
+#[test]
+fn paths_that_escape_or_break_the_tree_are_refused() {
+    let s = setup();
+    let valid = |p: &str| frame(&changes("evil", p, Content::Inline(b"pwned".to_vec())));
+    let long_ok = format!("{}/{}", "a".repeat(150), "b".repeat(149));
+    let long_bad = format!("{}{}{}", "a".repeat(150), "a", "b".repeat(149));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("..", patch(valid("xx/etc"), b"xx/etc", b"../etc")),
+        ("a leading /", patch(valid("tmpxx"), b"tmpxx", b"/tmp/")),
+        ("a NUL byte", patch(valid("axb"), b"axb", b"a\0b")),
+        (
+            "a 300-byte name",
+            patch(valid(&long_ok), long_ok.as_bytes(), long_bad.as_bytes()),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let closed = s
+            .evil
+            .send(s.victim, [frame(&hello("evil")), bytes].concat())
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what}: connection not closed"));
+        assert!(closed.contains("bad frame"), "{what}: {closed}");
+        assert!(s.c.nodes[0].daemon_alive(), "{what} crashed the daemon");
+    }
+    assert!(!Path::new("/etc/pwned").exists() && !Path::new("/tmp/pwned").exists());
+    for n in &s.c.nodes {
+        let names: Vec<String> = std::fs::read_dir(&n.mountpoint)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["before.xml".to_string()], "{}", n.name);
+    }
+    still_healthy(&s.c, "after-paths.xml");
+}
+
+#[test]
+fn chunks_that_do_not_match_their_hash_are_refused() {
+    let s = setup();
+    let data = vec![7u8; 40_000];
+    let hash = ChunkHash::of(&data);
+    let change = changes(
+        "evil",
+        "big.war",
+        Content::Chunked(vec![ChunkRef {
+            hash,
+            len: data.len() as u32,
+        }]),
+    );
+    // The daemon asks evil for the chunk; evil answers with other bytes.
+    let lie = frame(&Message::Chunks {
+        chunks: vec![ChunkData {
+            hash,
+            data: vec![8u8; 40_000],
+        }],
+        missing: Vec::new(),
+    });
+    let closed = s
+        .evil
+        .send(
+            s.victim,
+            [frame(&hello("evil")), frame(&change), lie].concat(),
+        )
+        .unwrap()
+        .expect("connection not closed");
+    assert!(closed.contains("corrupt"), "closed with {closed}");
+    assert!(s.c.nodes[0].daemon_alive());
+    for n in &s.c.nodes {
+        assert!(
+            !n.path("big.war").exists(),
+            "{}: applied a lying change",
+            n.name
+        );
+    }
+    still_healthy(&s.c, "after-chunks.xml");
+}
+
+#[test]
+fn expired_foreign_and_borrowed_certificates_are_refused() {
+    // The victim's clock runs two days ahead, so a certificate issued now for one day
+    // has expired as far as it is concerned (its own is valid for ten years).
+    let ca = common::Ca::new();
+    let port = common::free_port();
+    let victim_node = Node::with_config(
+        "gw1",
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\npeers = []\n{}",
+            ca.issue("gw1")
+        ),
+    );
+    victim_node.mount_with_clock("+2d");
+    let victim: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let ca_dir = ca.dir.path().join("ca");
+    let short = ca.dir.path().join("short");
+    depfs_replicator::pki::issue_node(&ca_dir, &node("stale"), &short, SystemTime::now(), 1, None)
+        .unwrap();
+    let stale = Hostile::new(
+        &ca_dir.join("ca.pem"),
+        &short.join("stale.pem"),
+        &short.join("stale.key"),
+        "stale",
+    );
+    assert!(
+        stale.handshake(victim).is_err(),
+        "an expired certificate was accepted"
+    );
+
+    // A certificate of another CA.
+    let other = common::Ca::new();
+    other.issue("gw9");
+    let foreign = Hostile::new(
+        &other.dir.path().join("ca").join("ca.pem"),
+        &other.dir.path().join("certs").join("gw9.pem"),
+        &other.dir.path().join("certs").join("gw9.key"),
+        "gw9",
+    );
+    assert!(
+        foreign.handshake(victim).is_err(),
+        "a foreign CA was accepted"
+    );
+
+    // A node configured with another node's certificate does not start.
+    ca.issue("gw2");
+    let certs = ca.dir.path().join("certs");
+    let rest = format!(
+        "listen = \"127.0.0.1:{}\"\npeers = [\"{victim}\"]\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        common::free_port(),
+        ca_dir.join("ca.pem").display(),
+        certs.join("gw2.pem").display(),
+        certs.join("gw2.key").display(),
+    );
+    let borrower = Node::with_config("gw7", &rest);
+    let out = borrower.try_mount(&[]);
+    assert!(!out.status.success(), "gw7 started with gw2's certificate");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gw2"), "{err}");
+
+    // The victim logged the refusals and made no peer; it still serves.
+    assert!(wait_until(T, || log_of(&victim_node)
+        .matches("refused a connection")
+        .count()
+        >= 2));
+    assert!(peer_names(&victim_node).is_empty());
+    std::fs::write(victim_node.path("still.xml"), b"fine").unwrap();
+    assert_eq!(
+        std::fs::read(victim_node.path("still.xml")).unwrap(),
+        b"fine"
+    );
+}
