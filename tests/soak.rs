@@ -1,0 +1,279 @@
+//! The soak (issue 8): three nodes, a seeded random multi-writer workload, `kill -9`s
+//! and partitions at random times, then a convergence and no-loss check.
+//!
+//! CI runs it for 20 seconds. A real soak:
+//!
+//! ```text
+//! DEPFS_SOAK_SECS=600 DEPFS_SOAK_SEED=7 cargo test --release -p depfs --test soak -- --nocapture
+//! ```
+//!
+//! It prints one summary line (operations, faults injected, data lost) and fails — with
+//! its seed — if the nodes do not converge, a store does not verify, or any
+//! acknowledged write is lost. The figures of the last long run are in
+//! docs/reliability.md.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{depfs, wait_until, Cluster, Node};
+use rand::{Rng, SeedableRng};
+
+const NODES: usize = 3;
+
+/// What a path may hold at the end, from what its single writer did: the state of its
+/// last acknowledged operation, or of any operation attempted after it whose outcome is
+/// unknown (the daemon died during it).
+#[derive(Default, Clone)]
+struct Expect {
+    acked: Option<Option<Vec<u8>>>,
+    uncertain: Vec<Option<Vec<u8>>>,
+}
+
+impl Expect {
+    fn allows(&self, got: &Option<Vec<u8>>) -> bool {
+        self.acked.as_ref().is_some_and(|a| a == got) || self.uncertain.contains(got)
+    }
+}
+
+/// The paths an operation changed, and what each holds after it.
+type Effects = Vec<(String, Option<Vec<u8>>)>;
+
+#[derive(Default)]
+struct Ledger {
+    /// Files only one node writes (`n{i}/...`): the no-loss check.
+    own: BTreeMap<String, Expect>,
+    /// Files every node writes (`shared/...`): whatever was written by someone.
+    shared: BTreeMap<String, BTreeSet<Vec<u8>>>,
+    ops: u64,
+    acked: u64,
+}
+
+fn snapshot(node: &Node) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(root, &path, out);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.insert(rel, bytes);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(&node.mountpoint, &node.mountpoint, &mut out);
+    out
+}
+
+fn content(rng: &mut impl Rng, tag: &str) -> Vec<u8> {
+    // Mostly small files, some above the inline limit (chunked).
+    let len = if rng.gen_bool(0.1) {
+        rng.gen_range(20_000..120_000)
+    } else {
+        rng.gen_range(50..4000)
+    };
+    let mut data = format!("{tag}\n").into_bytes();
+    data.resize(len, b'x' + (len % 7) as u8);
+    data
+}
+
+/// One node's writer: random writes, overwrites, deletes and renames of its own files
+/// and writes of shared files, recorded in the ledger as acknowledged or uncertain.
+fn writer(
+    i: usize,
+    seed: u64,
+    c: Arc<Cluster>,
+    up: Arc<Vec<AtomicBool>>,
+    stop: Arc<AtomicBool>,
+    ledger: Arc<Mutex<Ledger>>,
+) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ ((i as u64 + 1) * 0x9e37));
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        if !up[i].load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20)); // pacing while the node is down
+            continue;
+        }
+        n += 1;
+        let node = &c.nodes[i];
+        let dir = format!("n{i}/d{}", rng.gen_range(0..5));
+        let _ = std::fs::create_dir_all(node.path(&dir));
+        let roll = rng.gen_range(0..100);
+        let mut l = ledger.lock().unwrap();
+        l.ops += 1;
+        if roll < 10 {
+            let name = format!("shared/s{}.xml", rng.gen_range(0..8));
+            let body = content(&mut rng, &format!("{name} by gw{} op {n}", i + 1));
+            l.shared
+                .entry(name.clone())
+                .or_default()
+                .insert(body.clone());
+            drop(l);
+            let _ = std::fs::create_dir_all(node.path("shared"));
+            if std::fs::write(node.path(&name), &body).is_ok() {
+                ledger.lock().unwrap().acked += 1;
+            }
+            continue;
+        }
+        let name = format!("{dir}/f{}.xml", rng.gen_range(0..30));
+        let exists = l
+            .own
+            .get(&name)
+            .and_then(|e| e.acked.clone())
+            .flatten()
+            .is_some();
+        drop(l);
+        // (path, state it gets) for each effect of the operation.
+        let (effects, result): (Effects, std::io::Result<()>) = if roll < 75 || !exists {
+            let body = content(&mut rng, &format!("{name} op {n}"));
+            let r = std::fs::write(node.path(&name), &body);
+            (vec![(name, Some(body))], r)
+        } else if roll < 90 {
+            let r = std::fs::remove_file(node.path(&name));
+            (vec![(name, None)], r)
+        } else {
+            let to = format!(
+                "n{i}/d{}/f{}.xml",
+                rng.gen_range(0..5),
+                rng.gen_range(0..30)
+            );
+            if to == name {
+                continue;
+            }
+            let before = ledger.lock().unwrap().own[&name].acked.clone().flatten();
+            let _ = std::fs::create_dir_all(node.path(&to).parent().unwrap());
+            let r = std::fs::rename(node.path(&name), node.path(&to));
+            (vec![(name, None), (to, before)], r)
+        };
+        let mut l = ledger.lock().unwrap();
+        let ok = result.is_ok();
+        if ok {
+            l.acked += 1;
+        }
+        for (path, state) in effects {
+            let e = l.own.entry(path).or_default();
+            if ok {
+                e.acked = Some(state);
+                e.uncertain.clear();
+            } else {
+                e.uncertain.push(state);
+            }
+        }
+    }
+}
+
+#[test]
+fn soak_with_kills_and_partitions_loses_nothing() {
+    let secs: u64 = std::env::var("DEPFS_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("DEPFS_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let c = Arc::new(Cluster::partitionable(NODES, ""));
+    c.mount_all();
+    let up: Arc<Vec<AtomicBool>> = Arc::new((0..NODES).map(|_| AtomicBool::new(true)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let writers: Vec<_> = (0..NODES)
+        .map(|i| {
+            let (c, up, stop, ledger) = (c.clone(), up.clone(), stop.clone(), ledger.clone());
+            std::thread::spawn(move || writer(i, seed, c, up, stop, ledger))
+        })
+        .collect();
+
+    let kills = AtomicU64::new(0);
+    let mut partitions = 0u64;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        // A fault every 2-5 s (the pause lets the workload run between faults).
+        std::thread::sleep(Duration::from_millis(rng.gen_range(2000..5000)));
+        let victim = rng.gen_range(0..NODES);
+        if rng.gen_bool(0.5) {
+            up[victim].store(false, Ordering::SeqCst);
+            c.nodes[victim].kill9();
+            c.nodes[victim].mount();
+            up[victim].store(true, Ordering::SeqCst);
+            kills.fetch_add(1, Ordering::SeqCst);
+        } else {
+            c.isolate(victim, true);
+            std::thread::sleep(Duration::from_millis(rng.gen_range(500..3000)));
+            c.isolate(victim, false);
+            partitions += 1;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.join().unwrap();
+    }
+    for i in 0..NODES {
+        c.isolate(i, false);
+    }
+
+    let converged = wait_until(Duration::from_secs(120), || {
+        let first = snapshot(&c.nodes[0]);
+        c.nodes[1..].iter().all(|n| snapshot(n) == first)
+    });
+    assert!(
+        converged,
+        "no convergence (seed {seed}, DEPFS_SOAK_SEED={seed})"
+    );
+    let tree = snapshot(&c.nodes[0]);
+    let ledger = ledger.lock().unwrap();
+    let mut lost = Vec::new();
+    for (path, expect) in &ledger.own {
+        let got = tree.get(path).cloned();
+        if !expect.allows(&got) {
+            lost.push(path.clone());
+        }
+    }
+    for (path, written) in &ledger.shared {
+        if let Some(got) = tree.get(path) {
+            assert!(
+                written.contains(got),
+                "{path}: content nobody wrote (seed {seed})"
+            );
+        }
+    }
+    for n in &c.nodes {
+        let out = depfs(&["verify", "--config", n.config.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}: {} (seed {seed})",
+            n.name,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let conflicts: Vec<u64> = c
+        .nodes
+        .iter()
+        .map(|n| n.status()["conflicts"].as_u64().unwrap())
+        .collect();
+    println!(
+        "soak: seed {seed}, {secs} s, 3 nodes: {} operations ({} acknowledged), {} files at the end, \
+         faults: {} kill -9, {partitions} partitions; conflicts {:?}; data lost: {}",
+        ledger.ops,
+        ledger.acked,
+        tree.len(),
+        kills.load(Ordering::SeqCst),
+        conflicts,
+        lost.len()
+    );
+    assert!(
+        conflicts.iter().all(|&n| n == conflicts[0]),
+        "conflicts differ"
+    );
+    assert!(lost.is_empty(), "lost or stale: {lost:?} (seed {seed})");
+}
