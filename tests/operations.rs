@@ -208,3 +208,71 @@ fn the_shipped_systemd_units_pass_systemd_analyze_verify() {
         );
     }
 }
+
+/// `GET path` on `addr`; the response's status line and body.
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.lines().next().unwrap_or_default().to_string();
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    (status, body)
+}
+
+fn metric(body: &str, line_start: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn the_metrics_endpoint_counts_operations_changes_and_peers() {
+    let c = Cluster::new(2);
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let config = std::fs::read_to_string(&c.nodes[0].config).unwrap();
+    std::fs::write(
+        &c.nodes[0].config,
+        config.replacen("listen =", &format!("metrics = \"{addr}\"\nlisten ="), 1),
+    )
+    .unwrap();
+    c.mount_all();
+    let (gw1, gw2) = (&c.nodes[0], &c.nodes[1]);
+    for i in 0..5 {
+        std::fs::write(gw1.path(&format!("api{i}.xml")), b"<api/>").unwrap();
+    }
+    assert!(gw2.wait_for("api4.xml", b"<api/>", T));
+    std::fs::write(gw2.path("from-gw2.xml"), b"x").unwrap();
+    assert!(gw1.wait_for("from-gw2.xml", b"x", T));
+
+    let (status, body) = http_get(&addr, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert!(metric(&body, "depfs_changes_committed_total ").unwrap() >= 5.0);
+    assert!(metric(&body, "depfs_changes_sent_total ").unwrap() >= 5.0);
+    assert!(metric(&body, "depfs_versions_applied_total ").unwrap() >= 1.0);
+    assert_eq!(metric(&body, "depfs_conflicts "), Some(0.0));
+    assert_eq!(
+        metric(&body, "depfs_peer_connected{peer=\"gw2\"} "),
+        Some(1.0)
+    );
+    assert!(metric(&body, "depfs_peer_sent_bytes_total{peer=\"gw2\"} ").unwrap() > 0.0);
+    // FUSE latencies: a histogram per operation, cumulative, +Inf equal to the count.
+    let writes = metric(&body, "depfs_fs_op_duration_seconds_count{op=\"write\"} ").unwrap();
+    assert!(writes >= 5.0, "{body}");
+    assert_eq!(
+        metric(
+            &body,
+            "depfs_fs_op_duration_seconds_bucket{op=\"write\",le=\"+Inf\"} "
+        ),
+        Some(writes)
+    );
+    assert!(body.contains("# TYPE depfs_fs_op_duration_seconds histogram"));
+    let (status, _) = http_get(&addr, "/nothing");
+    assert!(status.contains("404"), "{status}");
+}

@@ -53,6 +53,9 @@ struct RawConfig {
     /// fail with ENOSPC.
     #[serde(default)]
     min_free_mib: Option<u64>,
+    /// Address of the Prometheus metrics endpoint (none by default).
+    #[serde(default)]
+    metrics: Option<String>,
 }
 
 /// A validated node configuration.
@@ -70,6 +73,8 @@ pub struct Config {
     pub tls: Option<TlsPaths>,
     /// Free space kept on the data_dir's filesystem, in bytes.
     pub min_free_bytes: u64,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The QUIC port used when `listen` is not given.
@@ -130,6 +135,12 @@ impl Config {
         if !raw.peers.is_empty() && raw.tls.is_none() {
             bail!("config {at}: a [tls] section (ca, cert, key) is required when peers are configured");
         }
+        let metrics = match &raw.metrics {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                anyhow::anyhow!("config {at}: metrics {text:?} is not an address:port")
+            })?),
+        };
         let base = source.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| {
             if p.is_absolute() {
@@ -151,6 +162,7 @@ impl Config {
                 .map_or(depfs_store::DEFAULT_MIN_FREE_BYTES, |m| {
                     m.saturating_mul(1 << 20)
                 }),
+            metrics,
             tls: raw.tls.map(|t| TlsPaths {
                 ca: resolve(&t.ca),
                 cert: resolve(&t.cert),

@@ -2,6 +2,7 @@
 
 mod config;
 mod control;
+mod metrics;
 mod mount;
 mod options;
 

@@ -191,6 +191,15 @@ fn serve(
         }),
     });
     crate::control::serve(control)?;
+    if let Some(addr) = config.metrics {
+        crate::metrics::serve(
+            addr,
+            Arc::new(crate::metrics::Sources {
+                fs: fs.clone(),
+                service: service.clone(),
+            }),
+        )?;
+    }
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let signal_handle = signals.handle();
     let mp = mountpoint.to_path_buf();

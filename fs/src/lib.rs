@@ -18,6 +18,7 @@ mod import;
 mod namespace;
 pub mod ops;
 mod staging;
+pub mod stats;
 mod tables;
 
 pub use attr::Attr;
@@ -69,6 +70,7 @@ pub struct DepFs {
     /// Starts as `!config.read_only`; one-way mode flips it when this node is promoted
     /// to manager or steps down.
     writable: AtomicBool,
+    stats: stats::FsStats,
     tables: Mutex<Tables>,
 }
 
@@ -107,6 +109,7 @@ impl DepFs {
         DepFs {
             store,
             writable: AtomicBool::new(!config.read_only),
+            stats: stats::FsStats::default(),
             config,
             tables: Mutex::new(Tables::new()),
         }
@@ -120,6 +123,11 @@ impl DepFs {
     /// The configuration.
     pub fn config(&self) -> &FsConfig {
         &self.config
+    }
+
+    /// Latencies of the operations served (for the metrics endpoint).
+    pub fn stats(&self) -> &stats::FsStats {
+        &self.stats
     }
 
     /// Makes the filesystem refuse (or accept again) every change. Files open for writing

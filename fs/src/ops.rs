@@ -14,6 +14,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use crate::stats::FsOp;
 use crate::{Attr, CacheMode, Caller, DepFs, Errno, SetAttr};
 
 /// Largest write the kernel may send in one request.
@@ -124,6 +125,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _timer = self.fs.stats().timer(FsOp::Lookup);
         match self.fs.lookup(parent.0, name.as_bytes()) {
             Ok(attr) => reply.entry(&self.ttl(), &file_attr(&attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
@@ -135,6 +137,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _timer = self.fs.stats().timer(FsOp::Getattr);
         match self.fs.getattr(ino.0) {
             Ok(attr) => reply.attr(&self.ttl(), &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
@@ -159,6 +162,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _timer = self.fs.stats().timer(FsOp::Setattr);
         let changes = SetAttr {
             mode,
             uid,
@@ -176,6 +180,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _timer = self.fs.stats().timer(FsOp::Readlink);
         match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(e)),
@@ -192,6 +197,7 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _timer = self.fs.stats().timer(FsOp::Mknod);
         match self
             .fs
             .mknod(parent.0, name.as_bytes(), mode & !umask, caller(req))
@@ -210,6 +216,7 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _timer = self.fs.stats().timer(FsOp::Mkdir);
         match self
             .fs
             .mkdir(parent.0, name.as_bytes(), mode & !umask, caller(req))
@@ -220,6 +227,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _timer = self.fs.stats().timer(FsOp::Unlink);
         match self.fs.unlink(parent.0, name.as_bytes()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -227,6 +235,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _timer = self.fs.stats().timer(FsOp::Rmdir);
         match self.fs.rmdir(parent.0, name.as_bytes()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -241,6 +250,7 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _timer = self.fs.stats().timer(FsOp::Symlink);
         match self.fs.symlink(
             parent.0,
             link_name.as_bytes(),
@@ -262,6 +272,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.fs.stats().timer(FsOp::Rename);
         match self.fs.rename(
             parent.0,
             name.as_bytes(),
@@ -284,10 +295,12 @@ impl Filesystem for FuseAdapter {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _timer = self.fs.stats().timer(FsOp::Link);
         reply.error(fuser::Errno::EPERM);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _timer = self.fs.stats().timer(FsOp::Open);
         match self.fs.open(ino.0, flags.0) {
             Ok((fh, cache)) => {
                 let flags = match cache {
@@ -311,6 +324,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _timer = self.fs.stats().timer(FsOp::Read);
         match self.fs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
@@ -329,6 +343,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _timer = self.fs.stats().timer(FsOp::Write);
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
@@ -343,6 +358,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.fs.stats().timer(FsOp::Flush);
         match self.fs.flush(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -359,6 +375,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.fs.stats().timer(FsOp::Release);
         match self.fs.release(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -373,6 +390,7 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.fs.stats().timer(FsOp::Fsync);
         match self.fs.fsync(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -380,6 +398,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _timer = self.fs.stats().timer(FsOp::Opendir);
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
@@ -394,6 +413,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _timer = self.fs.stats().timer(FsOp::Readdir);
         let result = self.fs.readdir(fh.0, offset, |ino, next, kind, name| {
             reply.add(INodeNo(ino), next, file_type(kind), OsStr::from_bytes(name))
         });
@@ -430,6 +450,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _timer = self.fs.stats().timer(FsOp::Statfs);
         match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
@@ -450,6 +471,7 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _timer = self.fs.stats().timer(FsOp::Xattr);
         reply.error(fuser::Errno::from_i32(libc::ENOTSUP));
     }
 
@@ -461,10 +483,12 @@ impl Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
+        let _timer = self.fs.stats().timer(FsOp::Xattr);
         reply.error(fuser::Errno::from_i32(libc::ENOTSUP));
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _timer = self.fs.stats().timer(FsOp::Xattr);
         if size == 0 {
             reply.size(0);
         } else {
@@ -473,12 +497,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        let _timer = self.fs.stats().timer(FsOp::Xattr);
         reply.error(fuser::Errno::from_i32(libc::ENOTSUP));
     }
 
     /// Permission checks are the kernel's (`default_permissions`); this only answers
     /// whether the inode exists.
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _timer = self.fs.stats().timer(FsOp::Access);
         match self.fs.getattr(ino.0) {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(errno(e)),
@@ -495,6 +521,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _timer = self.fs.stats().timer(FsOp::Create);
         match self
             .fs
             .create(parent.0, name.as_bytes(), mode & !umask, flags, caller(req))

@@ -12,7 +12,7 @@ pub mod replica;
 pub mod service;
 pub mod tls;
 
-pub use replica::{Mode, Output, PromoteError, Replica, ReplicaConfig, ReplicaError};
+pub use replica::{Counters, Mode, Output, PromoteError, Replica, ReplicaConfig, ReplicaError};
 pub use service::{
     Callbacks, PeerStatus, RoleChange, Service, ServiceConfig, ServiceError, ServiceStatus,
 };

@@ -199,6 +199,24 @@ pub struct Replica {
     roles: BTreeMap<NodeName, Option<CertRole>>,
     /// Which peer is asked for damaged chunks next.
     repair_turn: usize,
+    counters: Counters,
+}
+
+/// Running totals since the replica started, for the metrics endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Changes sent to peers (each copy counts).
+    pub changes_sent: u64,
+    /// Versions received from peers that became heads.
+    pub versions_applied: u64,
+    /// Versions received that were old news.
+    pub versions_obsolete: u64,
+    /// Changes refused (one-way mode: not made by a manager).
+    pub changes_refused: u64,
+    /// Chunks received from peers and stored.
+    pub chunks_received: u64,
+    /// Chunks sent to peers.
+    pub chunks_sent: u64,
 }
 
 impl Replica {
@@ -214,6 +232,7 @@ impl Replica {
             mode: Mode::MultiWriter,
             roles: BTreeMap::new(),
             repair_turn: 0,
+            counters: Counters::default(),
         }
     }
 
@@ -247,7 +266,7 @@ impl Replica {
     /// manager made cut off, which the store keeps as conflicts); the others are refused
     /// and logged. Returns `None` while no manager is known (nothing can be judged yet).
     fn admissible(
-        &self,
+        &mut self,
         from: &NodeName,
         changes: Vec<Change>,
     ) -> Result<Option<Vec<Change>>, StoreError> {
@@ -262,6 +281,7 @@ impl Replica {
             .into_iter()
             .partition(|c| lead.authority(&c.dot) != Authority::NotManager);
         if !refused.is_empty() {
+            self.counters.changes_refused += refused.len() as u64;
             let origins: BTreeSet<String> =
                 refused.iter().map(|c| c.dot.node.to_string()).collect();
             tracing::warn!(
@@ -629,6 +649,7 @@ impl Replica {
                                 bytes = 0;
                             }
                             bytes += data.len();
+                            self.counters.chunks_sent += 1;
                             chunks.push(ChunkData { hash, data });
                         }
                         None => missing.push(hash),
@@ -650,6 +671,7 @@ impl Replica {
                     .collect();
                 let chunks = wanted;
                 let pins = self.store.put_chunks(&chunks).map_err(store_err)?;
+                self.counters.chunks_received += chunks.len() as u64;
                 let p = self.peers.entry(from.clone()).or_default();
                 p.fetched.push(pins);
                 p.fetch_activity_ms = now_ms;
@@ -739,6 +761,8 @@ impl Replica {
                 }
             }
             admitted += applied.admitted;
+            self.counters.versions_applied += applied.admitted as u64;
+            self.counters.versions_obsolete += applied.obsolete as u64;
             changed.extend(applied.changed);
             cut_off.extend(applied.cut_off);
             let vv = self.store.version_vector();
@@ -853,6 +877,7 @@ impl Replica {
                     changes.push(change);
                 }
             }
+            self.counters.changes_sent += changes.len() as u64;
             let last = outgoing.dots.is_empty();
             let part = outgoing.next_part;
             outgoing.next_part += 1;
@@ -881,6 +906,11 @@ impl Replica {
             }
         }
         Ok(())
+    }
+
+    /// Running totals since start (metrics).
+    pub fn counters(&self) -> Counters {
+        self.counters
     }
 
     /// Received changes waiting for their chunks, over all peers (`status`).

@@ -87,6 +87,8 @@ pub struct ServiceStatus {
     pub pending_transfers: usize,
     /// This node's progress.
     pub progress: VersionVector,
+    /// Running totals of the replica.
+    pub counters: crate::replica::Counters,
 }
 
 /// The role this node plays after a change of manager (one-way mode).
@@ -462,6 +464,7 @@ fn status(replica: &Replica, shared: &Shared) -> ServiceStatus {
         peers,
         pending_transfers: replica.pending_transfers(),
         progress,
+        counters: replica.counters(),
     }
 }
 

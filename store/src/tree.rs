@@ -195,7 +195,26 @@ impl Store {
         Ok(out)
     }
 
-    /// Counts of what the store holds.
+    /// The number of recorded conflicts (cheap: the conflict index is small).
+    pub fn conflict_count(&self) -> Result<u64> {
+        let db = &self.inner.db;
+        let mut n = 0;
+        for item in db.iterator_cf(cf(db, CF_CONFLICTS), IteratorMode::Start) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// RocksDB's estimate of the number of visible entries (no scan).
+    pub fn estimated_entries(&self) -> Result<u64> {
+        let db = &self.inner.db;
+        Ok(db
+            .property_int_value_cf(cf(db, CF_ENTRIES), "rocksdb.estimate-num-keys")?
+            .unwrap_or(0))
+    }
+
+    /// Counts of what the store holds (a full scan: for `status`, not for scrapes).
     pub fn stats(&self) -> Result<StoreStats> {
         let db = &self.inner.db;
         let count = |name: &str| -> Result<u64> {

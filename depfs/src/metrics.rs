@@ -1,0 +1,218 @@
+//! The Prometheus metrics endpoint, when the node config has `metrics = "ADDR:PORT"`:
+//! `GET /metrics` in the text exposition format, from a small HTTP/1.1 responder on a
+//! thread of its own. Everything it reports is read from counters the daemon keeps
+//! anyway (no scans of the store).
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use depfs_fs::stats::BUCKETS_S;
+use depfs_fs::DepFs;
+use depfs_replicator::Service;
+
+/// What the endpoint reads from.
+pub struct Sources {
+    pub fs: Arc<DepFs>,
+    pub service: Option<Arc<Service>>,
+}
+
+/// Binds `addr` and serves scrapes until the process exits.
+pub fn serve(addr: SocketAddr, sources: Arc<Sources>) -> Result<()> {
+    let listener =
+        TcpListener::bind(addr).with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    tracing::info!(%addr, "metrics endpoint listening");
+    std::thread::Builder::new()
+        .name("depfs-metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Err(e) = answer(stream, &sources) {
+                    tracing::debug!(error = %e, "metrics request failed");
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn answer(stream: TcpStream, sources: &Sources) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request = String::new();
+    reader.read_line(&mut request)?;
+    // Skip the headers.
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 2 {
+        line.clear();
+    }
+    let mut stream = stream;
+    if request.starts_with("GET /metrics ") || request.starts_with("GET / ") {
+        let body = render(sources);
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        write!(
+            stream,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+    }
+}
+
+/// One metric family: its help and type lines, then its samples.
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+fn label(key: &str, value: &str) -> String {
+    let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("{{{key}=\"{escaped}\"}}")
+}
+
+/// The whole exposition.
+pub fn render(sources: &Sources) -> String {
+    let mut out = String::new();
+    let store = sources.fs.store();
+    let one = |v: f64| vec![(String::new(), v)];
+    family(
+        &mut out,
+        "depfs_changes_committed_total",
+        "counter",
+        "Changes committed on this node.",
+        &one(store.last_seq() as f64),
+    );
+    family(
+        &mut out,
+        "depfs_conflicts",
+        "gauge",
+        "Recorded conflicts.",
+        &one(store.conflict_count().unwrap_or(0) as f64),
+    );
+    family(
+        &mut out,
+        "depfs_entries",
+        "gauge",
+        "Files, directories and symlinks (RocksDB estimate).",
+        &one(store.estimated_entries().unwrap_or(0) as f64),
+    );
+    if let Some(service) = &sources.service {
+        let status = service.status();
+        let c = status.counters;
+        for (name, help, value) in [
+            (
+                "depfs_changes_sent_total",
+                "Changes sent to peers.",
+                c.changes_sent,
+            ),
+            (
+                "depfs_versions_applied_total",
+                "Versions received from peers and applied.",
+                c.versions_applied,
+            ),
+            (
+                "depfs_versions_obsolete_total",
+                "Versions received that were already known or superseded.",
+                c.versions_obsolete,
+            ),
+            (
+                "depfs_changes_refused_total",
+                "Changes refused (one-way mode: not made by a manager).",
+                c.changes_refused,
+            ),
+            (
+                "depfs_chunks_received_total",
+                "Content chunks received from peers.",
+                c.chunks_received,
+            ),
+            (
+                "depfs_chunks_sent_total",
+                "Content chunks sent to peers.",
+                c.chunks_sent,
+            ),
+        ] {
+            family(&mut out, name, "counter", help, &one(value as f64));
+        }
+        family(
+            &mut out,
+            "depfs_pending_transfers",
+            "gauge",
+            "Received changes waiting for their content.",
+            &one(status.pending_transfers as f64),
+        );
+        let per_peer = |f: &dyn Fn(&depfs_replicator::PeerStatus) -> f64| -> Vec<(String, f64)> {
+            status
+                .peers
+                .iter()
+                .map(|p| (label("peer", &p.name), f(p)))
+                .collect()
+        };
+        family(
+            &mut out,
+            "depfs_peer_connected",
+            "gauge",
+            "1 while connected to the peer.",
+            &per_peer(&|p| f64::from(u8::from(p.connected))),
+        );
+        family(
+            &mut out,
+            "depfs_peer_rtt_seconds",
+            "gauge",
+            "Round-trip time to the peer.",
+            &per_peer(&|p| p.rtt_ms / 1000.0),
+        );
+        family(
+            &mut out,
+            "depfs_peer_lag_changes",
+            "gauge",
+            "Changes the peer has not acknowledged.",
+            &per_peer(&|p| p.lag_changes as f64),
+        );
+        family(
+            &mut out,
+            "depfs_peer_lag_seconds",
+            "gauge",
+            "Age of the oldest change the peer has not acknowledged.",
+            &per_peer(&|p| p.lag_ms as f64 / 1000.0),
+        );
+        family(
+            &mut out,
+            "depfs_peer_sent_bytes_total",
+            "counter",
+            "Protocol bytes sent to the peer.",
+            &per_peer(&|p| p.bytes_sent as f64),
+        );
+        family(
+            &mut out,
+            "depfs_peer_received_bytes_total",
+            "counter",
+            "Protocol bytes received from the peer.",
+            &per_peer(&|p| p.bytes_received as f64),
+        );
+    }
+    let name = "depfs_fs_op_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Latency of filesystem operations served."
+    );
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for op in sources.fs.stats().snapshot() {
+        let op_name = op.op.name();
+        for (i, count) in op.cumulative.iter().enumerate() {
+            let le = BUCKETS_S
+                .get(i)
+                .map_or("+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(out, "{name}_bucket{{op=\"{op_name}\",le=\"{le}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_sum{{op=\"{op_name}\"}} {}", op.sum_s);
+        let _ = writeln!(out, "{name}_count{{op=\"{op_name}\"}} {}", op.count);
+    }
+    out
+}
