@@ -276,3 +276,63 @@ fn the_metrics_endpoint_counts_operations_changes_and_peers() {
     let (status, _) = http_get(&addr, "/nothing");
     assert!(status.contains("404"), "{status}");
 }
+
+#[test]
+fn a_first_import_reports_progress_on_the_terminal_and_in_the_log() {
+    let node = common::Node::new("imp");
+    for d in 0..10 {
+        let dir = node.mountpoint.join(format!("d{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..250 {
+            std::fs::write(dir.join(format!("f{f}.xml")), vec![b'x'; 1000]).unwrap();
+        }
+    }
+    // `script` gives `depfs mount` a terminal, where the daemon's progress is drawn.
+    let cmd = format!(
+        "{} mount {} {}",
+        common::depfs_bin(),
+        node.config.display(),
+        node.mountpoint.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("/2500 files"),
+        "no progress shown: {shown:?}"
+    );
+    assert!(shown.contains("2500/2500 files"), "{shown:?}");
+    assert!(common::is_mounted(&node.mountpoint));
+    let log = std::fs::read_to_string(node.data_dir.join("depfs.log")).unwrap();
+    assert!(log.contains("2500/2500 files"), "{log}");
+    assert_eq!(
+        std::fs::read(node.path("d9/f249.xml")).unwrap(),
+        vec![b'x'; 1000]
+    );
+}
+
+#[test]
+fn status_reports_a_new_node_catching_up() {
+    let c = Cluster::new(2);
+    c.nodes[0].mount();
+    for i in 0..1500 {
+        std::fs::write(c.nodes[0].path(&format!("api{i}.xml")), b"<api/>").unwrap();
+    }
+    let fresh = &c.nodes[1];
+    fresh.mount();
+    let mut seen_remaining = 0;
+    assert!(wait_until(T, || {
+        let s = fresh.status();
+        let remaining = s["catching_up"]["changes_remaining"].as_u64().unwrap();
+        seen_remaining = seen_remaining.max(remaining);
+        remaining == 0 && s["catching_up"]["changes_applied"].as_u64().unwrap() >= 1500
+    }));
+    let s = fresh.status();
+    assert!(s["catching_up"]["bytes_received"].as_u64().unwrap() > 1500 * 6);
+    assert_eq!(peer(&s, "gw1")["behind_changes"], 0);
+    assert!(fresh.wait_for("api1499.xml", b"<api/>", T));
+    eprintln!("most changes seen remaining: {seen_remaining}");
+}

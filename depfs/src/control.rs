@@ -120,6 +120,7 @@ fn status(state: &State) -> Value {
                 "since_ms": p.since_ms,
                 "rtt_ms": p.rtt_ms,
                 "lag_changes": p.lag_changes,
+                "behind_changes": p.behind_changes,
                 "lag_ms": p.lag_ms,
                 "bytes_sent": p.bytes_sent,
                 "bytes_received": p.bytes_received,
@@ -162,6 +163,13 @@ fn status(state: &State) -> Value {
         "peers": peers,
         "last_change": last,
         "pending_transfers": service.as_ref().map_or(0, |s| s.pending_transfers),
+        // Catching up (bootstrap of a new node): the most changes a peer has that this
+        // node still lacks, and the content received so far.
+        "catching_up": {
+            "changes_remaining": service.as_ref().map_or(0, |s| s.peers.iter().map(|p| p.behind_changes).max().unwrap_or(0)),
+            "changes_applied": service.as_ref().map_or(0, |s| s.counters.versions_applied),
+            "bytes_received": service.as_ref().map_or(0, |s| s.peers.iter().map(|p| p.bytes_received).sum::<u64>()),
+        },
         "conflicts": stats.as_ref().map_or(0, |s| s.conflicts),
         "store": {
             "entries": stats.as_ref().map_or(0, |s| s.entries),

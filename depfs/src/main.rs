@@ -325,6 +325,15 @@ fn status(config: Option<PathBuf>, as_json: bool) -> Result<()> {
         );
     }
     println!("transfers   {} pending", reply["pending_transfers"]);
+    let behind = reply["catching_up"]["changes_remaining"]
+        .as_u64()
+        .unwrap_or(0);
+    if behind > 0 {
+        println!(
+            "catching up {} changes remaining, {} applied, {} bytes received",
+            behind, reply["catching_up"]["changes_applied"], reply["catching_up"]["bytes_received"]
+        );
+    }
     println!("conflicts   {}", reply["conflicts"]);
     let st = &reply["store"];
     println!(

@@ -2,7 +2,7 @@
 //! unmounted or signalled, and (without `-f`) do it in the background once the mount is
 //! ready.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,6 +24,17 @@ use depfs_replicator::Mode as ReplicationMode;
 
 /// The line a background daemon prints on its status pipe once the mount is ready.
 const READY: &str = "ready";
+/// The prefix of a progress line on the status pipe (long first imports).
+const PROGRESS: &str = "progress: ";
+
+/// Shows a progress line in place on a terminal (logs have the same figures).
+fn show_progress(tty: bool, line: &str) {
+    if tty {
+        let mut err = std::io::stderr();
+        let _ = write!(err, "\r\x1b[2K{line}");
+        let _ = err.flush();
+    }
+}
 
 /// Arguments of `depfs mount`.
 pub struct MountArgs {
@@ -42,13 +53,30 @@ pub fn run(args: MountArgs) -> Result<()> {
     let mountpoint = check_mountpoint(&args.mountpoint)?;
     if args.foreground {
         crate::init_logging(None);
-        serve(&config, &mountpoint, &options, |_| {})
+        let tty = std::io::stderr().is_terminal();
+        serve(
+            &config,
+            &mountpoint,
+            &options,
+            &mut |line| show_progress(tty, line),
+            |_| {
+                if tty {
+                    eprintln!();
+                }
+            },
+        )
     } else if args.daemon_child {
         let log = config.data_dir.join("depfs.log");
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
         crate::init_logging(Some(&log));
-        let result = serve(&config, &mountpoint, &options, |status| {
+        // Progress goes to the waiting parent, which shows it on its terminal.
+        let mut progress = |line: &str| {
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "{PROGRESS}{line}");
+            let _ = out.flush();
+        };
+        let result = serve(&config, &mountpoint, &options, &mut progress, |status| {
             let mut out = std::io::stdout();
             let _ = writeln!(out, "{status}");
             let _ = out.flush();
@@ -99,10 +127,20 @@ fn spawn_daemon(args: &MountArgs) -> Result<()> {
     let mut child = cmd.spawn().context("cannot start the depfs daemon")?;
     let stdout = child.stdout.take().context("daemon status pipe missing")?;
     let mut last = String::new();
+    let tty = std::io::stderr().is_terminal();
+    let mut shown = false;
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap_or_default();
         if line == READY {
+            if shown {
+                eprintln!();
+            }
             return Ok(());
+        }
+        if let Some(progress) = line.strip_prefix(PROGRESS) {
+            show_progress(tty, progress);
+            shown = tty;
+            continue;
         }
         last = line;
     }
@@ -136,6 +174,7 @@ fn serve(
     config: &Config,
     mountpoint: &Path,
     options: &MountOptions,
+    progress: &mut dyn FnMut(&str),
     ready: impl FnOnce(&str),
 ) -> Result<()> {
     let root_md = std::fs::metadata(mountpoint)?;
@@ -147,8 +186,29 @@ fn serve(
             tracing::warn!(dir = %mountpoint.display(), "a worker does not import: its tree comes from the manager");
         } else if non_empty {
             tracing::info!(dir = %mountpoint.display(), "first mount over a non-empty directory: importing it");
-            let stats = depfs_fs::import_dir(&store, mountpoint, now_ms)
-                .with_context(|| format!("cannot import {}", mountpoint.display()))?;
+            let mut last_report = std::time::Instant::now();
+            let stats = depfs_fs::import_dir(&store, mountpoint, now_ms, &mut |p| {
+                let line = format!(
+                    "importing {}: {}/{} files, {:.1}/{:.1} MiB ({:.0}%)",
+                    mountpoint.display(),
+                    p.done.files,
+                    p.total_files,
+                    p.done.bytes as f64 / 1048576.0,
+                    p.total_bytes as f64 / 1048576.0,
+                    if p.total_bytes > 0 {
+                        100.0 * p.done.bytes as f64 / p.total_bytes as f64
+                    } else {
+                        100.0 * p.done.files as f64 / p.total_files.max(1) as f64
+                    }
+                );
+                progress(&line);
+                let finished = p.done.files == p.total_files;
+                if finished || last_report.elapsed() >= std::time::Duration::from_secs(2) {
+                    last_report = std::time::Instant::now();
+                    tracing::info!("{line}");
+                }
+            })
+            .with_context(|| format!("cannot import {}", mountpoint.display()))?;
             tracing::info!(?stats, "import complete");
         }
         store.mark_initialized()?;

@@ -50,11 +50,20 @@ pub fn import_dir(
     store: &Store,
     dir: &Path,
     wall_ms: impl Fn() -> u64,
+    progress: &mut dyn FnMut(&ImportProgress),
 ) -> Result<ImportStats, ImportError> {
     let mut stats = ImportStats::default();
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ImportError::Io { path, source }
+    };
+    let (total_files, total_bytes) = measure(dir);
+    let mut report = |stats: &ImportStats| {
+        progress(&ImportProgress {
+            done: stats.clone(),
+            total_files,
+            total_bytes,
+        })
     };
     let root_meta = fs::symlink_metadata(dir).map_err(io(dir))?;
     let mut batch: Vec<(RelPath, Node, PinGuard)> = vec![(
@@ -115,12 +124,45 @@ pub fn import_dir(
             ));
             if batch.len() >= BATCH {
                 commit(store, &mut batch, wall_ms())?;
+                report(&stats);
             }
         }
     }
     commit(store, &mut batch, wall_ms())?;
     store.sync()?;
+    report(&stats);
     Ok(stats)
+}
+
+/// How far an import has come, for progress reports.
+#[derive(Debug, Clone, Default)]
+pub struct ImportProgress {
+    /// What is imported so far.
+    pub done: ImportStats,
+    /// Regular files in the directory (counted before the import starts).
+    pub total_files: u64,
+    /// Their bytes.
+    pub total_bytes: u64,
+}
+
+/// Regular files under `dir` and their bytes (unreadable parts count as nothing: the
+/// import itself reports them).
+fn measure(dir: &Path) -> (u64, u64) {
+    let (mut files, mut bytes) = (0, 0);
+    let mut queue = vec![dir.to_path_buf()];
+    while let Some(d) = queue.pop() {
+        for entry in fs::read_dir(&d).into_iter().flatten().flatten() {
+            match entry.metadata() {
+                Ok(md) if md.is_dir() => queue.push(entry.path()),
+                Ok(md) if md.is_file() => {
+                    files += 1;
+                    bytes += md.len();
+                }
+                _ => {}
+            }
+        }
+    }
+    (files, bytes)
 }
 
 fn commit(

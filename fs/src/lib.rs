@@ -24,7 +24,7 @@ mod tables;
 pub use attr::Attr;
 pub use error::{Errno, FsResult};
 pub use file::CacheMode;
-pub use import::{import_dir, ImportError, ImportStats};
+pub use import::{import_dir, ImportError, ImportProgress, ImportStats};
 pub use namespace::Invalidation;
 
 use std::path::PathBuf;

@@ -908,6 +908,19 @@ impl Replica {
         Ok(())
     }
 
+    /// Changes `peer` said it has (in its last `Hello`) that this node lacks: how far
+    /// behind it this node is, e.g. while a new node catches up.
+    pub fn behind(&self, peer: &NodeName) -> u64 {
+        let Some(known) = self.peers.get(peer).and_then(|p| p.known.as_ref()) else {
+            return 0;
+        };
+        let ours = self.store.version_vector();
+        known
+            .iter()
+            .map(|(node, seq)| seq.saturating_sub(ours.get(node)))
+            .sum()
+    }
+
     /// Running totals since start (metrics).
     pub fn counters(&self) -> Counters {
         self.counters

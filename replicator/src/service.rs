@@ -74,6 +74,8 @@ pub struct PeerStatus {
     pub lag_changes: u64,
     /// Age of the oldest change it has not acknowledged, in milliseconds.
     pub lag_ms: u64,
+    /// Changes it has that this node lacks (catching up from it).
+    pub behind_changes: u64,
 }
 
 /// A snapshot of the service for `status`.
@@ -456,6 +458,7 @@ fn status(replica: &Replica, shared: &Shared) -> ServiceStatus {
                 bytes_received: info.bytes_received.load(Ordering::Relaxed),
                 lag_changes: missing.len() as u64,
                 lag_ms,
+                behind_changes: replica.behind(name),
             }
         })
         .collect();
