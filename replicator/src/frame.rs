@@ -76,4 +76,22 @@ mod tests {
         ));
         assert!(decode(b"\x01\xff\xff\xff").is_err());
     }
+
+    #[test]
+    fn arbitrary_frames_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let seed = 0xf7a3e;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        for case in 0..20_000 {
+            let header: [u8; 4] = rng.gen();
+            let _ = body_len(header);
+            let len = rng.gen_range(0..512);
+            let body: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            let r = std::panic::catch_unwind(|| decode(&body));
+            assert!(
+                r.is_ok(),
+                "panic on case {case} (seed {seed:#x}): {body:02x?}"
+            );
+        }
+    }
 }
