@@ -1,19 +1,30 @@
-//! `depfs-bench`: measures depfs against the native disk and a plain FUSE passthrough
-//! (Debian's `bindfs`) on the same machine, in one run, interleaved, and prints medians
-//! and ratios as a Markdown table.
+//! `depfs-bench`: measures depfs against the native disk, a FUSE passthrough (bindfs),
+//! NFS (nfs-ganesha through libnfs), lsyncd+rsync and GlusterFS on one machine, in one
+//! run, interleaved, and writes docs/benchmarks.md with tables and SVG charts.
 //!
-//! `cargo build --release -p depfs -p depfs-bench && target/release/depfs-bench local`
+//! ```sh
+//! cargo build --release -p depfs -p depfs-bench
+//! target/release/depfs-bench all            # or: all --quick
+//! ```
+//!
+//! `local` and `replication` run the depfs-only subsets and print Markdown tables.
 
-use std::fs;
-use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-
-mod replication;
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
+
+mod all;
+mod charts;
+mod machine;
+mod replication;
+mod report;
+mod results;
+mod systems;
+mod tree;
+mod util;
+mod workloads;
 
 #[derive(Parser)]
 #[command(name = "depfs-bench", about = "depfs benchmarks")]
@@ -24,22 +35,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Replication on loopback: visibility latency of a 4 KiB file (create, modify,
-    /// delete) from close on one node to complete content on another, and the time for
-    /// a burst of files to converge.
-    Replication {
-        /// Trials per latency measurement.
-        #[arg(long, default_value_t = 200)]
-        trials: usize,
-        /// Files in the burst.
-        #[arg(long, default_value_t = 1000)]
-        burst: usize,
+    /// Every system and workload in one run (as root); regenerates the report and charts.
+    All {
+        /// Fewer repetitions and trials, smaller sizes, no lsyncd at its 15 s default
+        /// delay: under 3 minutes.
+        #[arg(long)]
+        quick: bool,
+        /// The Markdown report to write.
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        out: PathBuf,
+        /// Directory for the SVG charts.
+        #[arg(long, default_value = "docs/bench")]
+        charts: PathBuf,
         /// The depfs binary (default: next to this one).
         #[arg(long)]
         depfs: Option<PathBuf>,
+        /// The bench/systems directory with the comparison systems' scripts.
+        #[arg(long)]
+        systems: Option<PathBuf>,
+        /// Where to create the temporary working directory (default /var/tmp).
+        #[arg(long)]
+        base: Option<PathBuf>,
+        /// Sizes of the deployment tree in APIs, comma separated (default 100,1000,10000;
+        /// with --quick 100).
+        #[arg(long, value_delimiter = ',')]
+        apis: Option<Vec<usize>>,
     },
-    /// Local operations on one node: small files and sequential I/O, against the native
-    /// disk and bindfs.
+    /// Local operations only: native disk, bindfs and one depfs node.
     Local {
         /// Small files per run.
         #[arg(long, default_value_t = 2000)]
@@ -50,311 +72,215 @@ enum Cmd {
         /// Size of the sequential file in MiB.
         #[arg(long, default_value_t = 256)]
         seq_mib: usize,
+        /// Random 4 KiB reads of the sequential file.
+        #[arg(long, default_value_t = 20_000)]
+        rand_reads: usize,
         /// Repetitions (the median is reported).
         #[arg(long, default_value_t = 3)]
         runs: usize,
         /// The depfs binary (default: next to this one).
         #[arg(long)]
         depfs: Option<PathBuf>,
-        /// Where to create the test directories (default: a temporary directory under /var/tmp).
+    },
+    /// depfs replication only, on loopback: visibility, burst, bandwidth.
+    Replication {
+        /// Trials per latency measurement.
+        #[arg(long, default_value_t = 200)]
+        trials: usize,
+        /// Files in the burst.
+        #[arg(long, default_value_t = 1000)]
+        burst: usize,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// The depfs binary (default: next to this one).
         #[arg(long)]
-        base: Option<PathBuf>,
+        depfs: Option<PathBuf>,
     },
 }
 
-/// One filesystem under test.
-struct System {
-    name: &'static str,
-    root: PathBuf,
+fn depfs_path(p: Option<PathBuf>) -> Result<PathBuf> {
+    let p = match p {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("depfs"),
+    };
+    if !p.exists() {
+        bail!(
+            "depfs binary {} not found (cargo build --release -p depfs, or pass --depfs)",
+            p.display()
+        );
+    }
+    Ok(p)
 }
 
-/// Results of one run on one system.
-#[derive(Default, Clone)]
-struct Run {
-    create: f64,
-    stat: f64,
-    read: f64,
-    delete: f64,
-    seq_write: f64,
-    seq_read: f64,
+fn systems_dir(p: Option<PathBuf>) -> PathBuf {
+    p.unwrap_or_else(|| {
+        let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systems");
+        if built.is_dir() {
+            built
+        } else {
+            PathBuf::from("bench/systems")
+        }
+    })
 }
 
 fn main() -> Result<()> {
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
     match Cli::parse().command {
-        Cmd::Replication {
-            trials,
-            burst,
+        Cmd::All {
+            quick,
+            out,
+            charts,
             depfs,
-        } => replication::run(trials, burst, depfs),
+            systems,
+            base,
+            apis,
+        } => all::run(all::AllArgs {
+            quick,
+            out,
+            charts,
+            depfs: depfs_path(depfs)?,
+            systems: systems_dir(systems),
+            base,
+            apis,
+            command,
+        }),
         Cmd::Local {
             files,
             dirs,
             seq_mib,
+            rand_reads,
             runs,
             depfs,
-            base,
-        } => local(files, dirs, seq_mib, runs, depfs, base),
-    }
-}
-
-/// Mounts that are unmounted when dropped.
-struct Mounts(Vec<PathBuf>);
-
-impl Drop for Mounts {
-    fn drop(&mut self) {
-        for mp in self.0.iter().rev() {
-            let _ = Command::new("umount").arg(mp).status();
-        }
-    }
-}
-
-fn local(
-    files: usize,
-    dirs: usize,
-    seq_mib: usize,
-    runs: usize,
-    depfs: Option<PathBuf>,
-    base: Option<PathBuf>,
-) -> Result<()> {
-    let depfs = match depfs {
-        Some(p) => p,
-        None => std::env::current_exe()?.with_file_name("depfs"),
-    };
-    if !depfs.exists() {
-        bail!(
-            "depfs binary {} not found (build it with cargo build --release -p depfs)",
-            depfs.display()
-        );
-    }
-    let tmp = match base {
-        Some(b) => tempfile::Builder::new()
-            .prefix("depfs-bench-")
-            .tempdir_in(b)?,
-        None => tempfile::Builder::new()
-            .prefix("depfs-bench-")
-            .tempdir_in("/var/tmp")?,
-    };
-    let base = tmp.path();
-    let mut mounts = Mounts(Vec::new());
-
-    let native = base.join("native");
-    fs::create_dir(&native)?;
-
-    let bind_src = base.join("bindfs-src");
-    let bind_mnt = base.join("bindfs");
-    fs::create_dir(&bind_src)?;
-    fs::create_dir(&bind_mnt)?;
-    let ok = Command::new("bindfs")
-        .arg(&bind_src)
-        .arg(&bind_mnt)
-        .status()
-        .context("run bindfs (apt-get install bindfs)")?;
-    if !ok.success() {
-        bail!("bindfs failed");
-    }
-    mounts.0.push(bind_mnt.clone());
-
-    let depfs_mnt = base.join("depfs");
-    fs::create_dir(&depfs_mnt)?;
-    let config = base.join("bench.toml");
-    fs::write(
-        &config,
-        format!(
-            "node = \"bench\"\ndata_dir = \"{}\"\npeers = []\n",
-            base.join("depfs-data").display()
+        } => local(
+            workloads::LocalParams {
+                files,
+                dirs,
+                seq_mib,
+                rand_reads,
+            },
+            runs,
+            depfs_path(depfs)?,
         ),
-    )?;
-    let out = Command::new(&depfs)
-        .arg("mount")
-        .arg(&config)
-        .arg(&depfs_mnt)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "depfs mount failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        Cmd::Replication {
+            trials,
+            burst,
+            nodes,
+            depfs,
+        } => replication_only(trials, burst, nodes.max(2), depfs_path(depfs)?),
     }
-    mounts.0.push(depfs_mnt.clone());
+}
 
-    let systems = [
-        System {
-            name: "native",
-            root: native,
-        },
-        System {
-            name: "bindfs",
-            root: bind_mnt,
-        },
-        System {
-            name: "depfs",
-            root: depfs_mnt,
-        },
+/// `depfs-bench local`: native, bindfs and one depfs node, interleaved; a Markdown table.
+fn local(p: workloads::LocalParams, runs: usize, depfs: PathBuf) -> Result<()> {
+    util::install_interrupt_handler()?;
+    let ws = systems::Workspace::new(None, systems_dir(None))?;
+    let native = ws.dir("native")?;
+    let bind = systems::bindfs(&ws.base.join("bindfs-src"), &ws.base.join("bindfs"))?;
+    let node = systems::depfs_single(&depfs, &ws.base.join("depfs1"), "local")?;
+    let targets = [
+        (results::NATIVE, native.clone()),
+        (results::BINDFS, bind.mountpoint.clone()),
+        (results::DEPFS1, node.root().to_path_buf()),
     ];
-    let mut results: Vec<Vec<Run>> = vec![Vec::new(); systems.len()];
+    let mut res: Vec<results::LocalResult> = targets
+        .iter()
+        .map(|(l, _)| results::LocalResult {
+            label: l,
+            runs: Vec::new(),
+        })
+        .collect();
+    let mut seq = util::Rng::new(99).bytes(p.seq_mib << 20);
     for run in 0..runs {
-        // Rotate the order so no system always runs first (warm or cold).
-        for k in 0..systems.len() {
-            let i = (k + run) % systems.len();
-            let r = measure(&systems[i], run, files, dirs, seq_mib)
-                .with_context(|| format!("{} (run {run})", systems[i].name))?;
-            results[i].push(r);
+        for k in 0..targets.len() {
+            let i = (k + run) % targets.len();
+            util::progress(format!("run {}/{runs}: {}", run + 1, targets[i].0));
+            res[i].runs.push(workloads::run_dir(
+                &targets[i].1,
+                &format!("r{run}"),
+                &p,
+                &mut seq,
+            )?);
         }
     }
-    drop(mounts);
-
-    let medians: Vec<Run> = results.iter().map(|rs| median_run(rs)).collect();
-    print_report(&systems, &medians, files, dirs, seq_mib, runs);
+    drop(node);
+    drop(bind);
+    println!("Local operations: median of {runs} interleaved runs.\n");
+    println!("| workload | unit | native | bindfs | depfs | depfs/native | depfs/bindfs |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for m in &workloads::METRICS {
+        let v: Vec<f64> = res.iter().map(|r| r.median(m)).collect();
+        println!(
+            "| {} | {} | {} | {} | {} | {:.2}x | {:.2}x |",
+            m.label,
+            m.unit,
+            report::num(v[0], m.unit),
+            report::num(v[1], m.unit),
+            report::num(v[2], m.unit),
+            v[2] / v[0],
+            v[2] / v[1]
+        );
+    }
     Ok(())
 }
 
-fn measure(sys: &System, run: usize, files: usize, dirs: usize, seq_mib: usize) -> Result<Run> {
-    let root = sys.root.join(format!("run{run}"));
-    fs::create_dir(&root)?;
-    for d in 0..dirs {
-        fs::create_dir(root.join(format!("d{d:02}")))?;
-    }
-    let paths: Vec<PathBuf> = (0..files)
-        .map(|i| root.join(format!("d{:02}/f{i:05}.xml", i % dirs)))
-        .collect();
-    let content = vec![b'x'; 4096];
-
-    let t = Instant::now();
-    for p in &paths {
-        let mut f = fs::File::create(p)?;
-        f.write_all(&content)?;
-    }
-    let create = rate(files, t.elapsed());
-
-    let t = Instant::now();
-    for p in &paths {
-        let md = fs::metadata(p)?;
-        if md.len() != 4096 {
-            bail!("{}: size {}", p.display(), md.len());
-        }
-    }
-    let stat = rate(files, t.elapsed());
-
-    let mut buf = Vec::with_capacity(8192);
-    let t = Instant::now();
-    for p in &paths {
-        buf.clear();
-        fs::File::open(p)?.read_to_end(&mut buf)?;
-        if buf.len() != 4096 {
-            bail!("{}: read {} bytes", p.display(), buf.len());
-        }
-    }
-    let read = rate(files, t.elapsed());
-
-    let t = Instant::now();
-    for p in &paths {
-        fs::remove_file(p)?;
-    }
-    let delete = rate(files, t.elapsed());
-
-    let big = root.join("seq.bin");
-    let block: Vec<u8> = (0..1 << 20).map(|i| (i * 7 % 251) as u8).collect();
-    let t = Instant::now();
+/// `depfs-bench replication`: a depfs cluster on loopback; Markdown tables.
+fn replication_only(trials: usize, burst: usize, nodes: usize, depfs: PathBuf) -> Result<()> {
+    util::install_interrupt_handler()?;
+    let ws = systems::Workspace::new(None, systems_dir(None))?;
+    let cluster = systems::depfs_cluster(&depfs, &ws.base.join("cluster"), nodes)?;
+    let r = replication::Replica {
+        label: format!("depfs {nodes} nodes"),
+        writer: cluster[0].root().to_path_buf(),
+        receivers: cluster[1..]
+            .iter()
+            .map(|n| n.root().to_path_buf())
+            .collect(),
+        bytes: Some(replication::ByteCounter::Depfs {
+            depfs: depfs.clone(),
+            config: cluster[0].config.clone(),
+        }),
+        interval: Duration::from_micros(100),
+        deadline: Duration::from_secs(30),
+    };
+    let mut v = replication::Visibility::default();
+    replication::visibility(&r, "warmup", 1, &mut replication::Visibility::default())?;
+    util::progress(format!("{trials} visibility trials"));
+    replication::visibility(&r, "r0", trials, &mut v)?;
+    util::progress("burst");
+    let b = replication::burst(&r, "r0", burst)?;
+    util::progress("1 MiB change in a 50 MiB file");
+    let bw = replication::bandwidth(&r, "r0")?;
+    drop(cluster);
+    println!("Replication on loopback: {nodes} nodes, {trials} trials per row, 4 KiB files; from the writer's close returning to complete content on every other node.\n");
+    println!("| change | p50 ms | p99 ms | max ms | timeouts |\n|---|---:|---:|---:|---:|");
+    for (k, (label, x)) in [
+        ("create", &v.create),
+        ("modify", &v.modify),
+        ("delete", &v.delete),
+    ]
+    .into_iter()
+    .enumerate()
     {
-        let mut f = fs::File::create(&big)?;
-        for _ in 0..seq_mib {
-            f.write_all(&block)?;
-        }
-    }
-    let seq_write = (seq_mib << 20) as f64 / t.elapsed().as_secs_f64() / 1e9;
-
-    let t = Instant::now();
-    let mut f = fs::File::open(&big)?;
-    let mut total = 0usize;
-    let mut rbuf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut rbuf)?;
-        if n == 0 {
-            break;
-        }
-        total += n;
-    }
-    let seq_read = total as f64 / t.elapsed().as_secs_f64() / 1e9;
-    drop(f);
-    if total != seq_mib << 20 {
-        bail!("{}: read {total} bytes", big.display());
-    }
-    fs::remove_dir_all(&root).with_context(|| format!("remove {}", root.display()))?;
-    Ok(Run {
-        create,
-        stat,
-        read,
-        delete,
-        seq_write,
-        seq_read,
-    })
-}
-
-fn rate(n: usize, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn median_run(rs: &[Run]) -> Run {
-    let m = |f: fn(&Run) -> f64| median(rs.iter().map(f).collect());
-    Run {
-        create: m(|r| r.create),
-        stat: m(|r| r.stat),
-        read: m(|r| r.read),
-        delete: m(|r| r.delete),
-        seq_write: m(|r| r.seq_write),
-        seq_read: m(|r| r.seq_read),
-    }
-}
-
-fn print_report(
-    systems: &[System],
-    medians: &[Run],
-    files: usize,
-    dirs: usize,
-    seq_mib: usize,
-    runs: usize,
-) {
-    type Row = (&'static str, &'static str, fn(&Run) -> f64);
-    let rows: [Row; 6] = [
-        ("create 4 KiB", "files/s", |r| r.create),
-        ("stat", "files/s", |r| r.stat),
-        ("read 4 KiB", "files/s", |r| r.read),
-        ("delete", "files/s", |r| r.delete),
-        ("sequential write", "GB/s", |r| r.seq_write),
-        ("sequential read", "GB/s", |r| r.seq_read),
-    ];
-    println!("Local operations: {files} files of 4 KiB in {dirs} directories; sequential {seq_mib} MiB; median of {runs} interleaved runs.\n");
-    print!("| workload | unit |");
-    for s in systems {
-        print!(" {} |", s.name);
-    }
-    println!(" depfs/native | depfs/bindfs |");
-    print!("|---|---|");
-    for _ in systems {
-        print!("---:|");
-    }
-    println!("---:|---:|");
-    let idx = |name: &str| systems.iter().position(|s| s.name == name).unwrap_or(0);
-    let (n, b, d) = (idx("native"), idx("bindfs"), idx("depfs"));
-    for (label, unit, f) in rows {
-        print!("| {label} | {unit} |");
-        for m in medians {
-            let v = f(m);
-            if unit == "GB/s" {
-                print!(" {v:.2} |");
-            } else {
-                print!(" {v:.0} |");
-            }
-        }
         println!(
-            " {:.2}x | {:.2}x |",
-            f(&medians[d]) / f(&medians[n]),
-            f(&medians[d]) / f(&medians[b])
+            "| {label} | {:.2} | {:.2} | {:.2} | {} |",
+            util::percentile(x, 0.5),
+            util::percentile(x, 0.99),
+            util::percentile(x, 1.0),
+            v.timeouts[k]
         );
     }
+    println!(
+        "\nBurst: {burst} files, written in {:.0} ms, all correct on every other node {} ms after the last close.",
+        b.write_ms,
+        b.after_last_close_ms
+            .map_or("(timeout)".into(), |t| format!("{t:.0}"))
+    );
+    println!(
+        "\nA 1 MiB change in the middle of a 50 MiB file: visible on every other node {:.1} ms after close, {} bytes sent to {} peers.",
+        bw.visible_ms,
+        bw.bytes.map_or("?".into(), |b| b.to_string()),
+        bw.receivers
+    );
+    Ok(())
 }

@@ -1,237 +1,403 @@
-//! Replication benchmarks on loopback: two depfs nodes (a third listed but not needed)
-//! with mutual TLS, measuring from the writer's `close` to complete content on the
-//! reader.
+//! Replication workloads between a written directory and one or more receiving
+//! directories, the same for every system (depfs nodes, lsyncd source/target, the two
+//! GlusterFS mounts):
+//!
+//! - visibility: a 4 KiB file is created, rewritten (same size, new content) and deleted
+//!   on the writer; each time, from the writer's `close` (or `unlink`) returning until
+//!   every receiver reads the complete new content (or no longer has the file);
+//! - burst: 1,000 files of 4 KiB in 10 directories; a poller thread records when each
+//!   file is complete on every receiver, from the first close on;
+//! - bandwidth: a 1 MiB change in the middle of a 50 MiB file: time until the receivers
+//!   read the new megabyte and the bytes the system moved meanwhile.
 
 use std::fs;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-struct Node {
-    mountpoint: PathBuf,
-    config: PathBuf,
+use crate::systems::{depfs_bytes_sent, io_counters};
+use crate::util::{check_interrupted, has_content, poll_until, tag_seed, unique_content, Rng};
+
+/// How a system's bytes on the wire are counted for the bandwidth scenario.
+#[derive(Clone, Debug)]
+pub enum ByteCounter {
+    /// `bytes_sent` to all peers in `depfs status --json` of the writer.
+    Depfs { depfs: PathBuf, config: PathBuf },
+    /// `wchar` of a process (and its reaped children) from /proc/PID/io, less its
+    /// `write_bytes` (data written to files) when `minus_file_writes`.
+    ProcIo { pid: u32, minus_file_writes: bool },
 }
 
-/// Bytes node `n` has sent to its peers (from `depfs status --json`).
-fn bytes_sent(depfs: &Path, n: &Node) -> Result<u64> {
-    let out = Command::new(depfs)
-        .args(["status", "--json", "--config"])
-        .arg(&n.config)
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // "bytes_sent": N, for each peer.
-    Ok(text
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("\"bytes_sent\": "))
-        .filter_map(|v| v.trim_end_matches(',').parse::<u64>().ok())
-        .sum())
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn run_ok(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+impl ByteCounter {
+    fn read(&self) -> Result<u64> {
+        match self {
+            ByteCounter::Depfs { depfs, config } => depfs_bytes_sent(depfs, config),
+            ByteCounter::ProcIo {
+                pid,
+                minus_file_writes,
+            } => {
+                let (wchar, write_bytes) = io_counters(*pid)?;
+                Ok(if *minus_file_writes {
+                    wchar.saturating_sub(write_bytes)
+                } else {
+                    wchar
+                })
+            }
+        }
     }
+}
+
+/// A replicated pair (or set) of directories.
+pub struct Replica {
+    pub label: String,
+    pub writer: PathBuf,
+    pub receivers: Vec<PathBuf>,
+    pub bytes: Option<ByteCounter>,
+    /// Poll interval of the visibility trials.
+    pub interval: Duration,
+    /// Give up on one change after this long.
+    pub deadline: Duration,
+}
+
+/// Visibility latencies (ms) and timeouts, pooled over repetitions.
+#[derive(Clone, Debug, Default)]
+pub struct Visibility {
+    pub create: Vec<f64>,
+    pub modify: Vec<f64>,
+    pub delete: Vec<f64>,
+    /// Changes that hit the deadline: create, modify, delete.
+    pub timeouts: [usize; 3],
+}
+
+/// One burst.
+#[derive(Clone, Debug, Default)]
+pub struct Burst {
+    pub files: usize,
+    /// From the first close to the last close, ms.
+    pub write_ms: f64,
+    /// From the last close until every file was complete on every receiver, ms (None:
+    /// not within the deadline).
+    pub after_last_close_ms: Option<f64>,
+    /// For each file complete on every receiver: ms since the first close, sorted.
+    pub curve_ms: Vec<f64>,
+}
+
+/// The 1 MiB-in-50 MiB scenario.
+#[derive(Clone, Debug, Default)]
+pub struct Bandwidth {
+    /// From the writer's close until every receiver reads the new megabyte, ms.
+    pub visible_ms: f64,
+    /// Bytes counted meanwhile (all receivers together), if measurable.
+    pub bytes: Option<u64>,
+    pub receivers: usize,
+}
+
+/// Creates the directories `rels` on the writer and waits (untimed) until every receiver
+/// has all of them. Directories already there cost nothing, so a system with a long
+/// delay can get all its directories in one go (see [`dirs_for`]).
+pub fn make_dirs(r: &Replica, rels: &[String]) -> Result<()> {
+    for rel in rels {
+        let a = r.writer.join(rel);
+        fs::create_dir_all(&a).with_context(|| format!("create {}", a.display()))?;
+    }
+    poll_until(Instant::now(), Duration::from_millis(1), r.deadline, || {
+        rels.iter()
+            .all(|rel| r.receivers.iter().all(|b| b.join(rel).is_dir()))
+    })
+    .with_context(|| format!("{}: directories never reached the receivers", r.label))?;
     Ok(())
 }
 
-/// Two mounted nodes in `base`; unmounted when the returned guard drops.
-fn cluster(depfs: &Path, base: &Path) -> Result<(Vec<Node>, super::Mounts)> {
-    let mut configs = Vec::new();
-    let ca = base.join("ca");
-    let certs = base.join("certs");
-    run_ok(Command::new(depfs).args(["ca", "init", "--out"]).arg(&ca))?;
-    let ports = [free_port()?, free_port()?];
-    let mut nodes = Vec::new();
-    let mut mounts = super::Mounts(Vec::new());
-    for i in 0..2 {
-        let name = format!("gw{}", i + 1);
-        run_ok(
-            Command::new(depfs)
-                .args(["ca", "issue", "--ca"])
-                .arg(&ca)
-                .args(["--node", &name, "--out"])
-                .arg(&certs),
-        )?;
-        let mountpoint = base.join(format!("mnt{}", i + 1));
-        fs::create_dir(&mountpoint)?;
-        let config = base.join(format!("{name}.toml"));
-        fs::write(
-            &config,
-            format!(
-                "node = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{}\"\npeers = [\"127.0.0.1:{}\"]\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-                base.join(format!("data{}", i + 1)).display(),
-                ports[i],
-                ports[1 - i],
-                ca.join("ca.pem").display(),
-                certs.join(format!("{name}.pem")).display(),
-                certs.join(format!("{name}.key")).display(),
-            ),
-        )?;
-        run_ok(
-            Command::new(depfs)
-                .arg("mount")
-                .arg(&config)
-                .arg(&mountpoint),
-        )?;
-        mounts.0.push(mountpoint.clone());
-        nodes.push(Node {
-            mountpoint,
-            config: config.clone(),
-        });
-        configs.push(config);
+/// The directories the workloads below use for `tags`.
+pub fn dirs_for(tags: &[String]) -> Vec<String> {
+    let mut v = Vec::new();
+    for t in tags {
+        v.push(format!("vis-{t}"));
+        v.push(format!("burst-{t}"));
+        v.extend((0..10).map(|d| format!("burst-{t}/d{d:02}")));
+        v.push(format!("bw-{t}"));
     }
-    Ok((nodes, mounts))
-}
-
-/// Polls `check` until it holds; returns the time it took, or fails after 10 s.
-fn poll(start: Instant, mut check: impl FnMut() -> bool) -> Result<Duration> {
-    loop {
-        if check() {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            bail!("not visible after 10 s");
-        }
-        std::hint::spin_loop();
-    }
-}
-
-/// Incompressible, non-repeating bytes (xorshift), so chunks do not deduplicate.
-fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
-fn content(i: usize, kind: u8) -> Vec<u8> {
-    let mut v = vec![kind; 4096];
-    v[..8].copy_from_slice(&(i as u64).to_le_bytes());
     v
 }
 
-pub fn run(trials: usize, burst: usize, depfs: Option<PathBuf>) -> Result<()> {
-    let depfs = match depfs {
-        Some(p) => p,
-        None => std::env::current_exe()?.with_file_name("depfs"),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix("depfs-bench-repl-")
-        .tempdir_in("/var/tmp")?;
-    let (nodes, _mounts) = cluster(&depfs, tmp.path())?;
-    let (a, b) = (&nodes[0].mountpoint, &nodes[1].mountpoint);
-    // Wait for the connection.
-    fs::write(a.join("warmup"), b"w")?;
-    poll(Instant::now(), || {
-        fs::read(b.join("warmup")).is_ok_and(|c| c == b"w")
-    })?;
+/// Creates `rel` (and waits for it) and returns its path on the writer and receivers.
+fn make_dir(r: &Replica, rel: &str) -> Result<(PathBuf, Vec<PathBuf>)> {
+    make_dirs(r, &[rel.to_string()])?;
+    let bs = r.receivers.iter().map(|b| b.join(rel)).collect();
+    Ok((r.writer.join(rel), bs))
+}
 
-    let mut create = Vec::new();
-    let mut modify = Vec::new();
-    let mut delete = Vec::new();
+/// Polls until `done(receiver)` held for every receiver; time since `start`, or None at
+/// the deadline.
+fn wait_all(
+    r: &Replica,
+    start: Instant,
+    mut done: impl FnMut(&Path) -> bool,
+    bs: &[PathBuf],
+) -> Result<Option<f64>> {
+    let mut pending: Vec<&PathBuf> = bs.iter().collect();
+    loop {
+        pending.retain(|b| !done(b));
+        if pending.is_empty() {
+            return Ok(Some(start.elapsed().as_secs_f64() * 1e3));
+        }
+        if start.elapsed() > r.deadline {
+            return Ok(None);
+        }
+        check_interrupted()?;
+        std::thread::sleep(r.interval);
+    }
+}
+
+/// Runs `trials` create/modify/delete trials in `vis-TAG` and adds them to `v`.
+pub fn visibility(r: &Replica, tag: &str, trials: usize, v: &mut Visibility) -> Result<()> {
+    let rel = format!("vis-{tag}");
+    let (a, bs) = make_dir(r, &rel)?;
     for i in 0..trials {
-        let name = format!("api{i}.xml");
-        let (pa, pb) = (a.join(&name), b.join(&name));
-        let data = content(i, b'c');
-        fs::write(&pa, &data)?; // returns after close
-        let t = Instant::now();
-        create.push(poll(t, || fs::read(&pb).is_ok_and(|c| c == data))?);
-
-        let data = content(i, b'm');
-        fs::write(&pa, &data)?;
-        let t = Instant::now();
-        modify.push(poll(t, || fs::read(&pb).is_ok_and(|c| c == data))?);
-
+        let name = format!("api-{i:04}.xml");
+        let pa = a.join(&name);
+        let salt = tag_seed(tag).wrapping_add(i);
+        for (k, kind) in [b'c', b'm'].into_iter().enumerate() {
+            let data = unique_content(kind, salt, 4096);
+            fs::write(&pa, &data).with_context(|| format!("write {}", pa.display()))?;
+            let t = Instant::now();
+            match wait_all(r, t, |b| has_content(&b.join(&name), &data), &bs)? {
+                Some(ms) => [&mut v.create, &mut v.modify][k].push(ms),
+                None => v.timeouts[k] += 1,
+            }
+        }
         fs::remove_file(&pa)?;
         let t = Instant::now();
-        delete.push(poll(t, || !pb.exists())?);
+        match wait_all(r, t, |b| !b.join(&name).exists(), &bs)? {
+            Some(ms) => v.delete.push(ms),
+            None => v.timeouts[2] += 1,
+        }
     }
+    Ok(())
+}
 
-    fs::create_dir(a.join("burst"))?;
-    for d in 0..10 {
-        fs::create_dir(a.join(format!("burst/d{d}")))?;
-    }
-    poll(Instant::now(), || {
-        (0..10).all(|d| b.join(format!("burst/d{d}")).is_dir())
-    })?;
+/// Writes `files` files of 4 KiB in 10 directories of `burst-TAG` while a poller thread
+/// records when each is complete on every receiver.
+pub fn burst(r: &Replica, tag: &str, files: usize) -> Result<Burst> {
+    let rel = format!("burst-{tag}");
+    let subdirs: Vec<String> = (0..10).map(|d| format!("{rel}/d{d:02}")).collect();
+    let mut all = vec![rel.clone()];
+    all.extend(subdirs);
+    make_dirs(r, &all)?;
+    let salt = tag_seed(tag);
+    let rel_of = move |i: usize| format!("d{:02}/f{i:05}.xml", i % 10);
+    let receivers: Vec<PathBuf> = r.receivers.iter().map(|b| b.join(&rel)).collect();
+    let content = |i: usize| unique_content(b'b', salt.wrapping_add(i), 4096);
+    let a = r.writer.join(&rel);
+    let progress = WriteProgress::default();
+    let mut first_close = None;
     let mut last_close = Instant::now();
-    for i in 0..burst {
-        fs::write(
-            a.join(format!("burst/d{}/f{i}.xml", i % 10)),
-            content(i, b'b'),
-        )?;
-        last_close = Instant::now();
+    let mut write_err = None;
+    let complete = std::thread::scope(|scope| {
+        let poller = scope.spawn(|| {
+            track_arrivals(receivers.len(), files, &progress, r.deadline, |k, i| {
+                has_content(&receivers[k].join(rel_of(i)), &content(i))
+            })
+        });
+        for i in 0..files {
+            let p = a.join(rel_of(i));
+            if let Err(e) = fs::write(&p, content(i)) {
+                write_err = Some(anyhow::Error::new(e).context(format!("write {}", p.display())));
+                break;
+            }
+            last_close = Instant::now();
+            first_close.get_or_insert(last_close);
+            progress.written.store(i + 1, Ordering::Release);
+        }
+        progress.done.store(true, Ordering::Release);
+        poller.join()
+    })
+    .map_err(|_| anyhow::anyhow!("burst poller panicked"))?;
+    if let Some(e) = write_err {
+        return Err(e);
     }
-    let burst_time = poll(last_close, || {
-        (0..burst).all(|i| {
-            fs::read(b.join(format!("burst/d{}/f{i}.xml", i % 10)))
-                .is_ok_and(|c| c == content(i, b'b'))
-        })
-    })?;
+    check_interrupted()?;
+    let first = first_close.unwrap_or(last_close);
+    let mut curve_ms: Vec<f64> = complete
+        .iter()
+        .flatten()
+        .map(|t| t.saturating_duration_since(first).as_secs_f64() * 1e3)
+        .collect();
+    curve_ms.sort_by(|x, y| x.total_cmp(y));
+    let all = complete.iter().all(Option::is_some);
+    let after_last_close_ms = all.then(|| {
+        complete
+            .iter()
+            .flatten()
+            .map(|t| t.saturating_duration_since(last_close).as_secs_f64() * 1e3)
+            .fold(0.0, f64::max)
+    });
+    Ok(Burst {
+        files,
+        write_ms: last_close.duration_since(first).as_secs_f64() * 1e3,
+        after_last_close_ms,
+        curve_ms,
+    })
+}
 
-    // A 1 MiB change in the middle of a 50 MiB file.
-    let big = random_bytes(1, 50 << 20);
-    fs::write(a.join("big.war"), &big)?;
-    poll(Instant::now(), || {
-        fs::metadata(b.join("big.war")).is_ok_and(|m| m.len() == big.len() as u64)
-    })?;
-    poll(Instant::now(), || {
-        fs::read(b.join("big.war")).is_ok_and(|c| c == big)
-    })?;
-    let before = bytes_sent(&depfs, &nodes[0])?;
-    let middle = random_bytes(2, 1 << 20);
+/// How far a writer has got: files written (closed) so far, and whether it is done.
+#[derive(Default)]
+pub struct WriteProgress {
+    pub written: AtomicUsize,
+    pub done: AtomicBool,
+}
+
+/// Records when each of `files` files (in write order) is complete on every one of
+/// `receivers` receivers, while a writer reports its `progress`; `is_there(receiver,
+/// file)` checks one. Stops when all written files are complete, `deadline` after the
+/// writer is done, or on Ctrl-C; None for files never seen complete.
+///
+/// While the writer is still writing, each receiver is read in write order from where
+/// it was last found incomplete, so a pass costs little and the receivers are not
+/// flooded with lookups of files not there yet; a file is counted when it and every
+/// earlier one are complete (a conservative time for systems that deliver out of
+/// order). After the last close every file still missing is checked on every pass.
+pub fn track_arrivals(
+    receivers: usize,
+    files: usize,
+    progress: &WriteProgress,
+    deadline: Duration,
+    is_there: impl Fn(usize, usize) -> bool,
+) -> Vec<Option<Instant>> {
+    let mut seen = vec![vec![false; files]; receivers];
+    let mut done_on = vec![0usize; files];
+    let mut complete: Vec<Option<Instant>> = vec![None; files];
+    let mut cursor = vec![0usize; receivers];
+    let mut end: Option<Instant> = None;
+    let mut found = |k: usize, i: usize, seen: &mut [Vec<bool>]| {
+        if !seen[k][i] {
+            seen[k][i] = true;
+            done_on[i] += 1;
+            if done_on[i] == receivers {
+                complete[i] = Some(Instant::now());
+            }
+        }
+    };
+    loop {
+        if check_interrupted().is_err() {
+            break;
+        }
+        let finished = progress.done.load(Ordering::Acquire);
+        let upto = progress.written.load(Ordering::Acquire).min(files);
+        if finished {
+            let e = *end.get_or_insert_with(Instant::now);
+            let mut all = true;
+            for i in 0..upto {
+                for k in 0..receivers {
+                    if !seen[k][i] {
+                        if is_there(k, i) {
+                            found(k, i, &mut seen);
+                        } else {
+                            all = false;
+                        }
+                    }
+                }
+            }
+            if all || e.elapsed() > deadline {
+                break;
+            }
+        } else {
+            for k in 0..receivers {
+                while cursor[k] < upto && (seen[k][cursor[k]] || is_there(k, cursor[k])) {
+                    found(k, cursor[k], &mut seen);
+                    cursor[k] += 1;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    complete
+}
+
+/// Writes a 50 MiB file of random bytes, waits until every receiver has it, then
+/// rewrites 1 MiB in its middle and measures time and bytes until the receivers read it.
+pub fn bandwidth(r: &Replica, tag: &str) -> Result<Bandwidth> {
+    const SIZE: usize = 50 << 20;
+    const AT: u64 = 25 << 20;
+    let (a, bs) = make_dir(r, &format!("bw-{tag}"))?;
+    let big = Rng::new(0xB16).bytes(SIZE);
+    let pa = a.join("big.war");
+    fs::write(&pa, &big).with_context(|| format!("write {}", pa.display()))?;
+    let t = Instant::now();
+    let long = Duration::from_millis(20);
+    let full = |b: &Path| {
+        let p = b.join("big.war");
+        fs::metadata(&p).is_ok_and(|m| m.len() == SIZE as u64) && has_content(&p, &big)
+    };
+    let mut pending: Vec<&PathBuf> = bs.iter().collect();
+    while !pending.is_empty() {
+        pending.retain(|b| !full(b));
+        if t.elapsed() > r.deadline + Duration::from_secs(60) {
+            bail!("{}: the 50 MiB file never reached the receivers", r.label);
+        }
+        check_interrupted()?;
+        std::thread::sleep(long);
+    }
+    // let the system settle (acknowledgements, rsync children reaped)
+    std::thread::sleep(Duration::from_secs(1));
+    let before = r.bytes.as_ref().map(ByteCounter::read).transpose()?;
+    let middle = Rng::new(0xC4A6E).bytes(1 << 20);
     {
-        use std::os::unix::fs::FileExt;
-        let f = fs::OpenOptions::new().write(true).open(a.join("big.war"))?;
-        f.write_all_at(&middle, 25 << 20)?;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&pa)
+            .with_context(|| format!("open {}", pa.display()))?;
+        f.write_all_at(&middle, AT)?;
     }
     let t = Instant::now();
-    let big_visible = poll(t, || {
-        use std::os::unix::fs::FileExt;
+    // the first and last 4 KiB of the new megabyte first (cheap), then all of it
+    let changed = |b: &Path| {
+        let Ok(f) = fs::File::open(b.join("big.war")) else {
+            return false;
+        };
+        let mut edge = vec![0u8; 4096];
+        let edges_new = f.read_exact_at(&mut edge, AT).is_ok()
+            && edge[..] == middle[..4096]
+            && f.read_exact_at(&mut edge, AT + (1 << 20) - 4096).is_ok()
+            && edge[..] == middle[(1 << 20) - 4096..];
         let mut buf = vec![0u8; 1 << 20];
-        fs::File::open(b.join("big.war"))
-            .and_then(|f| f.read_exact_at(&mut buf, 25 << 20))
-            .is_ok()
-            && buf == middle
-    })?;
-    let big_bytes = bytes_sent(&depfs, &nodes[0])? - before;
+        edges_new && f.read_exact_at(&mut buf, AT).is_ok() && buf == middle
+    };
+    let visible_ms = wait_all(r, t, changed, &bs)?
+        .with_context(|| format!("{}: the changed megabyte never became visible", r.label))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let after = r.bytes.as_ref().map(ByteCounter::read).transpose()?;
+    Ok(Bandwidth {
+        visible_ms,
+        bytes: before.zip(after).map(|(b, a)| a.saturating_sub(b)),
+        receivers: bs.len(),
+    })
+}
 
-    println!("Replication on loopback: 2 nodes, {trials} trials per row, 4 KiB files; from the writer's close returning to complete content read on the other node.\n");
-    println!("| change | p50 ms | p99 ms | max ms |");
-    println!("|---|---:|---:|---:|");
-    for (label, mut v) in [("create", create), ("modify", modify), ("delete", delete)] {
-        v.sort();
-        println!(
-            "| {label} | {:.2} | {:.2} | {:.2} |",
-            percentile(&v, 0.5),
-            percentile(&v, 0.99),
-            percentile(&v, 1.0)
-        );
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A "replica" whose receiver is the writer itself: everything is visible at once.
+    #[test]
+    fn workloads_run_on_a_loopback_replica() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = Replica {
+            label: "same dir".into(),
+            writer: tmp.path().to_path_buf(),
+            receivers: vec![tmp.path().to_path_buf()],
+            bytes: None,
+            interval: Duration::from_micros(100),
+            deadline: Duration::from_secs(5),
+        };
+        let mut v = Visibility::default();
+        visibility(&r, "t", 3, &mut v).unwrap();
+        assert_eq!((v.create.len(), v.modify.len(), v.delete.len()), (3, 3, 3));
+        let b = burst(&r, "t", 50).unwrap();
+        assert_eq!(b.curve_ms.len(), 50);
+        assert!(b.after_last_close_ms.is_some());
     }
-    println!(
-        "\nA 1 MiB change in the middle of a 50 MiB file: visible on the other node {:.1} ms after close, {} bytes sent.",
-        big_visible.as_secs_f64() * 1000.0,
-        big_bytes
-    );
-    println!("\nBurst: {burst} files of 4 KiB in 10 directories, all correct on the other node {:.0} ms after the last close.", burst_time.as_secs_f64() * 1000.0);
-    Ok(())
 }
