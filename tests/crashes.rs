@@ -65,9 +65,37 @@ fn assert_verifies(node: &Node) {
     );
 }
 
+/// Closes `file`, reporting the error `close` returns (which `File`'s drop ignores):
+/// depfs publishes on close.
+fn close(file: std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = file.into_raw_fd();
+    // SAFETY: `fd` was just taken from the `File`, which no longer owns it.
+    if unsafe { libc::close(fd) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Writes the burst on `writer` from a thread; returns the count of acknowledged files
 /// (whose close returned) as it grows.
 fn start_burst(writer: &Node, seed: u64) -> (Arc<AtomicUsize>, std::thread::JoinHandle<()>) {
+    start_burst_acked_by(writer, seed, Ack::Fsync)
+}
+
+/// What acknowledges a write: `close` alone (the daemon must survive its own crash)
+/// or `fsync` then `close`.
+#[derive(Clone, Copy)]
+enum Ack {
+    Close,
+    Fsync,
+}
+
+fn start_burst_acked_by(
+    writer: &Node,
+    seed: u64,
+    ack: Ack,
+) -> (Arc<AtomicUsize>, std::thread::JoinHandle<()>) {
     for d in 0..20 {
         std::fs::create_dir_all(writer.path(&format!("d{d:02}"))).unwrap();
     }
@@ -78,8 +106,10 @@ fn start_burst(writer: &Node, seed: u64) -> (Arc<AtomicUsize>, std::thread::Join
         for i in 0..BURST {
             let result = std::fs::File::create(root.join(name(i))).and_then(|mut f| {
                 f.write_all(&content(seed, i))?;
-                // close: errors of the final flush are reported by sync_all here.
-                f.sync_all()
+                if let Ack::Fsync = ack {
+                    f.sync_all()?;
+                }
+                close(f)
             });
             if result.is_err() {
                 return;
@@ -92,11 +122,23 @@ fn start_burst(writer: &Node, seed: u64) -> (Arc<AtomicUsize>, std::thread::Join
 
 #[test]
 fn killing_the_writer_mid_burst_loses_nothing_acknowledged() {
-    let seed = 0xb0b5_0001;
+    kill_writer_mid_burst(0xb0b5_0001, Ack::Fsync);
+}
+
+/// `close` is the acknowledgement depfs gives (publish on close): a daemon killed right
+/// after it must still have the file.
+#[test]
+fn killing_the_writer_mid_burst_loses_nothing_closed() {
+    for round in 0..3 {
+        kill_writer_mid_burst(0xc105_0000 + round, Ack::Close);
+    }
+}
+
+fn kill_writer_mid_burst(seed: u64, ack: Ack) {
     let c = Cluster::new(2);
     c.mount_all();
     let (a, b) = (&c.nodes[0], &c.nodes[1]);
-    let (acked, thread) = start_burst(a, seed);
+    let (acked, thread) = start_burst_acked_by(a, seed, ack);
     assert!(wait_until(T, || acked.load(Ordering::SeqCst) >= 300));
     a.kill9();
     thread.join().unwrap();

@@ -173,3 +173,32 @@ fn flapping_links_under_writes_converge_without_loss() {
         assert_eq!(conflicts(node), 0, "{} (seed {seed})", node.name);
     }
 }
+
+/// A delete made while a peer is cut off must reach it after the writer restarts: the
+/// tombstone may be collected only once every peer acknowledged it, and a restarted
+/// daemon knows its peers only by address until they connect. (It once collected every
+/// tombstone at its first tick, so the cut-off peer kept the deleted file for ever.)
+#[test]
+fn a_delete_made_during_a_partition_survives_a_restart_of_its_writer() {
+    let c = Cluster::partitionable(2, "");
+    c.mount_all();
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    std::fs::write(a.path("doomed.xml"), b"soon deleted").unwrap();
+    std::fs::write(a.path("kept.xml"), b"stays").unwrap();
+    assert!(b.wait_for("doomed.xml", b"soon deleted", T));
+    c.isolate(1, true);
+    std::fs::remove_file(a.path("doomed.xml")).unwrap();
+    a.kill9();
+    a.mount();
+    // The restarted writer runs its first tombstone collection while b is unreachable.
+    assert!(wait_until(Duration::from_secs(5), || a.status()
+        ["uptime_s"]
+        .as_u64()
+        .is_some_and(|s| s >= 2)));
+    c.isolate(1, false);
+    assert!(
+        wait_until(T, || !b.path("doomed.xml").exists()),
+        "the delete never reached the node that was cut off"
+    );
+    assert!(b.path("kept.xml").exists());
+}

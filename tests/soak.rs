@@ -1,10 +1,12 @@
 //! The soak (issue 8): three nodes, a seeded random multi-writer workload, `kill -9`s
 //! and partitions at random times, then a convergence and no-loss check.
 //!
-//! CI runs it for 20 seconds with partitions only. A real soak, with kills:
+//! CI runs it for 20 seconds. A real soak (`DEPFS_SOAK_KILLS=0` leaves the kills out,
+//! `DEPFS_SOAK_NODES` changes the cluster size, `DEPFS_SOAK_KEEP=DIR` keeps the daemons'
+//! logs of a failed run):
 //!
 //! ```text
-//! DEPFS_SOAK_KILLS=1 DEPFS_SOAK_SECS=600 DEPFS_SOAK_SEED=7 cargo test -p depfs --test soak -- --nocapture
+//! DEPFS_SOAK_SECS=600 DEPFS_SOAK_SEED=7 cargo test -p depfs --test soak -- --nocapture
 //! ```
 //!
 //! It prints one summary line (operations, faults injected, data lost) and fails — with
@@ -23,8 +25,6 @@ use std::time::{Duration, Instant};
 
 use common::{depfs, wait_until, Cluster, Node};
 use rand::{Rng, SeedableRng};
-
-const NODES: usize = 3;
 
 /// What a path may hold, from what its single writer did: after an acknowledged
 /// operation exactly its result; an operation whose outcome is unknown (the daemon died
@@ -77,7 +77,10 @@ fn snapshot(node: &Node) -> BTreeMap<String, Vec<u8>> {
                 .into_owned();
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 walk(root, &path, out);
-            } else if let Ok(bytes) = std::fs::read(&path) {
+            } else {
+                // A file that is listed but cannot be read shows as its error.
+                let bytes = std::fs::read(&path)
+                    .unwrap_or_else(|e| format!("<read error: {e}>").into_bytes());
                 out.insert(rel, bytes);
             }
         }
@@ -97,6 +100,23 @@ fn content(rng: &mut impl Rng, tag: &str) -> Vec<u8> {
     let mut data = format!("{tag}\n").into_bytes();
     data.resize(len, b'x' + (len % 7) as u8);
     data
+}
+
+/// `std::fs::write`, but acknowledged only once `close` succeeded: depfs publishes on
+/// close, and `std::fs::File`'s drop ignores the result of `close`, so a daemon killed
+/// between the last `write` and the publish would otherwise look like an acknowledged
+/// write.
+fn write_acknowledged(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::IntoRawFd;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(body)?;
+    let fd = file.into_raw_fd();
+    // SAFETY: `fd` was just taken from the `File`, which no longer owns it.
+    if unsafe { libc::close(fd) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Paths under a mount reached through a descriptor of its root.
@@ -158,7 +178,7 @@ fn writer(
                 .insert(body.clone());
             drop(l);
             let _ = std::fs::create_dir_all(node.path("shared"));
-            if std::fs::write(node.path(&name), &body).is_ok() {
+            if write_acknowledged(&node.path(&name), &body).is_ok() {
                 ledger.lock().unwrap().acked += 1;
             } else {
                 root = None;
@@ -171,7 +191,7 @@ fn writer(
         // (path, state it gets) for each effect of the operation.
         let (effects, result): (Effects, std::io::Result<()>) = if roll < 75 || !exists {
             let body = content(&mut rng, &format!("{name} op {n}"));
-            let r = std::fs::write(node.path(&name), &body);
+            let r = write_acknowledged(&node.path(&name), &body);
             (vec![(name, vec![Some(body)])], r)
         } else if roll < 90 {
             let r = std::fs::remove_file(node.path(&name));
@@ -228,16 +248,17 @@ fn soak_with_kills_and_partitions_loses_nothing() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
-    // Kills are opt-in for now: with them, about one 20 s run in four ends with one
-    // acknowledged write replaced by the same writer's previous version (see
-    // docs/reliability.md, "Soak"); partitions alone always pass.
-    let kills_enabled = std::env::var("DEPFS_SOAK_KILLS").is_ok_and(|v| v == "1");
-    let c = Arc::new(Cluster::partitionable(NODES, ""));
+    let nodes: usize = std::env::var("DEPFS_SOAK_NODES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let kills_enabled = std::env::var("DEPFS_SOAK_KILLS").map_or(true, |v| v != "0");
+    let c = Arc::new(Cluster::partitionable(nodes, ""));
     c.mount_all();
-    let up: Arc<Vec<AtomicBool>> = Arc::new((0..NODES).map(|_| AtomicBool::new(true)).collect());
+    let up: Arc<Vec<AtomicBool>> = Arc::new((0..nodes).map(|_| AtomicBool::new(true)).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let writers: Vec<_> = (0..NODES)
+    let writers: Vec<_> = (0..nodes)
         .map(|i| {
             let (c, up, stop, ledger) = (c.clone(), up.clone(), stop.clone(), ledger.clone());
             std::thread::spawn(move || writer(i, seed, c, up, stop, ledger))
@@ -251,7 +272,7 @@ fn soak_with_kills_and_partitions_loses_nothing() {
     while start.elapsed() < Duration::from_secs(secs) {
         // A fault every 2-5 s (the pause lets the workload run between faults).
         std::thread::sleep(Duration::from_millis(rng.gen_range(2000..5000)));
-        let victim = rng.gen_range(0..NODES);
+        let victim = rng.gen_range(0..nodes);
         if kills_enabled && rng.gen_bool(0.5) {
             up[victim].store(false, Ordering::SeqCst);
             c.nodes[victim].kill9();
@@ -269,7 +290,7 @@ fn soak_with_kills_and_partitions_loses_nothing() {
     for w in writers {
         w.join().unwrap();
     }
-    for i in 0..NODES {
+    for i in 0..nodes {
         c.isolate(i, false);
     }
 
@@ -277,10 +298,95 @@ fn soak_with_kills_and_partitions_loses_nothing() {
         let first = snapshot(&c.nodes[0]);
         c.nodes[1..].iter().all(|n| snapshot(n) == first)
     });
-    assert!(
-        converged,
-        "no convergence (seed {seed}, DEPFS_SOAK_SEED={seed})"
-    );
+    if !converged {
+        for n in &c.nodes {
+            let out = depfs(&["verify", "--config", n.config.to_str().unwrap()]);
+            eprintln!(
+                "{} verify: {}{}",
+                n.name,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if let Ok(keep) = std::env::var("DEPFS_SOAK_KEEP") {
+            for n in &c.nodes {
+                let _ = std::fs::copy(
+                    n.data_dir.join("depfs.log"),
+                    format!("{keep}/{}.log", n.name),
+                );
+            }
+        }
+        // Say what differs and what each node thinks, for the post-mortem.
+        let first = snapshot(&c.nodes[0]);
+        for n in &c.nodes[1..] {
+            let other = snapshot(n);
+            let differing: Vec<&String> = first
+                .keys()
+                .chain(other.keys())
+                .filter(|k| first.get(*k) != other.get(*k))
+                .take(10)
+                .collect();
+            eprintln!(
+                "{} differs from {} at {differing:?}",
+                n.name, c.nodes[0].name
+            );
+            let head = |b: Option<&Vec<u8>>| {
+                b.map(|b| String::from_utf8_lossy(&b[..b.len().min(40)]).into_owned())
+            };
+            for k in differing.iter().take(3) {
+                let expected: Vec<Option<String>> = ledger
+                    .lock()
+                    .unwrap()
+                    .own
+                    .get(*k)
+                    .map(|e| e.possible.iter().map(|s| head(s.as_ref())).collect())
+                    .unwrap_or_default();
+                eprintln!(
+                    "  {k}: {} holds {:?}, {} holds {:?}, the writer expects {expected:?}",
+                    c.nodes[0].name,
+                    head(first.get(*k)),
+                    n.name,
+                    head(other.get(*k))
+                );
+            }
+        }
+        let suspects: Vec<String> = {
+            let first = snapshot(&c.nodes[0]);
+            let last = snapshot(&c.nodes[c.nodes.len() - 1]);
+            first
+                .keys()
+                .chain(last.keys())
+                .filter(|k| first.get(*k) != last.get(*k))
+                .take(3)
+                .map(|k| format!("/{k}"))
+                .collect()
+        };
+        for n in &c.nodes {
+            let log = depfs(&[
+                "log",
+                "--config",
+                n.config.to_str().unwrap(),
+                "-n",
+                "1000000",
+            ]);
+            for line in String::from_utf8_lossy(&log.stdout).lines() {
+                if suspects.iter().any(|s| line.ends_with(s.as_str())) {
+                    eprintln!("{} change log: {line}", n.name);
+                }
+            }
+        }
+        for n in &c.nodes {
+            eprintln!("{}: {}", n.name, n.status());
+            let log = std::fs::read_to_string(n.data_dir.join("depfs.log")).unwrap_or_default();
+            for line in log
+                .lines()
+                .filter(|l| l.contains("ERROR") || l.contains("WARN") || l.contains("store opened"))
+            {
+                eprintln!("{} log: {line}", n.name);
+            }
+        }
+        panic!("no convergence (seed {seed}, DEPFS_SOAK_SEED={seed})");
+    }
     let tree = snapshot(&c.nodes[0]);
     let ledger = ledger.lock().unwrap();
     let mut lost = Vec::new();
@@ -322,7 +428,7 @@ fn soak_with_kills_and_partitions_loses_nothing() {
         .map(|n| n.status()["conflicts"].as_u64().unwrap())
         .collect();
     println!(
-        "soak: seed {seed}, {secs} s, 3 nodes: {} operations ({} acknowledged), {} files at the end, \
+        "soak: seed {seed}, {secs} s, {nodes} nodes: {} operations ({} acknowledged), {} files at the end, \
          faults: {} kill -9, {partitions} partitions; conflicts {:?}; data lost: {}",
         ledger.ops,
         ledger.acked,

@@ -522,9 +522,10 @@ fn log(config: Option<PathBuf>, limit: u64, follow: bool) -> Result<()> {
             }
             for op in e["ops"].as_array().into_iter().flatten() {
                 println!(
-                    "{}  {:<10} {:<10} {}",
+                    "{}  {:<10} {:<14} {:<10} {}",
                     e["time_ms"],
                     e["node"].as_str().unwrap_or(""),
+                    change,
                     op["op"].as_str().unwrap_or(""),
                     op["path"].as_str().unwrap_or("")
                 );

@@ -193,6 +193,10 @@ pub struct Replica {
     config: ReplicaConfig,
     peers: BTreeMap<NodeName, Peer>,
     configured: Vec<NodeName>,
+    /// How many peers the configuration lists (by address: their names are learned when
+    /// they connect). Tombstones are collected only once at least this many peers are
+    /// known by name.
+    expected_peers: usize,
     last_gc_ms: u64,
     mode: Mode,
     /// The role each connected peer's certificate allows.
@@ -227,6 +231,7 @@ impl Replica {
             store,
             config,
             peers: BTreeMap::new(),
+            expected_peers: configured.len(),
             configured,
             last_gc_ms: 0,
             mode: Mode::MultiWriter,
@@ -234,6 +239,14 @@ impl Replica {
             repair_turn: 0,
             counters: Counters::default(),
         }
+    }
+
+    /// The configuration lists `n` peers, whose names are not known yet: no tombstone
+    /// is collected before `n` peers have been heard from (a peer never heard from may
+    /// still hold what the tombstone deleted).
+    pub fn expecting_peers(mut self, n: usize) -> Self {
+        self.expected_peers = self.expected_peers.max(n);
+        self
     }
 
     /// Sets who may write (multi-writer by default).
@@ -493,9 +506,25 @@ impl Replica {
         self.ask_for_damaged_chunks(&mut out)?;
         if now_ms.saturating_sub(self.last_gc_ms) >= self.config.gc_every_ms {
             self.last_gc_ms = now_ms;
-            self.store.collect_tombstones(&self.configured)?;
+            self.collect_tombstones()?;
         }
         Ok(out)
+    }
+
+    /// Deletes the tombstones every peer has acknowledged. The peers are every node this
+    /// one has ever heard from (their acknowledgements are in the store), the configured
+    /// ones and the connected ones; while fewer are known than the configuration lists,
+    /// nothing is collected. A peer that never acknowledged counts as having nothing.
+    fn collect_tombstones(&mut self) -> Result<usize, StoreError> {
+        let mut peers: BTreeSet<NodeName> = self.store.acked_peers()?.into_iter().collect();
+        peers.extend(self.configured.iter().cloned());
+        peers.extend(self.peers.keys().cloned());
+        peers.remove(self.store.node());
+        if peers.len() < self.expected_peers {
+            return Ok(0);
+        }
+        let peers: Vec<NodeName> = peers.into_iter().collect();
+        self.store.collect_tombstones(&peers)
     }
 
     /// Chunks found corrupt on disk are asked for again, from one connected peer per
@@ -543,6 +572,7 @@ impl Replica {
         let mut out = Vec::new();
         match msg {
             Message::Hello { node, vv, lead } => {
+                tracing::debug!(peer = %from, ?vv, "hello received");
                 if &node != from {
                     return Err(ReplicaError::Protocol {
                         peer: from.clone(),
@@ -550,6 +580,11 @@ impl Replica {
                     });
                 }
                 self.leadership_claim(from, lead, now_ms, &mut out)?;
+                let own = self.store.node().clone();
+                let (theirs, ours) = (vv.get(&own), self.store.own_seq());
+                if theirs > ours {
+                    tracing::error!(peer = %from, theirs, ours, "the peer has changes this node made that its store lost");
+                }
                 self.store.set_peer_acked(from, &vv).map_err(store_err)?;
                 if let Some(p) = self.peers.get_mut(from) {
                     p.known = Some(vv);
@@ -585,6 +620,7 @@ impl Replica {
                         what: "progress on a part that is not the last".into(),
                     });
                 }
+                tracing::debug!(peer = %from, batch, part, last, ?base, ?upto, dots = ?changes.iter().map(|c| c.dot.to_string()).collect::<Vec<_>>(), "changes received");
                 let Some(changes) = self.admissible(from, changes).map_err(store_err)? else {
                     // No manager known yet: nothing is applied; the peer resends after
                     // our next Hello. The acknowledgement keeps its window open.
@@ -741,6 +777,7 @@ impl Replica {
                 done
             });
             let progress = complete.as_ref().map(|(b, u)| (b, u));
+            tracing::debug!(peer = %from, batch = w.batch, part = w.part, complete = complete.is_some(), vv = ?self.store.version_vector(), "applying");
             let applied = match self.store.apply_remote(&w.changes, progress, now_ms) {
                 Ok(a) => a,
                 Err(StoreError::Malformed(what)) => {

@@ -240,8 +240,9 @@ impl Service {
             next_conn: AtomicU64::new(1),
         });
 
-        let replica =
-            Replica::new(store, Vec::new(), config.replica.clone()).with_mode(config.mode);
+        let replica = Replica::new(store, Vec::new(), config.replica.clone())
+            .expecting_peers(config.peers.len())
+            .with_mode(config.mode);
         let thread_shared = shared.clone();
         let tick = Duration::from_millis(config.replica.hello_every_ms.clamp(50, 1000) / 2);
         let thread = std::thread::Builder::new()

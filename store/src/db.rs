@@ -87,6 +87,7 @@ pub(crate) fn init(
         })?,
         None => depfs_proto::Leadership::default(),
     };
+    tracing::info!(seq = state.seq, vv = ?state.vv, "store opened");
     let writer = Writer {
         clock: HlcClock::new(state.hlc, options.max_clock_drift_ms),
         seq: state.seq,
@@ -102,6 +103,7 @@ pub(crate) fn init(
         commit_hook: parking_lot::RwLock::new(None),
         min_free_bytes: options.min_free_bytes,
         lead: parking_lot::RwLock::new(lead),
+        seq_at_open: state.seq,
         _lock: lock,
     })
 }

@@ -278,6 +278,27 @@ impl Store {
         Ok(merged)
     }
 
+    /// Every peer that has acknowledged progress to this node, ever.
+    pub fn acked_peers(&self) -> Result<Vec<NodeName>> {
+        let db = &self.inner.db;
+        let mut peers = Vec::new();
+        let start = IteratorMode::From(META_ACKED_PREFIX, Direction::Forward);
+        for item in db.iterator_cf(cf(db, CF_META), start) {
+            let (key, _) = item?;
+            let Some(name) = key.strip_prefix(META_ACKED_PREFIX) else {
+                break;
+            };
+            let name = std::str::from_utf8(name)
+                .ok()
+                .and_then(|n| NodeName::new(n).ok())
+                .ok_or_else(|| {
+                    StoreError::Malformed(format!("meta key {key:?} names no valid node"))
+                })?;
+            peers.push(name);
+        }
+        Ok(peers)
+    }
+
     /// The progress `peer` last acknowledged.
     pub fn peer_acked(&self, peer: &NodeName) -> Result<VersionVector> {
         let db = &self.inner.db;

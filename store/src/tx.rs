@@ -107,6 +107,11 @@ impl Store {
     pub fn version_vector(&self) -> VersionVector {
         self.inner.writer.lock().vv.clone()
     }
+
+    /// The sequence number of this node's last local change.
+    pub fn own_seq(&self) -> u64 {
+        self.inner.writer.lock().seq
+    }
 }
 
 impl<'a> Tx<'a> {
