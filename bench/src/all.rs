@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::machine::Machine;
-use crate::replication::{self, ByteCounter, Replica, Visibility};
+use crate::replication::{self, ByteCounter, DepfsNodes, Replica, Visibility};
 use crate::results::*;
 use crate::systems::{self, DepfsNode, Mount, ScriptSystem, Workspace};
 use crate::tree::{self, Tree};
@@ -17,13 +17,15 @@ use crate::util::{
     check_interrupted, install_interrupt_handler, progress, run_captured, unique_content, Rng,
 };
 use crate::workloads::{self, LocalParams, LocalRun};
-use crate::{charts, report};
+use crate::{charts, raw, report};
 
 /// Options of `depfs-bench all`.
 pub struct AllArgs {
     pub quick: bool,
     pub out: PathBuf,
     pub charts: PathBuf,
+    /// The raw figures as JSON (docs/bench/results.json).
+    pub json: PathBuf,
     pub depfs: PathBuf,
     pub systems: PathBuf,
     pub base: Option<PathBuf>,
@@ -61,6 +63,9 @@ impl Params {
 /// The largest deployment tree (in APIs) written on GlusterFS.
 const GLUSTER_TREE_MAX: usize = 1000;
 
+/// How long a replicated system gets to make a deployment tree complete on the others.
+const TREE_DEADLINE: Duration = Duration::from_secs(300);
+
 /// How many trials and bursts a replicated system gets per repetition.
 struct Plan {
     trials_per_rep: usize,
@@ -76,6 +81,9 @@ struct Running {
     nfs: Option<(ScriptSystem, String, PathBuf)>,
     depfs1: DepfsNode,
     depfs3: Vec<DepfsNode>,
+    /// Mounted for the replication phase only (after the local operations, stopped
+    /// before the deployment trees).
+    depfs5: Option<Vec<DepfsNode>>,
     lsyncd_tuned: Option<(ScriptSystem, PathBuf, PathBuf)>,
     lsyncd_default: Option<(ScriptSystem, PathBuf, PathBuf)>,
     gluster: Option<(ScriptSystem, PathBuf, PathBuf)>,
@@ -117,10 +125,18 @@ pub fn run(args: AllArgs) -> Result<()> {
     let (local, repl, trees, memory) = {
         let ws = Workspace::new(args.base.as_deref(), args.systems.clone())?;
         progress(format!("working in {}", ws.base.display()));
-        let running = setup(&ws, &args.depfs, &params, &mut skipped)?;
+        let mut running = setup(&ws, &args.depfs, &params, &mut skipped)?;
         let local = local_phase(&running, &params, &mut skipped)?;
+        // five nodes only for the replication phase: not idling through the others
+        progress("mounting depfs, 5 nodes on loopback");
+        running.depfs5 = soft(
+            systems::depfs_cluster(&args.depfs, &ws.base.join("depfs5"), 5),
+            DEPFS5,
+            &mut skipped,
+        )?;
         let repl = repl_phase(&running, &args.depfs, &params, &mut skipped)?;
-        let trees = tree_phase(&running, &params, &mut skipped)?;
+        drop(running.depfs5.take());
+        let trees = tree_phase(&running, &ws, &params, &mut skipped)?;
         drop(running);
         let memory = soft(
             memory_phase(&ws, &args.depfs, params.rss_files),
@@ -143,12 +159,14 @@ pub fn run(args: AllArgs) -> Result<()> {
     };
     progress("writing the report and charts");
     charts::write_all(&results, &args.charts)?;
-    report::write(&results, &args.out, &args.charts)?;
+    report::write(&results, &args.out, &args.charts, &args.json)?;
+    raw::write(&results, &args.json)?;
     progress(format!(
-        "done in {:.0} s: {} and {}",
+        "done in {:.0} s: {}, {} and {}",
         results.wall_s,
         args.out.display(),
-        args.charts.display()
+        args.charts.display(),
+        args.json.display()
     ));
     Ok(())
 }
@@ -226,6 +244,7 @@ fn setup(
         nfs,
         depfs1,
         depfs3,
+        depfs5: None,
         lsyncd_tuned,
         lsyncd_default,
         gluster,
@@ -311,27 +330,46 @@ fn repl_phase(
     let reps = p.repl_reps;
     let per_rep = |total: usize| total.div_ceil(reps);
     let mut set: Vec<(Replica, Plan, String)> = Vec::new();
-    let d3 = &r.depfs3;
-    set.push((
-        Replica {
-            label: DEPFS3.into(),
-            writer: d3[0].root().to_path_buf(),
-            receivers: d3[1..].iter().map(|n| n.root().to_path_buf()).collect(),
-            bytes: Some(ByteCounter::Depfs {
-                depfs: depfs.to_path_buf(),
-                config: d3[0].config.clone(),
-            }),
-            interval,
-            deadline: Duration::from_secs(30),
-        },
-        Plan {
-            trials_per_rep: per_rep(if p.quick { 40 } else { 200 }),
-            burst_reps: reps,
-            bandwidth: true,
-            warmup: true,
-        },
-        "`bytes_sent` to both peers in `depfs status --json` of the writing node (every frame, protocol included)".into(),
-    ));
+    let clusters = [(DEPFS3, Some(&r.depfs3)), (DEPFS5, r.depfs5.as_ref())];
+    for (label, nodes) in clusters {
+        let Some(nodes) = nodes else { continue };
+        set.push((
+            Replica {
+                label: label.into(),
+                writer: nodes[0].root().to_path_buf(),
+                receivers: nodes[1..].iter().map(|n| n.root().to_path_buf()).collect(),
+                bytes: Some(ByteCounter::Depfs {
+                    depfs: depfs.to_path_buf(),
+                    config: nodes[0].config.clone(),
+                }),
+                interval,
+                deadline: Duration::from_secs(30),
+                // all of them or none (a partial sum would mislead)
+                daemons: nodes
+                    .iter()
+                    .map(|n| n.mount.daemon_pid)
+                    .collect::<Option<Vec<u32>>>()
+                    .unwrap_or_default(),
+                nodes: Some(DepfsNodes {
+                    depfs: depfs.to_path_buf(),
+                    configs: nodes.iter().map(|n| n.config.clone()).collect(),
+                }),
+            },
+            Plan {
+                trials_per_rep: per_rep(if p.quick { 40 } else { 200 }),
+                burst_reps: reps,
+                bandwidth: true,
+                warmup: true,
+            },
+            format!(
+                "`bytes_sent` to {} in `depfs status --json` of the writing node (every frame, protocol included)",
+                match nodes.len() - 1 {
+                    2 => "both peers".to_string(),
+                    n => format!("all {n} peers"),
+                }
+            ),
+        ));
+    }
     if let Some((g, src, dst)) = &r.lsyncd_tuned {
         let pid = g.pid_file("lsyncd.pid");
         set.push((
@@ -345,6 +383,8 @@ fn repl_phase(
                 }),
                 interval,
                 deadline: Duration::from_secs(30),
+                daemons: Vec::new(),
+                nodes: None,
             },
             Plan {
                 trials_per_rep: per_rep(if p.quick { 10 } else { 30 }),
@@ -364,6 +404,8 @@ fn repl_phase(
                 bytes: None,
                 interval: Duration::from_millis(1),
                 deadline: Duration::from_secs(60),
+                daemons: Vec::new(),
+                nodes: None,
             },
             Plan {
                 trials_per_rep: 1,
@@ -387,6 +429,8 @@ fn repl_phase(
                 }),
                 interval,
                 deadline: Duration::from_secs(30),
+                daemons: Vec::new(),
+                nodes: None,
             },
             Plan {
                 trials_per_rep: per_rep(if p.quick { 6 } else { 21 }),
@@ -481,6 +525,7 @@ fn label_of(s: &str) -> &'static str {
         NFS,
         DEPFS1,
         DEPFS3,
+        DEPFS5,
         LSYNCD_TUNED,
         LSYNCD_DEFAULT,
         GLUSTER,
@@ -490,27 +535,56 @@ fn label_of(s: &str) -> &'static str {
     .unwrap_or("?")
 }
 
-fn tree_phase(r: &Running, p: &Params, skipped: &mut Vec<String>) -> Result<Vec<TreeResult>> {
-    // (label, writer root, receiver roots)
-    let mut targets: Vec<(&'static str, PathBuf, Vec<PathBuf>)> =
-        vec![(NATIVE, r.native.clone(), vec![])];
+/// Where the deployment tree is written.
+enum TreeTarget {
+    /// A directory, and the directories it replicates to (none: not replicated).
+    Dir {
+        writer: PathBuf,
+        receivers: Vec<PathBuf>,
+    },
+    /// NFS: `nfsbench -w tree` copies a local copy of the tree (written untimed).
+    Nfs { bin: PathBuf, url: String },
+}
+
+fn tree_phase(
+    r: &Running,
+    ws: &Workspace,
+    p: &Params,
+    skipped: &mut Vec<String>,
+) -> Result<Vec<TreeResult>> {
+    let dir = |writer: &Path, receivers: Vec<PathBuf>| TreeTarget::Dir {
+        writer: writer.to_path_buf(),
+        receivers,
+    };
+    let mut targets: Vec<(&'static str, TreeTarget)> = vec![(NATIVE, dir(&r.native, vec![]))];
     if let Some((_, m)) = &r.bindfs {
-        targets.push((BINDFS, m.clone(), vec![]));
+        targets.push((BINDFS, dir(m, vec![])));
     }
-    targets.push((DEPFS1, r.depfs1.root().to_path_buf(), vec![]));
+    if let Some((_, url, bin)) = &r.nfs {
+        targets.push((
+            NFS,
+            TreeTarget::Nfs {
+                bin: bin.clone(),
+                url: url.clone(),
+            },
+        ));
+    }
+    targets.push((DEPFS1, dir(r.depfs1.root(), vec![])));
     targets.push((
         DEPFS3,
-        r.depfs3[0].root().to_path_buf(),
-        r.depfs3[1..]
-            .iter()
-            .map(|n| n.root().to_path_buf())
-            .collect(),
+        dir(
+            r.depfs3[0].root(),
+            r.depfs3[1..]
+                .iter()
+                .map(|n| n.root().to_path_buf())
+                .collect(),
+        ),
     ));
     if let Some((_, s, d)) = &r.lsyncd_tuned {
-        targets.push((LSYNCD_TUNED, s.clone(), vec![d.clone()]));
+        targets.push((LSYNCD_TUNED, dir(s, vec![d.clone()])));
     }
     if let Some((_, m1, m2)) = &r.gluster {
-        targets.push((GLUSTER, m1.clone(), vec![m2.clone()]));
+        targets.push((GLUSTER, dir(m1, vec![m2.clone()])));
     }
     let mut out = Vec::new();
     for (ni, &apis) in p.apis.iter().enumerate() {
@@ -549,13 +623,13 @@ fn tree_phase(r: &Running, p: &Params, skipped: &mut Vec<String>) -> Result<Vec<
         // lsyncd at its default delay: once, at the smallest size, in the full run only
         if ni == 0 {
             if let Some((_, s, d)) = &r.lsyncd_default {
-                targets.push((LSYNCD_DEFAULT, s.clone(), vec![d.clone()]));
+                targets.push((LSYNCD_DEFAULT, dir(s, vec![d.clone()])));
                 order.push(targets.len() - 1);
             }
         }
         for i in order {
             check_interrupted()?;
-            let (label, writer, receivers) = &targets[i];
+            let (label, target) = &targets[i];
             progress(format!(
                 "deployment tree, {apis} APIs ({} files, {:.0} MB): {label}",
                 res.files,
@@ -563,22 +637,45 @@ fn tree_phase(r: &Running, p: &Params, skipped: &mut Vec<String>) -> Result<Vec<
             ));
             let name = format!("tree-{apis}");
             let row = (|| -> Result<TreeRow> {
-                let root = writer.join(&name);
-                let (write, converge_s) = if receivers.is_empty() {
-                    (tree::write(&tree, &root)?, None)
-                } else {
-                    let rs: Vec<PathBuf> = receivers.iter().map(|d| d.join(&name)).collect();
-                    let (w, c) =
-                        tree::write_replicated(&tree, &root, &rs, Duration::from_secs(300))?;
-                    (w, Some(c))
-                };
-                let read = tree::read_back(&tree, &writer.join(&name))?;
-                Ok(TreeRow {
-                    label,
-                    write_s: write.as_secs_f64(),
-                    read_s: read.as_secs_f64(),
-                    converge_s,
-                })
+                match target {
+                    TreeTarget::Dir { writer, receivers } => {
+                        let root = writer.join(&name);
+                        let (write, converge) = if receivers.is_empty() {
+                            (tree::write(&tree, &root)?, Converge::NotReplicated)
+                        } else {
+                            let rs: Vec<PathBuf> =
+                                receivers.iter().map(|d| d.join(&name)).collect();
+                            let (w, c) = tree::write_replicated(&tree, &root, &rs, TREE_DEADLINE)?;
+                            let c = c.map_or(
+                                Converge::NotWithin(TREE_DEADLINE.as_secs_f64()),
+                                Converge::After,
+                            );
+                            (w, c)
+                        };
+                        let read = tree::read_back(&tree, &root)?;
+                        Ok(TreeRow {
+                            label,
+                            write_s: write.as_secs_f64(),
+                            read_s: read.as_secs_f64(),
+                            converge,
+                        })
+                    }
+                    TreeTarget::Nfs { bin, url } => {
+                        // nfsbench copies a local tree: write it to the disk, untimed
+                        let src = ws.dir("nfs-tree-src")?.join(&name);
+                        tree::write(&tree, &src)?;
+                        let t = workloads::run_nfsbench_tree(bin, url, &src, &name);
+                        fs::remove_dir_all(&src)
+                            .with_context(|| format!("remove {}", src.display()))?;
+                        let t = t?;
+                        Ok(TreeRow {
+                            label,
+                            write_s: t.write_s,
+                            read_s: t.read_s,
+                            converge: Converge::Shared,
+                        })
+                    }
+                }
             })();
             if let Some(row) = soft(
                 row,
@@ -588,7 +685,7 @@ fn tree_phase(r: &Running, p: &Params, skipped: &mut Vec<String>) -> Result<Vec<
                 res.rows.push(row);
             }
         }
-        targets.retain(|(l, _, _)| *l != LSYNCD_DEFAULT);
+        targets.retain(|(l, _)| *l != LSYNCD_DEFAULT);
         out.push(res);
     }
     Ok(out)

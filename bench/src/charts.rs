@@ -30,6 +30,7 @@ fn color(label: &str) -> RGBColor {
         NFS => RGBColor(150, 90, 190),
         DEPFS1 => RGBColor(31, 119, 180),
         DEPFS3 => RGBColor(16, 62, 110),
+        DEPFS5 => RGBColor(23, 190, 207),
         LSYNCD_TUNED => RGBColor(44, 160, 44),
         LSYNCD_DEFAULT => RGBColor(150, 210, 120),
         GLUSTER => RGBColor(214, 39, 40),
@@ -218,7 +219,7 @@ fn tree_chart(r: &Results, path: &Path) -> Result<()> {
         for (label, v) in series.iter_mut() {
             let row = t.rows.iter().find(|x| x.label == *label);
             v.push(row.map_or(f64::NAN, |x| x.write_s));
-            v.push(row.and_then(|x| x.converge_s.flatten()).unwrap_or(f64::NAN));
+            v.push(row.and_then(|x| x.converge.secs()).unwrap_or(f64::NAN));
         }
     }
     let g: Vec<&str> = groups.iter().map(String::as_str).collect();

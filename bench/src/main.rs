@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 mod all;
 mod charts;
 mod machine;
+mod raw;
 mod replication;
 mod report;
 mod results;
@@ -47,6 +48,9 @@ enum Cmd {
         /// Directory for the SVG charts.
         #[arg(long, default_value = "docs/bench")]
         charts: PathBuf,
+        /// The raw figures (every repetition, medians, targets) as JSON.
+        #[arg(long, default_value = "docs/bench/results.json")]
+        json: PathBuf,
         /// The depfs binary (default: next to this one).
         #[arg(long)]
         depfs: Option<PathBuf>,
@@ -131,6 +135,7 @@ fn main() -> Result<()> {
             quick,
             out,
             charts,
+            json,
             depfs,
             systems,
             base,
@@ -139,6 +144,7 @@ fn main() -> Result<()> {
             quick,
             out,
             charts,
+            json,
             depfs: depfs_path(depfs)?,
             systems: systems_dir(systems),
             base,
@@ -242,6 +248,15 @@ fn replication_only(trials: usize, burst: usize, nodes: usize, depfs: PathBuf) -
         }),
         interval: Duration::from_micros(100),
         deadline: Duration::from_secs(30),
+        daemons: cluster
+            .iter()
+            .map(|n| n.mount.daemon_pid)
+            .collect::<Option<Vec<u32>>>()
+            .unwrap_or_default(),
+        nodes: Some(replication::DepfsNodes {
+            depfs: depfs.clone(),
+            configs: cluster.iter().map(|n| n.config.clone()).collect(),
+        }),
     };
     let mut v = replication::Visibility::default();
     replication::visibility(&r, "warmup", 1, &mut replication::Visibility::default())?;

@@ -9,6 +9,10 @@
 //!   file is complete on every receiver, from the first close on;
 //! - bandwidth: a 1 MiB change in the middle of a 50 MiB file: time until the receivers
 //!   read the new megabyte and the bytes the system moved meanwhile.
+//!
+//! Over the visibility trials and each burst, the CPU time of the system's daemons and
+//! how busy the machine was are recorded, and for depfs the bytes the writer and every
+//! node sent to their peers.
 
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -18,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::systems::{depfs_bytes_sent, io_counters};
+use crate::systems::{clock_ticks_per_s, cpu_ticks, depfs_bytes_sent, io_counters, machine_ticks};
 use crate::util::{check_interrupted, has_content, poll_until, tag_seed, unique_content, Rng};
 
 /// How a system's bytes on the wire are counted for the bandwidth scenario.
@@ -60,6 +64,130 @@ pub struct Replica {
     pub interval: Duration,
     /// Give up on one change after this long.
     pub deadline: Duration,
+    /// The system's daemons (the depfs nodes), whose CPU time is recorded; may be empty.
+    pub daemons: Vec<u32>,
+    /// For depfs: every node's configuration, writer first, to count the bytes each
+    /// node sends during the visibility trials and the bursts.
+    pub nodes: Option<DepfsNodes>,
+}
+
+/// The depfs nodes of a cluster, writer first.
+#[derive(Clone, Debug)]
+pub struct DepfsNodes {
+    pub depfs: PathBuf,
+    pub configs: Vec<PathBuf>,
+}
+
+impl DepfsNodes {
+    /// `bytes_sent` to all peers of every node (from `depfs status --json`).
+    fn read(&self) -> Result<Vec<u64>> {
+        self.configs
+            .iter()
+            .map(|c| depfs_bytes_sent(&self.depfs, c))
+            .collect()
+    }
+}
+
+/// Bytes sent to their peers by the writer and by every node together (writer included)
+/// over measured intervals (summed over several).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SentBytes {
+    pub writer: u64,
+    pub all_nodes: u64,
+}
+
+/// A start point for [`SentBytes`]; None when not depfs or a status cannot be read.
+fn sent_start(r: &Replica) -> Option<Vec<u64>> {
+    r.nodes.as_ref()?.read().ok()
+}
+
+fn sent_since(r: &Replica, start: Option<Vec<u64>>) -> Option<SentBytes> {
+    let (start, now) = (start?, r.nodes.as_ref()?.read().ok()?);
+    let d: Vec<u64> = now
+        .iter()
+        .zip(&start)
+        .map(|(b, a)| b.saturating_sub(*a))
+        .collect();
+    Some(SentBytes {
+        writer: *d.first()?,
+        all_nodes: d.iter().sum(),
+    })
+}
+
+/// CPU use over measured intervals (summed over several): the system's daemons and the
+/// whole machine, to tell a slow system from a busy machine.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuUse {
+    pub wall_s: f64,
+    /// CPU seconds (user + system, every thread) of the system's daemons; None if they
+    /// are not known (not depfs) or could not be read.
+    pub daemons_s: Option<f64>,
+    /// Busy and all jiffies of every CPU of the machine (/proc/stat: every process,
+    /// this program and anything else running included).
+    pub machine_busy: u64,
+    pub machine_total: u64,
+}
+
+impl CpuUse {
+    /// The share of the machine's CPU time that was busy (0..1); NaN if not measured.
+    pub fn machine_busy_fraction(&self) -> f64 {
+        if self.machine_total == 0 {
+            f64::NAN
+        } else {
+            self.machine_busy as f64 / self.machine_total as f64
+        }
+    }
+
+    fn add(&mut self, o: &CpuUse) {
+        self.wall_s += o.wall_s;
+        self.daemons_s = match (self.daemons_s, o.daemons_s) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.machine_busy += o.machine_busy;
+        self.machine_total += o.machine_total;
+    }
+}
+
+/// A start point for [`CpuUse`].
+struct CpuMeter {
+    at: Instant,
+    daemons: Option<u64>,
+    machine: (u64, u64),
+}
+
+impl CpuMeter {
+    /// None if /proc/stat cannot be read.
+    fn start(daemons: &[u32]) -> Option<CpuMeter> {
+        Some(CpuMeter {
+            at: Instant::now(),
+            daemons: daemon_ticks(daemons),
+            machine: machine_ticks().ok()?,
+        })
+    }
+
+    fn stop(&self, daemons: &[u32]) -> Option<CpuUse> {
+        let wall_s = self.at.elapsed().as_secs_f64();
+        let (busy, total) = machine_ticks().ok()?;
+        let hz = clock_ticks_per_s();
+        Some(CpuUse {
+            wall_s,
+            daemons_s: self
+                .daemons
+                .zip(daemon_ticks(daemons))
+                .map(|(a, b)| b.saturating_sub(a) as f64 / hz),
+            machine_busy: busy.saturating_sub(self.machine.0),
+            machine_total: total.saturating_sub(self.machine.1),
+        })
+    }
+}
+
+/// The summed CPU ticks of `pids`; None if there are none or one cannot be read.
+fn daemon_ticks(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| cpu_ticks(p).ok()).sum::<Option<u64>>()
 }
 
 /// Visibility latencies (ms) and timeouts, pooled over repetitions.
@@ -70,6 +198,10 @@ pub struct Visibility {
     pub delete: Vec<f64>,
     /// Changes that hit the deadline: create, modify, delete.
     pub timeouts: [usize; 3],
+    /// CPU use over the trials (each call of [`visibility`], warm-up excluded).
+    pub cpu: CpuUse,
+    /// Bytes sent during the trials (depfs only).
+    pub sent: Option<SentBytes>,
 }
 
 /// One burst.
@@ -83,6 +215,12 @@ pub struct Burst {
     pub after_last_close_ms: Option<f64>,
     /// For each file complete on every receiver: ms since the first close, sorted.
     pub curve_ms: Vec<f64>,
+    /// CPU use from just before the first write until the poller stopped (every file
+    /// complete everywhere, or the deadline).
+    pub cpu: Option<CpuUse>,
+    /// Bytes sent from just before the first write until 0.5 s after the poller stopped
+    /// (depfs only).
+    pub sent: Option<SentBytes>,
 }
 
 /// The 1 MiB-in-50 MiB scenario.
@@ -156,6 +294,8 @@ fn wait_all(
 pub fn visibility(r: &Replica, tag: &str, trials: usize, v: &mut Visibility) -> Result<()> {
     let rel = format!("vis-{tag}");
     let (a, bs) = make_dir(r, &rel)?;
+    let sent0 = sent_start(r);
+    let meter = CpuMeter::start(&r.daemons);
     for i in 0..trials {
         let name = format!("api-{i:04}.xml");
         let pa = a.join(&name);
@@ -175,6 +315,14 @@ pub fn visibility(r: &Replica, tag: &str, trials: usize, v: &mut Visibility) -> 
             Some(ms) => v.delete.push(ms),
             None => v.timeouts[2] += 1,
         }
+    }
+    if let Some(used) = meter.and_then(|m| m.stop(&r.daemons)) {
+        v.cpu.add(&used);
+    }
+    if let Some(sent) = sent_since(r, sent0) {
+        let total = v.sent.get_or_insert_with(SentBytes::default);
+        total.writer += sent.writer;
+        total.all_nodes += sent.all_nodes;
     }
     Ok(())
 }
@@ -196,6 +344,8 @@ pub fn burst(r: &Replica, tag: &str, files: usize) -> Result<Burst> {
     let mut first_close = None;
     let mut last_close = Instant::now();
     let mut write_err = None;
+    let sent0 = sent_start(r);
+    let meter = CpuMeter::start(&r.daemons);
     let complete = std::thread::scope(|scope| {
         let poller = scope.spawn(|| {
             track_arrivals(receivers.len(), files, &progress, r.deadline, |k, i| {
@@ -216,6 +366,14 @@ pub fn burst(r: &Replica, tag: &str, files: usize) -> Result<Burst> {
         poller.join()
     })
     .map_err(|_| anyhow::anyhow!("burst poller panicked"))?;
+    let cpu = meter.and_then(|m| m.stop(&r.daemons));
+    let sent = if sent0.is_some() {
+        // late copies and acknowledgements
+        std::thread::sleep(Duration::from_millis(500));
+        sent_since(r, sent0)
+    } else {
+        None
+    };
     if let Some(e) = write_err {
         return Err(e);
     }
@@ -240,6 +398,8 @@ pub fn burst(r: &Replica, tag: &str, files: usize) -> Result<Burst> {
         write_ms: last_close.duration_since(first).as_secs_f64() * 1e3,
         after_last_close_ms,
         curve_ms,
+        cpu,
+        sent,
     })
 }
 
@@ -392,6 +552,8 @@ mod tests {
             bytes: None,
             interval: Duration::from_micros(100),
             deadline: Duration::from_secs(5),
+            daemons: vec![std::process::id()],
+            nodes: None,
         };
         let mut v = Visibility::default();
         visibility(&r, "t", 3, &mut v).unwrap();
@@ -399,5 +561,11 @@ mod tests {
         let b = burst(&r, "t", 50).unwrap();
         assert_eq!(b.curve_ms.len(), 50);
         assert!(b.after_last_close_ms.is_some());
+        // this process stands in for the daemons; a short interval may see no tick
+        for cpu in [b.cpu.unwrap(), v.cpu] {
+            assert!(cpu.wall_s > 0.0 && cpu.daemons_s.is_some());
+            let busy = cpu.machine_busy_fraction();
+            assert!(busy.is_nan() || (0.0..=1.0).contains(&busy), "{busy}");
+        }
     }
 }

@@ -12,6 +12,7 @@ pub const BINDFS: &str = "bindfs";
 pub const NFS: &str = "NFS (ganesha, libnfs)";
 pub const DEPFS1: &str = "depfs 1 node";
 pub const DEPFS3: &str = "depfs 3 nodes";
+pub const DEPFS5: &str = "depfs 5 nodes";
 pub const LSYNCD_TUNED: &str = "lsyncd delay 0";
 pub const LSYNCD_DEFAULT: &str = "lsyncd delay 15 (default)";
 pub const GLUSTER: &str = "GlusterFS replica 2";
@@ -66,14 +67,49 @@ pub struct ReplResult {
 }
 
 impl ReplResult {
-    /// The burst whose after-last-close time is the median (timeouts count as largest).
+    /// The burst whose after-last-close time is the median (timeouts count as largest;
+    /// the upper median for an even count, as [`crate::util::median`]).
     pub fn median_burst(&self) -> Option<&Burst> {
         let mut v: Vec<&Burst> = self.bursts.iter().collect();
         v.sort_by(|a, b| {
             let k = |x: &Burst| x.after_last_close_ms.unwrap_or(f64::INFINITY);
             k(a).total_cmp(&k(b))
         });
-        v.get(v.len().saturating_sub(1) / 2).copied()
+        v.get(v.len() / 2).copied()
+    }
+}
+
+/// How a deployment tree reached the other node(s).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Converge {
+    /// One copy on one node (native, bindfs, depfs 1 node).
+    NotReplicated,
+    /// Shared storage (NFS): one copy on the server that every client reads; nothing to
+    /// converge.
+    Shared,
+    /// Complete on every receiver this many seconds after the last close.
+    After(f64),
+    /// Not complete within the deadline (s).
+    NotWithin(f64),
+}
+
+impl Converge {
+    /// The seconds until complete everywhere, if measured.
+    pub fn secs(self) -> Option<f64> {
+        match self {
+            Converge::After(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The table cell.
+    pub fn text(self) -> String {
+        match self {
+            Converge::NotReplicated => "(not replicated)".into(),
+            Converge::Shared => "n/a: shared storage (one copy, on the server)".into(),
+            Converge::After(s) => crate::report::num(s, "s"),
+            Converge::NotWithin(d) => format!("not within {d:.0} s"),
+        }
     }
 }
 
@@ -83,9 +119,7 @@ pub struct TreeRow {
     pub label: &'static str,
     pub write_s: f64,
     pub read_s: f64,
-    /// For replicated systems: s from the last close until the whole tree was complete on
-    /// every receiver (inner None: not within the deadline).
-    pub converge_s: Option<Option<f64>>,
+    pub converge: Converge,
 }
 
 /// The deployment tree for one size.
@@ -133,5 +167,32 @@ impl Results {
 
     pub fn repl(&self, label: &str) -> Option<&ReplResult> {
         self.repl.iter().find(|r| r.label == label)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_burst_is_the_upper_median_and_timeouts_count_as_largest() {
+        let b = |ms: Option<f64>| Burst {
+            after_last_close_ms: ms,
+            ..Burst::default()
+        };
+        let mut r = ReplResult {
+            label: DEPFS3,
+            receivers: 2,
+            vis: Visibility::default(),
+            bursts: vec![b(Some(146.0)), b(Some(90.5))],
+            bandwidth: None,
+            bytes_how: String::new(),
+        };
+        let median_ms = |r: &ReplResult| r.median_burst().and_then(|b| b.after_last_close_ms);
+        assert_eq!(median_ms(&r), Some(146.0));
+        r.bursts.push(b(None));
+        assert_eq!(median_ms(&r), Some(146.0));
+        r.bursts.push(b(None));
+        assert_eq!(median_ms(&r), None);
     }
 }

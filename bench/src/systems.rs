@@ -452,6 +452,54 @@ pub fn io_counters(pid: u32) -> Result<(u64, u64)> {
     Ok((field("wchar:")?, field("write_bytes:")?))
 }
 
+/// User + system CPU time of `pid` (all its threads), in clock ticks, from
+/// /proc/PID/stat.
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("read /proc/{pid}/stat"))?;
+    // the fields after the command name (which may contain spaces) in parentheses:
+    // state is field 3, utime 14, stime 15
+    let rest: Vec<&str> = s
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| -> Result<u64> {
+        rest.get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("/proc/{pid}/stat: field {} missing", i + 3))
+    };
+    Ok(field(11)? + field(12)?)
+}
+
+/// Busy and all clock ticks of every CPU of the machine so far, from the `cpu` line of
+/// /proc/stat (busy: user, nice, system, irq, softirq, steal; all: also idle and iowait).
+pub fn machine_ticks() -> Result<(u64, u64)> {
+    let s = fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("/proc/stat: no cpu line")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().context("/proc/stat: bad cpu line"))
+        .collect::<Result<_>>()?;
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+    Ok((busy, busy + at(3) + at(4)))
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
+pub fn clock_ticks_per_s() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
+
 /// The pid of the GlusterFS FUSE client serving `mountpoint`.
 pub fn gluster_client_pid(mountpoint: &Path) -> Result<u32> {
     let want = mountpoint.as_os_str().as_encoded_bytes();

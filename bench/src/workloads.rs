@@ -270,6 +270,44 @@ pub fn run_nfsbench(bin: &Path, url: &str, p: &LocalParams) -> Result<LocalRun> 
     parse_nfsbench(&out)
 }
 
+/// Seconds `nfsbench -w tree` took to write a tree to NFS and to read it back.
+#[derive(Clone, Copy, Debug)]
+pub struct NfsTree {
+    pub write_s: f64,
+    pub read_s: f64,
+}
+
+/// Copies the local tree `src` to NFS with `nfsbench -w tree` (libnfs, NFSv3): into
+/// `EXPORT/name`, then reads it back (compared) and removes it.
+pub fn run_nfsbench_tree(bin: &Path, url: &str, src: &Path, name: &str) -> Result<NfsTree> {
+    let out = run_captured(
+        Command::new(bin)
+            .args(["-u", url, "-V", "3", "-w", "tree", "-p", name, "-t"])
+            .arg(src),
+        true,
+    )
+    .context("nfsbench -w tree")?;
+    parse_nfsbench_tree(&out)
+}
+
+fn parse_nfsbench_tree(out: &str) -> Result<NfsTree> {
+    let (mut write_s, mut read_s) = (None, None);
+    for line in out.lines().filter(|l| l.trim_start().starts_with('{')) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("nfsbench output: {line}"))?;
+        let slot = match v["workload"].as_str().unwrap_or("") {
+            "tree_write" => &mut write_s,
+            "tree_read" => &mut read_s,
+            _ => continue,
+        };
+        *slot = v["value"].as_f64().filter(|x| x.is_finite() && *x > 0.0);
+    }
+    match (write_s, read_s) {
+        (Some(write_s), Some(read_s)) => Ok(NfsTree { write_s, read_s }),
+        _ => bail!("nfsbench -w tree printed no valid tree_write and tree_read:\n{out}"),
+    }
+}
+
 fn parse_nfsbench(out: &str) -> Result<LocalRun> {
     let mut r = LocalRun::default();
     let mut seen = 0;
@@ -320,6 +358,17 @@ mod tests {
         assert_eq!(r.create, 807.07);
         assert_eq!(r.rand_p99_us, 165.0);
         assert!(parse_nfsbench("{\"workload\":\"create\",\"value\":1}").is_err());
+    }
+
+    #[test]
+    fn parses_nfsbench_tree_lines() {
+        let out = r#"{"system":"nfs","workload":"tree_write","unit":"s","value":1.25,"nfs_version":3,"files":221}
+{"system":"nfs","workload":"tree_read","unit":"s","value":0.5,"nfs_version":3,"files":221}
+{"system":"nfs","workload":"tree_remove","unit":"s","value":0.1,"nfs_version":3,"files":221}"#;
+        let t = parse_nfsbench_tree(out).unwrap();
+        assert_eq!((t.write_s, t.read_s), (1.25, 0.5));
+        assert!(parse_nfsbench_tree(r#"{"workload":"tree_write","unit":"s","value":1}"#).is_err());
+        assert!(parse_nfsbench_tree("").is_err());
     }
 
     #[test]

@@ -15,6 +15,14 @@
  *          sequential read of it in 1 MiB reads                     [GB/s, 1e9 B/s]
  *   rand   R reads of 4 KiB at random 4 KiB-aligned offsets of the
  *          M MiB file                            [reads/s, p50 and p99 in us]
+ *   tree   (-t SRCDIR; not part of "all") every directory and regular file
+ *          under the local SRCDIR is loaded into memory (untimed), then
+ *          written into the work directory (mkdir of every directory, parents
+ *          first; then create+write+close of every file: files under 1 MiB
+ *          first, then the larger ones, each group in path order), read back
+ *          (open+read+close, compared byte for byte) and removed
+ *          (unlink, rmdir)                         [tree_write, tree_read,
+ *                                                   tree_remove: seconds]
  *
  * Every libnfs call is checked; on error it prints the call, the path and
  * nfs_get_error() on stderr and exits 1. Timing uses CLOCK_MONOTONIC.
@@ -24,6 +32,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdint.h>
@@ -369,6 +378,236 @@ static void run_rand(const char *path, long mib, long reads, unsigned seed)
 	free(lat);
 }
 
+/*
+ * tree: a local directory tree written to NFS file by file, read back, removed.
+ */
+
+struct tree_file {
+	char *rel;     /* path relative to SRCDIR */
+	char *data;
+	uint64_t size;
+};
+
+static struct {
+	size_t rootlen;        /* strlen(SRCDIR) after trailing slashes are dropped */
+	char **dirs;           /* relative paths, SRCDIR itself excluded */
+	long ndirs, capdirs;
+	struct tree_file *files;
+	long nfiles, capfiles;
+	uint64_t bytes, largest;
+} tree;
+
+static void *xrealloc(void *p, size_t n)
+{
+	void *q = realloc(p, n ? n : 1);
+	if (!q) {
+		fprintf(stderr, "nfsbench: out of memory (%zu bytes)\n", n);
+		exit(1);
+	}
+	return q;
+}
+
+static char *xstrdup(const char *s)
+{
+	char *d = strdup(s);
+	if (!d) {
+		fprintf(stderr, "nfsbench: out of memory\n");
+		exit(1);
+	}
+	return d;
+}
+
+/* reads the whole local file path of size bytes (as fstat reported) */
+static char *load_local(const char *path, uint64_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		fprintf(stderr, "nfsbench: open(%s): %s\n", path, strerror(errno));
+		exit(1);
+	}
+	char *buf = xmalloc((size_t)size);
+	uint64_t done = 0;
+	while (done < size) {
+		ssize_t r = read(fd, buf + done, (size_t)(size - done));
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			fprintf(stderr, "nfsbench: read(%s): %s\n", path, strerror(errno));
+			exit(1);
+		}
+		if (r == 0) {
+			fprintf(stderr, "nfsbench: %s: shorter than its size %" PRIu64
+				" (changed while loading?)\n", path, size);
+			exit(1);
+		}
+		done += (uint64_t)r;
+	}
+	close(fd);
+	return buf;
+}
+
+static int tree_visit(const char *fpath, const struct stat *sb, int type,
+		      struct FTW *ftw)
+{
+	if (ftw->level == 0) {
+		if (type != FTW_D)
+			die("-t %s: not a directory", fpath);
+		return 0;
+	}
+	const char *rel = fpath + tree.rootlen + 1;
+	switch (type) {
+	case FTW_D:
+		if (tree.ndirs == tree.capdirs) {
+			tree.capdirs = tree.capdirs ? 2 * tree.capdirs : 64;
+			tree.dirs = xrealloc(tree.dirs, sizeof(char *) * (size_t)tree.capdirs);
+		}
+		tree.dirs[tree.ndirs++] = xstrdup(rel);
+		return 0;
+	case FTW_F:
+		if (!S_ISREG(sb->st_mode))
+			die("%s: only directories and regular files are supported", fpath);
+		if (tree.nfiles == tree.capfiles) {
+			tree.capfiles = tree.capfiles ? 2 * tree.capfiles : 1024;
+			tree.files = xrealloc(tree.files,
+					      sizeof(struct tree_file) * (size_t)tree.capfiles);
+		}
+		struct tree_file *f = &tree.files[tree.nfiles++];
+		f->rel = xstrdup(rel);
+		f->size = (uint64_t)sb->st_size;
+		f->data = load_local(fpath, f->size);
+		tree.bytes += f->size;
+		if (f->size > tree.largest)
+			tree.largest = f->size;
+		return 0;
+	case FTW_DNR:
+		die("%s: directory cannot be read", fpath);
+		return 1;
+	case FTW_NS:
+		die("%s: cannot stat", fpath);
+		return 1;
+	default: /* FTW_SL, FTW_SLN (FTW_PHYS: symlinks are not followed) */
+		die("%s: only directories and regular files are supported", fpath);
+		return 1;
+	}
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* files under 1 MiB first, then the larger ones; each group in path order */
+static int cmp_tree_file(const void *a, const void *b)
+{
+	const struct tree_file *x = a, *y = b;
+	int lx = x->size >= CHUNK, ly = y->size >= CHUNK;
+	if (lx != ly)
+		return lx - ly;
+	return strcmp(x->rel, y->rel);
+}
+
+static void load_tree(const char *src)
+{
+	char root[4096];
+	if (snprintf(root, sizeof root, "%s", src) >= (int)sizeof root)
+		die("-t %s: path too long", src);
+	size_t len = strlen(root);
+	while (len > 1 && root[len - 1] == '/')
+		root[--len] = '\0';
+	tree.rootlen = len;
+	if (nftw(root, tree_visit, 32, FTW_PHYS) != 0) {
+		fprintf(stderr, "nfsbench: nftw(%s): %s\n", root, strerror(errno));
+		exit(1);
+	}
+	if (tree.nfiles == 0)
+		die("-t %s: no files in it", src);
+	/* a directory's path is a prefix of its children's, so this is parents first */
+	qsort(tree.dirs, (size_t)tree.ndirs, sizeof(char *), cmp_str);
+	qsort(tree.files, (size_t)tree.nfiles, sizeof(struct tree_file), cmp_tree_file);
+}
+
+/* reads up to len bytes in calls of at most 1 MiB; returns bytes read (< len at EOF) */
+static uint64_t read_upto(struct nfsfh *fh, char *buf, uint64_t len, const char *path)
+{
+	uint64_t done = 0;
+	while (done < len) {
+		uint64_t want = len - done < CHUNK ? len - done : CHUNK;
+		uint64_t got = read_full(fh, buf + done, want, path);
+		done += got;
+		if (got < want)
+			break;
+	}
+	return done;
+}
+
+/* writes, reads back and (unless keep) removes the tree load_tree() loaded */
+static void run_tree(const char *base, int keep)
+{
+	char path[8192], extra[256];
+	snprintf(extra, sizeof extra,
+		 "\"files\":%ld,\"dirs\":%ld,\"bytes\":%" PRIu64 ",\"order\":\"under 1 MiB first, then larger; path order\"",
+		 tree.nfiles, tree.ndirs, tree.bytes);
+
+	double t0 = now();
+	for (long d = 0; d < tree.ndirs; d++) {
+		snprintf(path, sizeof path, "%s/%s", base, tree.dirs[d]);
+		nfs_mkdir_checked(path);
+	}
+	for (long i = 0; i < tree.nfiles; i++) {
+		const struct tree_file *f = &tree.files[i];
+		snprintf(path, sizeof path, "%s/%s", base, f->rel);
+		struct nfsfh *fh = create_wronly(path);
+		for (uint64_t off = 0; off < f->size; off += CHUNK) {
+			uint64_t n = f->size - off < CHUNK ? f->size - off : CHUNK;
+			write_all(fh, f->data + off, n, path);
+		}
+		close_checked(fh, path);
+	}
+	double t1 = now();
+	emit("tree_write", "s", t1 - t0, extra);
+
+	/* one byte more than the largest file, to see EOF in the same loop */
+	char *rbuf = xmalloc((size_t)tree.largest + 1);
+	t0 = now();
+	for (long i = 0; i < tree.nfiles; i++) {
+		const struct tree_file *f = &tree.files[i];
+		snprintf(path, sizeof path, "%s/%s", base, f->rel);
+		struct nfsfh *fh = open_rdonly(path);
+		uint64_t got = read_upto(fh, rbuf, f->size + 1, path);
+		close_checked(fh, path);
+		if (got != f->size || memcmp(rbuf, f->data, (size_t)f->size) != 0) {
+			fprintf(stderr, "nfsbench: %s: content differs from what was written (%" PRIu64
+				" bytes read, %" PRIu64 " written)\n", path, got, f->size);
+			exit(1);
+		}
+	}
+	t1 = now();
+	emit("tree_read", "s", t1 - t0, extra);
+	free(rbuf);
+
+	if (!keep) {
+		t0 = now();
+		for (long i = 0; i < tree.nfiles; i++) {
+			snprintf(path, sizeof path, "%s/%s", base, tree.files[i].rel);
+			nfs_unlink_checked(path);
+		}
+		for (long d = tree.ndirs - 1; d >= 0; d--) {
+			snprintf(path, sizeof path, "%s/%s", base, tree.dirs[d]);
+			nfs_rmdir_checked(path);
+		}
+		t1 = now();
+		emit("tree_remove", "s", t1 - t0, extra);
+	}
+	for (long i = 0; i < tree.nfiles; i++) {
+		free(tree.files[i].rel);
+		free(tree.files[i].data);
+	}
+	for (long d = 0; d < tree.ndirs; d++)
+		free(tree.dirs[d]);
+	free(tree.files);
+	free(tree.dirs);
+}
+
 static void usage(FILE *f)
 {
 	fprintf(f,
@@ -376,15 +615,17 @@ static void usage(FILE *f)
 		"  -u URL       export to mount (libnfs URL; e.g. nfs://127.0.0.1/srv/x)\n"
 		"  -V 3|4       NFS version (default 3; a version= URL argument wins; libnfs\n"
 		"               4.0.0 cannot write more than ~3.8 KB per call over v4)\n"
-		"  -w LIST      workloads: small,seq,rand or all (default all)\n"
+		"  -w LIST      workloads: small,seq,rand,tree or all (default all:\n"
+		"               small,seq,rand)\n"
 		"  -n N         small files: number of files (default 2000)\n"
 		"  -s BYTES     small files: size of each (default 4096)\n"
 		"  -d D         small files: number of directories (default 20)\n"
 		"  -m MIB       seq/rand: file size in MiB (default 256)\n"
 		"  -r R         rand: number of 4 KiB reads (default 20000)\n"
+		"  -t SRCDIR    tree: the local directory tree to copy to NFS\n"
 		"  -p NAME      work directory inside the export (default nfsbench.PID)\n"
 		"  -S LABEL     value of \"system\" in the output (default \"%s\")\n"
-		"  -k           keep the work directory (default: remove it)\n"
+		"  -k           keep the work directory and the tree (default: remove)\n"
 		"  -h           this help\n",
 		sys_label);
 }
@@ -401,12 +642,12 @@ static long parse_pos(const char *s, const char *what)
 
 int main(int argc, char **argv)
 {
-	const char *url_s = NULL, *wl = "all", *prefix = NULL;
+	const char *url_s = NULL, *wl = "all", *prefix = NULL, *tree_src = NULL;
 	long n = 2000, size = 4096, dirs = 20, mib = 256, reads = 20000;
 	int keep = 0, c;
 	char prefix_buf[64], base[1024], seqpath[1100];
 
-	while ((c = getopt(argc, argv, "u:V:w:n:s:d:m:r:p:S:kh")) != -1) {
+	while ((c = getopt(argc, argv, "u:V:w:n:s:d:m:r:t:p:S:kh")) != -1) {
 		switch (c) {
 		case 'u': url_s = optarg; break;
 		case 'V': nfs_version = (int)parse_pos(optarg, "-V"); break;
@@ -416,6 +657,7 @@ int main(int argc, char **argv)
 		case 'd': dirs = parse_pos(optarg, "-d"); break;
 		case 'm': mib = parse_pos(optarg, "-m"); break;
 		case 'r': reads = parse_pos(optarg, "-r"); break;
+		case 't': tree_src = optarg; break;
 		case 'p': prefix = optarg; break;
 		case 'S': sys_label = optarg; break;
 		case 'k': keep = 1; break;
@@ -429,9 +671,9 @@ int main(int argc, char **argv)
 	}
 	if (nfs_version != 3 && nfs_version != 4)
 		die("-V %s: only 3 and 4 are supported", "");
-	int do_small = 0, do_seq = 0, do_rand = 0;
+	int do_small = 0, do_seq = 0, do_rand = 0, do_tree = 0;
 	{
-		char *list = strdup(wl), *save = NULL;
+		char *list = xstrdup(wl), *save = NULL;
 		for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
 			if (!strcmp(t, "all"))
 				do_small = do_seq = do_rand = 1;
@@ -441,17 +683,27 @@ int main(int argc, char **argv)
 				do_seq = 1;
 			else if (!strcmp(t, "rand"))
 				do_rand = 1;
+			else if (!strcmp(t, "tree"))
+				do_tree = 1;
 			else
-				die("unknown workload '%s' (want small, seq, rand or all)", t);
+				die("unknown workload '%s' (want small, seq, rand, tree or all)", t);
 		}
 		free(list);
 	}
+	if (do_tree && !tree_src)
+		die("-w tree needs -t SRCDIR%s", "");
+	if (tree_src && !do_tree)
+		die("-t %s is only used by -w tree", tree_src);
 	if (!prefix) {
 		snprintf(prefix_buf, sizeof prefix_buf, "nfsbench.%d", (int)getpid());
 		prefix = prefix_buf;
 	}
 	if (strchr(prefix, '/'))
 		die("-p %s: must be a single name", prefix);
+
+	/* before anything is created on the server: a bad SRCDIR leaves nothing behind */
+	if (do_tree)
+		load_tree(tree_src);
 
 	nfs = nfs_init_context();
 	if (!nfs)
@@ -484,6 +736,8 @@ int main(int argc, char **argv)
 			write_seq_file(seqpath, mib, 0);
 		run_rand(seqpath, mib, reads, 12345);
 	}
+	if (do_tree)
+		run_tree(base, keep);
 	if (!keep) {
 		if (do_seq || do_rand)
 			nfs_unlink_checked(seqpath);
