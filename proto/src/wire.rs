@@ -107,4 +107,13 @@ pub enum Message {
         /// Chunks no longer stored (their versions were superseded meanwhile).
         missing: Vec<ChunkHash>,
     },
+    /// The sender's progress, told to a peer it did not get the changes from. A node
+    /// relays what it applies to its other peers a little later; by then those peers
+    /// have usually said they got the changes directly, and the relay leaves them out
+    /// (in a full mesh every change would otherwise travel to every node from every
+    /// other).
+    Progress {
+        /// Its progress.
+        vv: VersionVector,
+    },
 }

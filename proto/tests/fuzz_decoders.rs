@@ -472,7 +472,7 @@ fn check_message(m: &Message) {
                 check_vv(upto);
             }
         }
-        Message::Ack { vv } => check_vv(vv),
+        Message::Ack { vv } | Message::Progress { vv } => check_vv(vv),
         Message::GetChunks { .. } => {}
         Message::Chunks { chunks, .. } => {
             for c in chunks {
@@ -696,6 +696,7 @@ fn message() -> impl Strategy<Value = Message> {
                 }
             ),
         vv().prop_map(|vv| Message::Ack { vv }),
+        vv().prop_map(|vv| Message::Progress { vv }),
         vec(chunk_hash(), 0..8).prop_map(|hashes| Message::GetChunks { hashes }),
         (vec(chunk_data(), 0..4), vec(chunk_hash(), 0..4))
             .prop_map(|(chunks, missing)| Message::Chunks { chunks, missing }),

@@ -39,6 +39,10 @@ pub struct ReplicaConfig {
     pub stall_ms: u64,
     /// Tombstones are collected this often.
     pub gc_every_ms: u64,
+    /// Changes received from one peer are relayed to the others after this delay, so
+    /// that their `Progress` (sent by every node when it applies changes) can show that
+    /// they already have them.
+    pub relay_delay_ms: u64,
 }
 
 impl Default for ReplicaConfig {
@@ -52,6 +56,7 @@ impl Default for ReplicaConfig {
             hello_every_ms: 5_000,
             stall_ms: 15_000,
             gc_every_ms: 60_000,
+            relay_delay_ms: 50,
         }
     }
 }
@@ -148,6 +153,8 @@ struct Peer {
     asked: BTreeSet<ChunkHash>,
     /// When chunks were last asked for or received.
     fetch_activity_ms: u64,
+    /// When changes received from other peers are due to be relayed to this one.
+    relay_at_ms: Option<u64>,
     /// The last batch number used towards this peer.
     batches_sent: u64,
     /// Batches being received from this peer.
@@ -496,6 +503,13 @@ impl Replica {
                     });
                 }
             }
+            if p.relay_at_ms.is_some_and(|t| now_ms >= t) {
+                p.relay_at_ms = None;
+                self.push(&peer, now_ms, &mut out)?;
+            }
+            let Some(p) = self.peers.get_mut(&peer) else {
+                continue;
+            };
             let due = p
                 .last_hello_ms
                 .is_none_or(|t| now_ms.saturating_sub(t) >= self.config.hello_every_ms);
@@ -662,6 +676,12 @@ impl Replica {
                     });
                 }
                 self.apply_ready(from, now_ms, &mut out)?;
+            }
+            Message::Progress { vv } => {
+                self.store.set_peer_acked(from, &vv).map_err(store_err)?;
+                if let Some(known) = self.peers.get_mut(from).and_then(|p| p.known.as_mut()) {
+                    known.merge(&vv);
+                }
             }
             Message::GetChunks { hashes } => {
                 // Every hash is answered, as a chunk or as missing, in replies of
@@ -835,12 +855,27 @@ impl Replica {
                 out.push(Output::Changed(cut_off));
             }
         }
-        if admitted > 0 || reasserted {
-            // Relay to everyone else (and our re-assertions to the sender too).
+        if reasserted {
+            // Our re-assertions go to everyone at once, the sender included.
             for peer in self.connected_peers() {
-                if &peer != from || reasserted {
-                    self.push(&peer, now_ms, out).map_err(store_err)?;
+                self.push(&peer, now_ms, out).map_err(store_err)?;
+            }
+        } else if admitted > 0 {
+            // Tell the others what we have now, and relay to them a little later: what
+            // they say they have meanwhile is left out.
+            let vv = self.store.version_vector();
+            let relay_at = now_ms + self.config.relay_delay_ms;
+            for peer in self.connected_peers() {
+                if &peer == from {
+                    continue;
                 }
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.relay_at_ms = Some(p.relay_at_ms.map_or(relay_at, |t| t.min(relay_at)));
+                }
+                out.push(Output::Send {
+                    to: peer,
+                    msg: Message::Progress { vv: vv.clone() },
+                });
             }
         }
         Ok(())

@@ -244,7 +244,12 @@ impl Service {
             .expecting_peers(config.peers.len())
             .with_mode(config.mode);
         let thread_shared = shared.clone();
-        let tick = Duration::from_millis(config.replica.hello_every_ms.clamp(50, 1000) / 2);
+        // Ticks drive hellos, stalls, collection and delayed relays.
+        let tick = Duration::from_millis(
+            (config.replica.hello_every_ms.clamp(50, 1000) / 2)
+                .min(config.replica.relay_delay_ms)
+                .max(10),
+        );
         let thread = std::thread::Builder::new()
             .name("depfs-replica".into())
             .spawn(move || replica_loop(replica, rx, thread_shared, callbacks, tick))

@@ -94,15 +94,26 @@ impl Net {
             .retain(|(f, t, _)| !((*f == a && *t == b) || (*f == b && *t == a)));
     }
 
+    /// Delivers every message, then lets time pass for delayed relays, until silent.
     fn run(&mut self) {
         let mut steps = 0;
-        while let Some((from, to, msg)) = self.queue.pop_front() {
-            steps += 1;
-            assert!(steps < 100_000, "the replicas never fell silent");
-            self.now += 1;
-            let from_name = self.name(from);
-            let out = self.nodes[to].receive(&from_name, msg, self.now).unwrap();
-            self.route(to, out);
+        for _ in 0..10 {
+            while let Some((from, to, msg)) = self.queue.pop_front() {
+                steps += 1;
+                assert!(steps < 100_000, "the replicas never fell silent");
+                self.now += 1;
+                let from_name = self.name(from);
+                let out = self.nodes[to].receive(&from_name, msg, self.now).unwrap();
+                self.route(to, out);
+            }
+            self.now += ReplicaConfig::default().relay_delay_ms + 1;
+            for i in 0..self.nodes.len() {
+                let out = self.nodes[i].tick(self.now).unwrap();
+                self.route(i, out);
+            }
+            if self.queue.is_empty() {
+                break;
+            }
         }
     }
 

@@ -45,6 +45,7 @@ fn config() -> ReplicaConfig {
         hello_every_ms: 400,
         stall_ms: 1_500,
         gc_every_ms: 2_000,
+        relay_delay_ms: 30,
     }
 }
 
@@ -564,6 +565,7 @@ fn summary(msg: &Message) -> String {
                 .collect::<Vec<_>>()
         ),
         Message::Ack { vv } => format!("Ack {vv:?}"),
+        Message::Progress { vv } => format!("Progress {vv:?}"),
         Message::GetChunks { hashes } => format!("GetChunks {}", hashes.len()),
         Message::Chunks { chunks, missing } => {
             format!("Chunks {} missing {}", chunks.len(), missing.len())
