@@ -187,12 +187,14 @@ impl<'s> Batch<'s> {
         }
     }
 
-    /// Removes a head (it was superseded or collected).
+    /// Removes a head (it was superseded or collected). Its conflict record, if it had
+    /// one, goes when `settle` recomputes the path's conflicts: deleting it here blindly
+    /// would leave a RocksDB tombstone under the path's prefix at every change of a busy
+    /// directory, and every later scan of that prefix would wade through them.
     pub(crate) fn evict(&mut self, path: &RelPath, head: &Version) -> Result<()> {
         let mut heads = self.heads(path)?;
         heads.retain(|h| h.dot != head.dot);
         self.write_heads(path, heads);
-        self.overlay.delete(CF_CONFLICTS, head_key(path, &head.dot));
         self.refs.apply(head, -1);
         if head.dot.seq > 0 {
             *self.released.entry(head.dot.clone()).or_insert(0) += 1;
