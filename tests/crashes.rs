@@ -65,18 +65,6 @@ fn assert_verifies(node: &Node) {
     );
 }
 
-/// Closes `file`, reporting the error `close` returns (which `File`'s drop ignores):
-/// depfs publishes on close.
-fn close(file: std::fs::File) -> std::io::Result<()> {
-    use std::os::fd::IntoRawFd;
-    let fd = file.into_raw_fd();
-    // SAFETY: `fd` was just taken from the `File`, which no longer owns it.
-    if unsafe { libc::close(fd) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Writes the burst on `writer` from a thread; returns the count of acknowledged files
 /// (whose close returned) as it grows.
 fn start_burst(writer: &Node, seed: u64) -> (Arc<AtomicUsize>, std::thread::JoinHandle<()>) {
@@ -109,7 +97,7 @@ fn start_burst_acked_by(
                 if let Ack::Fsync = ack {
                     f.sync_all()?;
                 }
-                close(f)
+                common::close(f)
             });
             if result.is_err() {
                 return;

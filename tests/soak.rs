@@ -108,15 +108,9 @@ fn content(rng: &mut impl Rng, tag: &str) -> Vec<u8> {
 /// write.
 fn write_acknowledged(path: &Path, body: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::fd::IntoRawFd;
     let mut file = std::fs::File::create(path)?;
     file.write_all(body)?;
-    let fd = file.into_raw_fd();
-    // SAFETY: `fd` was just taken from the `File`, which no longer owns it.
-    if unsafe { libc::close(fd) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    common::close(file)
 }
 
 /// Paths under a mount reached through a descriptor of its root.

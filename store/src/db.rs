@@ -103,7 +103,6 @@ pub(crate) fn init(
         commit_hook: parking_lot::RwLock::new(None),
         min_free_bytes: options.min_free_bytes,
         lead: parking_lot::RwLock::new(lead),
-        seq_at_open: state.seq,
         _lock: lock,
     })
 }

@@ -114,8 +114,6 @@ pub(crate) struct Inner {
     /// One-way mode: the manager terms, which decide which changes are cut off. Changed
     /// only with the writer lock held.
     pub(crate) lead: parking_lot::RwLock<depfs_proto::Leadership>,
-    /// This node's last sequence number when the store was opened.
-    pub(crate) seq_at_open: u64,
     _lock: DirLock,
 }
 
@@ -196,12 +194,6 @@ impl Store {
             &options,
         )?;
         Ok(())
-    }
-
-    /// This node's last sequence number when the store was opened: a peer that knows a
-    /// higher one of ours saw changes this store lost.
-    pub fn seq_at_open(&self) -> u64 {
-        self.inner.seq_at_open
     }
 
     /// True if this open created the store (first start of this node).

@@ -21,6 +21,18 @@ pub fn depfs(args: &[&str]) -> Output {
         .expect("cannot run depfs")
 }
 
+/// Closes `file`, reporting the error `close` returns (which `File`'s drop ignores):
+/// depfs publishes on close, so that error is the write's.
+pub fn close(file: std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = file.into_raw_fd();
+    // SAFETY: `fd` was just taken from the `File`, which no longer owns it.
+    if unsafe { libc::close(fd) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Polls `cond` until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
