@@ -614,8 +614,10 @@ fn snapshot(root: &Path, model: &MtimeModel) -> BTreeMap<String, (Summary, Vec<u
     out
 }
 
-fn run_seed(seed: u64, ops: usize) {
-    let node = Node::new("diff");
+/// Runs one seed on a node configured with `config` (TOML after `node` and `data_dir`);
+/// `check` looks at the node before it is unmounted.
+fn run_seed_with(seed: u64, ops: usize, config: &str, check: impl FnOnce(&Node)) {
+    let node = Node::with_config("diff", config);
     node.mount();
     let native_dir = tempfile::Builder::new()
         .prefix("depfs-native-")
@@ -668,6 +670,7 @@ fn run_seed(seed: u64, ops: usize) {
     if !errors.is_empty() {
         eprintln!("seed {seed}: errors by operation: {errors:#?}");
     }
+    check(&node);
     assert!(
         counts.get("ok").copied().unwrap_or(0) > ops / 3,
         "seed {seed}: too few operations succeeded to mean anything: {counts:?}"
@@ -687,6 +690,10 @@ fn run_seed(seed: u64, ops: usize) {
     );
 }
 
+fn run_seed(seed: u64, ops: usize) {
+    run_seed_with(seed, ops, "peers = []\n", |_| ());
+}
+
 #[test]
 fn depfs_behaves_like_the_native_filesystem() {
     let ops: usize = std::env::var("DEPFS_DIFF_OPS")
@@ -699,5 +706,32 @@ fn depfs_behaves_like_the_native_filesystem() {
     };
     for seed in seeds {
         run_seed(seed, ops);
+    }
+}
+
+/// The same, with every file from 16 KiB staged on disk and given a local copy, so that
+/// files are reopened through FUSE passthrough (reads and writes that never reach the
+/// daemon) all along the sequence.
+#[test]
+fn depfs_behaves_like_the_native_filesystem_through_passthrough() {
+    let ops: usize = std::env::var("DEPFS_DIFF_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2500);
+    let seeds: Vec<u64> = match std::env::var("DEPFS_SEED") {
+        Ok(s) => vec![s.parse().expect("DEPFS_SEED must be a number")],
+        Err(_) => vec![101, 102],
+    };
+    for seed in seeds {
+        let addr = format!("127.0.0.1:{}", common::free_port());
+        let config = format!("peers = []\nlocal_copy_min_kib = 16\nmetrics = \"{addr}\"\n");
+        run_seed_with(seed, ops, &config, |_| {
+            let (_, body) = common::http_get(&addr, "/metrics");
+            let opens = common::metric(&body, "depfs_fs_passthrough_opens_total ");
+            assert!(
+                opens.is_some_and(|n| n > 0.0),
+                "seed {seed}: no open went through passthrough ({opens:?})"
+            );
+        });
     }
 }

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{depfs, wait_until, Cluster};
+use common::{depfs, http_get, metric, wait_until, Cluster};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -207,29 +207,6 @@ fn the_shipped_systemd_units_pass_systemd_analyze_verify() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-}
-
-/// `GET path` on `addr`; the response's status line and body.
-fn http_get(addr: &str, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let status = text.lines().next().unwrap_or_default().to_string();
-    let body = text
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    (status, body)
-}
-
-fn metric(body: &str, line_start: &str) -> Option<f64> {
-    body.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[test]

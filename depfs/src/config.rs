@@ -56,6 +56,13 @@ struct RawConfig {
     /// Address of the Prometheus metrics endpoint (none by default).
     #[serde(default)]
     metrics: Option<String>,
+    /// Disk (MiB) for idle local copies of large files written here, which the kernel
+    /// reads directly (FUSE passthrough); 0 turns passthrough off.
+    #[serde(default)]
+    local_copies_mib: Option<u64>,
+    /// Files written here from this size (KiB) are staged on disk and get a local copy.
+    #[serde(default)]
+    local_copy_min_kib: Option<u64>,
 }
 
 /// A validated node configuration.
@@ -75,7 +82,16 @@ pub struct Config {
     pub min_free_bytes: u64,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Budget of idle local copies, in bytes (0: no passthrough).
+    pub local_copies_bytes: u64,
+    /// Staged content spills to disk, and gets a local copy, from this size in bytes.
+    pub local_copy_min_bytes: u64,
 }
+
+/// Default budget of idle local copies.
+pub const DEFAULT_LOCAL_COPIES_MIB: u64 = 1024;
+/// Default size from which a written file gets a local copy.
+pub const DEFAULT_LOCAL_COPY_MIN_KIB: u64 = 4096;
 
 /// The QUIC port used when `listen` is not given.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7400";
@@ -163,6 +179,14 @@ impl Config {
                     m.saturating_mul(1 << 20)
                 }),
             metrics,
+            local_copies_bytes: raw
+                .local_copies_mib
+                .unwrap_or(DEFAULT_LOCAL_COPIES_MIB)
+                .saturating_mul(1 << 20),
+            local_copy_min_bytes: raw
+                .local_copy_min_kib
+                .unwrap_or(DEFAULT_LOCAL_COPY_MIN_KIB)
+                .saturating_mul(1 << 10),
             tls: raw.tls.map(|t| TlsPaths {
                 ca: resolve(&t.ca),
                 cert: resolve(&t.cert),

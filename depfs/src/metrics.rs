@@ -197,6 +197,13 @@ pub fn render(sources: &Sources) -> String {
             &per_peer(&|p| p.bytes_received as f64),
         );
     }
+    let name = "depfs_fs_passthrough_opens_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Opens served by the kernel from a local copy (FUSE passthrough)."
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    let _ = writeln!(out, "{name} {}", sources.fs.stats().passthrough_opens());
     let name = "depfs_fs_op_duration_seconds";
     let _ = writeln!(
         out,

@@ -177,6 +177,7 @@ fn serve(
     progress: &mut dyn FnMut(&str),
     ready: impl FnOnce(&str),
 ) -> Result<()> {
+    raise_open_file_limit();
     let root_md = std::fs::metadata(mountpoint)?;
     let store = open_store(config, &root_md)?;
     check_mode(config, &store)?;
@@ -226,6 +227,8 @@ fn serve(
         .with_context(|| format!("cannot create {}", staging.display()))?;
     let mut fs_config = FsConfig::new(staging);
     fs_config.read_only = read_only;
+    fs_config.local_copy_budget = config.local_copies_bytes;
+    fs_config.spill_threshold = config.local_copy_min_bytes;
     let fs = Arc::new(DepFs::new(store, fs_config));
 
     let mut session = fuser::Session::new(
@@ -236,6 +239,7 @@ fn serve(
     .map_err(|e| anyhow!("cannot mount {}: {e}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     spawn_invalidator(fs.clone(), session.notifier(), changed_rx);
+    spawn_page_dropper(&fs, session.notifier());
     if !options.read_only {
         spawn_role_keeper(fs.clone(), mountpoint.to_path_buf(), role_rx);
     }
@@ -289,6 +293,27 @@ fn serve(
     }
     tracing::info!("unmounted");
     result.map_err(|e| anyhow!("serving {} failed: {e}", mountpoint.display()))
+}
+
+/// Raises the soft limit on open files to the hard limit, as long-running servers do:
+/// RocksDB keeps its table files open, and every file open through passthrough holds its
+/// local copy open (the default soft limit, 1024, is easily reached by a burst).
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid out-pointer for getrlimit and a valid input to setrlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let before = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::debug!(before, now = limit.rlim_cur, "open file limit raised");
+            }
+        }
+    }
 }
 
 /// Paths changed by peers, from the replicator to the invalidation thread.
@@ -482,6 +507,26 @@ fn spawn_invalidator(fs: Arc<DepFs>, notifier: fuser::Notifier, changed: Changed
                     if let Err(e) = result {
                         tracing::debug!(?inv, error = %e, "kernel cache invalidation failed");
                     }
+                }
+            }
+        });
+}
+
+/// Hands the kernel the page ranges of files being written that it may drop (see
+/// `DepFs::write`), from a thread that serves no request.
+fn spawn_page_dropper(fs: &DepFs, notifier: fuser::Notifier) {
+    let (tx, rx) = std::sync::mpsc::channel::<depfs_fs::PageDrop>();
+    fs.send_page_drops_to(tx);
+    let _ = std::thread::Builder::new()
+        .name("depfs-page-drop".into())
+        .spawn(move || {
+            while let Ok(drop) = rx.recv() {
+                let (Ok(offset), Ok(len)) = (i64::try_from(drop.offset), i64::try_from(drop.len))
+                else {
+                    continue;
+                };
+                if let Err(e) = notifier.inval_inode(fuser::INodeNo(drop.ino), offset, len) {
+                    tracing::debug!(?drop, error = %e, "dropping written pages failed");
                 }
             }
         });

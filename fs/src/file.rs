@@ -11,10 +11,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::attr::Attr;
 use crate::error::{Errno, FsResult};
+use crate::local_copy::{Backing, Stamp};
 use crate::namespace::touch_parent;
 use crate::staging::{SpillPolicy, Staging};
 use crate::tables::{Handle, VersionTag};
 use crate::{now, now_ms, DepFs, SetAttr};
+
+/// Pages written through the daemon are dropped from the kernel's cache in steps of this
+/// size (see `DepFs::write`).
+const PAGE_DROP_STEP: u64 = 4 << 20;
 
 /// The state shared by all open handles of one regular file.
 #[derive(Debug)]
@@ -26,10 +31,14 @@ pub(crate) struct OpenFile {
     /// The committed version this file reads (a leaf lock: may be taken under the
     /// tables).
     tag: parking_lot::Mutex<Option<VersionTag>>,
+    /// Set when the file is served through passthrough: every open of the inode then
+    /// uses this backing file (its local copy, which is also its staging), and reads and
+    /// writes go to it without reaching the daemon.
+    backing: Option<Arc<Backing>>,
 }
 
 /// How the kernel may cache an open file's pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum CacheMode {
     /// Keep the page cache across opens: it holds this version.
     Keep,
@@ -37,6 +46,8 @@ pub enum CacheMode {
     /// change not yet invalidated), and mixing the two would show a file that never
     /// existed.
     Direct,
+    /// Hand reads and writes to this local file (FUSE passthrough).
+    Passthrough(Arc<Backing>),
 }
 
 pub(crate) fn tag_of(meta: &Meta, size: u64) -> VersionTag {
@@ -57,6 +68,16 @@ pub(crate) struct FileData {
     started_from: Vec<Dot>,
     /// Attributes of the committed content (as of open or the last publish).
     committed_meta: Option<Meta>,
+    /// Passthrough only: the state of the local copy when it last matched `base`
+    /// (taken from the cache, or published). Another stamp means the kernel wrote to it.
+    stamp: Option<Stamp>,
+    /// Handles open for writing.
+    writers: u32,
+    /// When `setattr` last set the modification time explicitly: a passthrough write
+    /// after it moves the time again, one before it does not.
+    explicit_mtime_at: Option<std::time::SystemTime>,
+    /// The kernel was told it may drop its pages of this file below this offset.
+    pages_dropped_to: u64,
 }
 
 impl FileData {
@@ -66,28 +87,91 @@ impl FileData {
             None => self.base.size(),
         }
     }
+
+    /// Passthrough only: the local copy's current stamp, if the kernel wrote to it since
+    /// it last matched the committed content.
+    fn kernel_written(&self) -> Option<Stamp> {
+        let file = self.staging.as_ref()?.disk_file()?;
+        match Stamp::of(file) {
+            Ok(now) if Some(now) != self.stamp => Some(now),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot stat a local copy");
+                None
+            }
+        }
+    }
+
+    /// `meta` as it stands after the kernel's writes to the local copy: the writes'
+    /// modification time, unless `setattr` set one explicitly after them.
+    fn with_kernel_writes(&self, mut meta: Meta, written: &Stamp) -> Meta {
+        let (secs, nanos) = written.mtime;
+        let timespec =
+            |(s, n): (i64, i64)| depfs_proto::Timespec::new(s, n.clamp(0, 999_999_999) as u32);
+        let explicit_after = self.explicit_mtime_at.is_some_and(|at| {
+            let at = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| (d.as_secs() as i64, i64::from(d.subsec_nanos())))
+                .unwrap_or((0, 0));
+            (secs, nanos) <= at
+        });
+        if !explicit_after {
+            meta.mtime = timespec(written.mtime);
+            meta.ctime = meta.ctime.max(timespec(written.ctime));
+        }
+        meta
+    }
 }
 
 impl OpenFile {
-    pub(crate) fn committed(content: Content, meta: Meta, pin: PinGuard) -> Arc<OpenFile> {
+    /// A committed file; with `local`, a local copy of exactly `content`, it is served
+    /// through passthrough.
+    pub(crate) fn committed(
+        content: Content,
+        meta: Meta,
+        pin: PinGuard,
+        local: Option<std::fs::File>,
+    ) -> Arc<OpenFile> {
         let tag = tag_of(&meta, content.size());
+        let size = content.size();
+        let local = local.and_then(|file| match (Stamp::of(&file), Backing::new(&file)) {
+            (Ok(stamp), Ok(backing)) if stamp.len == size => Some((file, stamp, backing)),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "local copy unusable; reading through the daemon");
+                None
+            }
+            _ => None,
+        });
+        let (staging, stamp, backing) = match local {
+            Some((file, stamp, backing)) => (
+                Some(Staging::on_disk(file, size)),
+                Some(stamp),
+                Some(Arc::new(backing)),
+            ),
+            None => (None, None, None),
+        };
         Arc::new(OpenFile {
             tag: parking_lot::Mutex::new(Some(tag)),
             data: RwLock::new(FileData {
                 base: ContentReader::new(content),
                 _pin: pin,
-                staging: None,
+                staging,
                 staged: None,
                 started_from: Vec::new(),
                 committed_meta: Some(meta),
+                stamp,
+                writers: 0,
+                explicit_mtime_at: None,
+                pages_dropped_to: 0,
             }),
             dirty: AtomicBool::new(false),
+            backing,
         })
     }
 
     /// A file created here and not yet published; `started_from` are the versions of
     /// the path (tombstones) when it was created.
-    pub(crate) fn pending(meta: Meta, started_from: Vec<Dot>) -> Arc<OpenFile> {
+    pub(crate) fn pending(meta: Meta, started_from: Vec<Dot>, writers: u32) -> Arc<OpenFile> {
         Arc::new(OpenFile {
             tag: parking_lot::Mutex::new(None),
             data: RwLock::new(FileData {
@@ -97,8 +181,13 @@ impl OpenFile {
                 staged: Some(meta),
                 started_from,
                 committed_meta: None,
+                stamp: None,
+                writers,
+                explicit_mtime_at: None,
+                pages_dropped_to: 0,
             }),
             dirty: AtomicBool::new(true),
+            backing: None,
         })
     }
 
@@ -106,6 +195,15 @@ impl OpenFile {
     pub(crate) fn staged_attr(&self, ino: u64) -> Option<Attr> {
         let data = self.data.read();
         let meta = data.staged.clone()?;
+        if self.backing.is_some() {
+            if let Some(written) = data.kernel_written() {
+                return Some(Attr::new(
+                    ino,
+                    data.with_kernel_writes(meta, &written),
+                    written.len,
+                ));
+            }
+        }
         Some(Attr::new(ino, meta, data.size()))
     }
 
@@ -147,8 +245,7 @@ impl DepFs {
             // A path replaced by a peer keeps its old inode until the kernel forgets it;
             // ESTALE makes the kernel look the name up again and open the new one.
             let path = inode.path.clone().ok_or(Errno::ESTALE)?;
-            let (node, pin) = self.store.get_pinned(&path)?.ok_or(Errno::ENOENT)?;
-            inode.file = Some(OpenFile::committed(node.content, node.meta, pin));
+            inode.file = Some(self.open_committed(&path)?);
         }
         inode.open += 1;
         let file = inode.file.clone().ok_or(Errno::EIO)?;
@@ -156,6 +253,9 @@ impl DepFs {
         // Use the page cache only if the kernel's attributes and any pages it holds are
         // of the version this handle reads.
         let cache = match *file.tag.lock() {
+            _ if file.backing.is_some() => {
+                CacheMode::Passthrough(file.backing.clone().ok_or(Errno::EIO)?)
+            }
             _ if dirty => CacheMode::Keep,
             None => CacheMode::Keep,
             Some(tag)
@@ -168,13 +268,49 @@ impl DepFs {
         };
         let fh = tables.new_handle(Handle::File { ino, writable });
         drop(tables);
-        if writable && flags & libc::O_TRUNC != 0 {
+        if writable {
             let mut data = file.data.write();
-            self.make_dirty(ino, &file, &mut data)?;
-            data.staging = Some(Staging::empty());
-            touch_content(&mut data);
+            data.writers += 1;
+            if file.backing.is_some() {
+                // Its writes will not reach us: dirty until the last writer is gone, and
+                // what was written is found out from the local copy at publish.
+                self.make_dirty(ino, &file, &mut data)?;
+            }
+            if flags & libc::O_TRUNC != 0 {
+                self.make_dirty(ino, &file, &mut data)?;
+                match &mut data.staging {
+                    // The backing file stays the same file: it is cut, not replaced.
+                    Some(staging) if file.backing.is_some() => {
+                        staging.truncate(0, &self.spill())?
+                    }
+                    staging => *staging = Some(Staging::empty()),
+                }
+                touch_content(&mut data);
+            }
         }
         Ok((fh, cache))
+    }
+
+    /// The committed file at `path`, opened: through its local copy if there is one
+    /// (passthrough), else with its chunks pinned, so that they stay readable through
+    /// the daemon however the path changes meanwhile.
+    fn open_committed(&self, path: &depfs_proto::RelPath) -> FsResult<Arc<OpenFile>> {
+        if self.passthrough_enabled() && !self.local_copies.lock().is_empty() {
+            let node = self.store.get(path)?.ok_or(Errno::ENOENT)?;
+            let local = self.local_copies.lock().take(&node.content);
+            if let Some(local) = local {
+                // Served from the local copy only: no chunk of it is read.
+                let pin = PinGuard::none();
+                return Ok(OpenFile::committed(
+                    node.content,
+                    node.meta,
+                    pin,
+                    Some(local),
+                ));
+            }
+        }
+        let (node, pin) = self.store.get_pinned(path)?.ok_or(Errno::ENOENT)?;
+        Ok(OpenFile::committed(node.content, node.meta, pin, None))
     }
 
     fn handle_file(&self, fh: u64) -> FsResult<(u64, bool, Arc<OpenFile>)> {
@@ -214,11 +350,30 @@ impl DepFs {
         let mut data = file.data.write();
         self.make_dirty(ino, &file, &mut data)?;
         self.ensure_staging(&mut data)?;
+        let mut on_disk = false;
         if let Some(staging) = &mut data.staging {
             staging.write(offset, bytes, &self.spill())?;
+            on_disk = staging.disk_file().is_some();
         }
         touch_content(&mut data);
+        // The kernel keeps a copy of every page written through it, and the staging file
+        // holds the same bytes: as a large file is written, all but its last
+        // `PAGE_DROP_STEP` are dropped from the kernel's copy, so that it is cached once
+        // (and the open that later switches the inode to passthrough, which drops that
+        // copy, does not wait for hundreds of MiB to be freed).
+        let end = offset + bytes.len() as u64;
+        if on_disk && end >= data.pages_dropped_to + 2 * PAGE_DROP_STEP {
+            let upto = (end / PAGE_DROP_STEP - 1) * PAGE_DROP_STEP;
+            self.drop_pages(ino, data.pages_dropped_to, upto - data.pages_dropped_to);
+            data.pages_dropped_to = upto;
+        }
         Ok(bytes.len() as u32)
+    }
+
+    fn drop_pages(&self, ino: u64, offset: u64, len: u64) {
+        if let Some(to) = self.page_drops.lock().as_ref() {
+            let _ = to.send(crate::PageDrop { ino, offset, len });
+        }
     }
 
     /// `flush` (each `close` of a descriptor): a writer's close publishes.
@@ -244,16 +399,23 @@ impl DepFs {
     /// `release`: the last reference to a handle is gone.
     pub fn release(&self, fh: u64) -> FsResult<()> {
         let result = match self.handle_file(fh) {
-            Ok((ino, true, _)) => self.publish(ino, Durability::Process),
+            Ok((ino, true, file)) => {
+                {
+                    let mut data = file.data.write();
+                    data.writers = data.writers.saturating_sub(1);
+                }
+                self.publish(ino, Durability::Process)
+            }
             _ => Ok(()),
         };
+        let mut closed = None;
         let mut tables = self.tables.lock();
         if let Some(Handle::File { ino, .. }) = tables.handles.remove(&fh) {
             let mut dropped = None;
             if let Some(inode) = tables.inodes.get_mut(&ino) {
                 inode.open = inode.open.saturating_sub(1);
                 if inode.open == 0 {
-                    inode.file = None;
+                    closed = inode.file.take();
                     if inode.pending {
                         // A new file that could not be published (the error went to
                         // the closer, e.g. ENOSPC) is dropped with its last handle.
@@ -268,7 +430,37 @@ impl DepFs {
                 None => tables.maybe_drop(ino),
             }
         }
+        drop(tables);
+        if let Some(file) = closed {
+            self.keep_local_copy(&file);
+        }
         result
+    }
+
+    /// The last handle of `file` is gone: its staging file, if it holds exactly the
+    /// committed content, is kept as that content's local copy for the next open.
+    fn keep_local_copy(&self, file: &OpenFile) {
+        let mut data = file.data.write();
+        if let Some(backing) = &file.backing {
+            // The kernel has released the inode's backing file before telling us.
+            backing.id().take();
+        }
+        if data.staged.is_some() || !self.passthrough_enabled() {
+            return;
+        }
+        if file.backing.is_some() && data.kernel_written().is_some() {
+            return; // written after its last publish (cannot happen once all are closed)
+        }
+        let size = data.base.size();
+        if size < self.config.spill_threshold
+            || data.staging.as_ref().map(Staging::len) != Some(size)
+        {
+            return;
+        }
+        let Some(local) = data.staging.take().and_then(Staging::into_disk_file) else {
+            return;
+        };
+        self.local_copies.lock().put(data.base.content(), local);
     }
 
     /// `setattr`: chmod, chown, truncate, utimens. On a file with unpublished writes the
@@ -311,6 +503,9 @@ impl DepFs {
                 if let Some(meta) = &mut data.staged {
                     apply(meta, changes);
                 }
+                if changes.mtime.is_some() {
+                    data.explicit_mtime_at = Some(std::time::SystemTime::now());
+                }
                 drop(data);
                 return self.getattr(ino);
             }
@@ -348,9 +543,7 @@ impl DepFs {
             &self.spill(),
         )?;
         staging.truncate(size, &self.spill())?;
-        let (content, _pin) = self
-            .store
-            .write_content_from(staging.reader(), staging.len())?;
+        let (content, _pin) = staging.store(&self.store)?;
         Ok(content)
     }
 
@@ -399,7 +592,7 @@ impl DepFs {
             return Ok(());
         };
         let mut data = file.data.write();
-        let Some(meta) = data.staged.clone() else {
+        let Some(mut meta) = data.staged.clone() else {
             if durability == Durability::Machine {
                 self.store.sync()?;
             }
@@ -412,10 +605,32 @@ impl DepFs {
         if !has_path {
             return Ok(()); // unlinked while open: its writes die with it
         }
+        // Passthrough: what the kernel wrote is found from the local copy's stamp.
+        let mut read_at = None;
+        if file.backing.is_some() {
+            let written = data.kernel_written();
+            if written.is_none() && data.committed_meta.as_ref() == Some(&meta) {
+                // Nothing written and no attribute changed.
+                if data.writers == 0 {
+                    data.staged = None;
+                    data.started_from.clear();
+                    file.dirty.store(false, Ordering::Release);
+                }
+                if durability == Durability::Machine {
+                    self.store.sync()?;
+                }
+                return Ok(());
+            }
+            if let Some(written) = written {
+                meta = data.with_kernel_writes(meta, &written);
+                if let Some(staging) = &mut data.staging {
+                    staging.set_known_len(written.len);
+                }
+                read_at = Some(written);
+            }
+        }
         let (content, pin) = match &data.staging {
-            Some(staging) => self
-                .store
-                .write_content_from(staging.reader(), staging.len())?,
+            Some(staging) => staging.store(&self.store)?,
             None => {
                 let content = data.base.content().clone();
                 let pin = self.store.pin(&content);
@@ -452,17 +667,37 @@ impl DepFs {
             *file.tag.lock() = Some(tag);
             if let Some(inode) = tables.inodes.get_mut(&ino) {
                 inode.pending = false;
-                // The kernel's pages are our own writes: this version.
-                inode.cache_tag = Some(tag);
+                if file.backing.is_none() {
+                    // The kernel's pages are our own writes: this version. (Passthrough
+                    // writes went to the backing file; the pages, if any, are older.)
+                    inode.cache_tag = Some(tag);
+                }
                 inode.attr_tag = Some(tag);
             }
         }
         data.base = ContentReader::new(content);
         data._pin = pin;
         data.staged = None;
-        data.committed_meta = Some(meta);
+        data.committed_meta = Some(meta.clone());
         data.started_from.clear();
+        data.explicit_mtime_at = None;
+        data.pages_dropped_to = 0;
+        if let Some(before) = read_at {
+            data.stamp = Some(before);
+        }
         file.dirty.store(false, Ordering::Release);
+        if file.backing.is_some() && (data.writers > 0 || data.kernel_written().is_some()) {
+            // Writers can still write behind our back (or did while the content was
+            // read): stay dirty, so that the next publish looks again.
+            data.staged = Some(meta);
+            data.started_from = self
+                .store
+                .heads(&path)?
+                .into_iter()
+                .map(|h| h.dot)
+                .collect();
+            file.dirty.store(true, Ordering::Release);
+        }
         Ok(())
     }
 

@@ -97,7 +97,7 @@ pub fn import_dir(
                 (Kind::Dir, Content::empty(), PinGuard::none())
             } else if ft.is_file() {
                 let file = fs::File::open(&fs_path).map_err(io(&fs_path))?;
-                let (content, pin) = store.write_content_from(file, md.len())?;
+                let (content, pin) = store.write_content_from(&file, md.len())?;
                 stats.files += 1;
                 stats.bytes += md.len();
                 (Kind::File, content, pin)

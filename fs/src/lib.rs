@@ -15,6 +15,7 @@ mod attr;
 mod error;
 mod file;
 mod import;
+mod local_copy;
 mod namespace;
 pub mod ops;
 mod staging;
@@ -25,6 +26,7 @@ pub use attr::Attr;
 pub use error::{Errno, FsResult};
 pub use file::CacheMode;
 pub use import::{import_dir, ImportError, ImportProgress, ImportStats};
+pub use local_copy::Backing;
 pub use namespace::Invalidation;
 
 use std::path::PathBuf;
@@ -49,16 +51,21 @@ pub struct FsConfig {
     pub staging_dir: PathBuf,
     /// Staged content above this size moves from memory to a temporary file.
     pub spill_threshold: u64,
+    /// Bytes of idle local copies kept for passthrough (see [`local_copy`]); 0 turns
+    /// passthrough off.
+    pub local_copy_budget: u64,
 }
 
 impl FsConfig {
-    /// Defaults: writable, 10 s kernel cache, spill above 4 MiB into `staging_dir`.
+    /// Defaults: writable, 10 s kernel cache, spill above 4 MiB into `staging_dir`,
+    /// 1 GiB of local copies.
     pub fn new(staging_dir: PathBuf) -> Self {
         FsConfig {
             read_only: false,
             ttl: Duration::from_secs(10),
             staging_dir,
             spill_threshold: 4 << 20,
+            local_copy_budget: 1 << 30,
         }
     }
 }
@@ -72,6 +79,23 @@ pub struct DepFs {
     writable: AtomicBool,
     stats: stats::FsStats,
     tables: Mutex<Tables>,
+    /// Serve files with a local copy through FUSE passthrough; off when the budget is 0,
+    /// the staging filesystem's times are too coarse, or the kernel refuses it.
+    passthrough: AtomicBool,
+    /// Idle local copies (a leaf lock).
+    local_copies: Mutex<local_copy::LocalCopies>,
+    /// Where to send the kernel page ranges it may drop (a leaf lock).
+    page_drops: Mutex<Option<std::sync::mpsc::Sender<PageDrop>>>,
+}
+
+/// Pages of a file the kernel can drop from its cache: inode, offset and length in
+/// bytes. Sent while a large file is written through the daemon, whose staging file
+/// holds the same bytes (see `DepFs::write`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageDrop {
+    pub ino: u64,
+    pub offset: u64,
+    pub len: u64,
 }
 
 /// Attribute changes of a `setattr` call.
@@ -106,12 +130,47 @@ pub struct Statfs {
 impl DepFs {
     /// A filesystem over `store`.
     pub fn new(store: Store, config: FsConfig) -> Self {
+        let passthrough = config.local_copy_budget > 0 && {
+            let fine = local_copy::fine_grained_stamps(&config.staging_dir);
+            if !fine {
+                tracing::info!(
+                    dir = %config.staging_dir.display(),
+                    "file times there are too coarse to notice passthrough writes: passthrough off"
+                );
+            }
+            fine
+        };
         DepFs {
             store,
             writable: AtomicBool::new(!config.read_only),
             stats: stats::FsStats::default(),
+            passthrough: AtomicBool::new(passthrough),
+            local_copies: Mutex::new(local_copy::LocalCopies::new(config.local_copy_budget)),
             config,
             tables: Mutex::new(Tables::new()),
+            page_drops: Mutex::new(None),
+        }
+    }
+
+    /// Sends the page ranges the kernel may drop to `to` (a thread that is not serving
+    /// requests hands them to the kernel).
+    pub fn send_page_drops_to(&self, to: std::sync::mpsc::Sender<PageDrop>) {
+        *self.page_drops.lock() = Some(to);
+    }
+
+    /// True while files with a local copy are served through FUSE passthrough.
+    pub fn passthrough_enabled(&self) -> bool {
+        self.passthrough.load(Ordering::Acquire)
+    }
+
+    /// Stops using passthrough for files opened from now on (the kernel lacks it, or
+    /// refused a backing file); files open through it keep it until closed.
+    pub fn disable_passthrough(&self, why: &str) {
+        if self.passthrough.swap(false, Ordering::AcqRel) {
+            tracing::warn!(
+                why,
+                "FUSE passthrough off: large files are read through the daemon"
+            );
         }
     }
 

@@ -191,7 +191,8 @@ impl DepFs {
             .into_iter()
             .map(|h| h.dot)
             .collect();
-        let file = OpenFile::pending(meta.clone(), started_from);
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let file = OpenFile::pending(meta.clone(), started_from, u32::from(writable));
         let mut tables = self.tables.lock();
         let ino = tables.insert_new(
             &path,
@@ -207,7 +208,6 @@ impl DepFs {
                 attr_tag: None,
             },
         );
-        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let fh = tables.new_handle(Handle::File { ino, writable });
         drop(tables);
         drop(tx);

@@ -8,14 +8,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use depfs_proto::{Kind, Timespec};
 use fuser::{
-    AccessFlags, BsdFileFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::stats::FsOp;
-use crate::{Attr, CacheMode, Caller, DepFs, Errno, SetAttr};
+use crate::{Attr, Backing, CacheMode, Caller, DepFs, Errno, SetAttr};
 
 /// Largest write the kernel may send in one request.
 const MAX_WRITE: u32 = 1 << 20;
@@ -33,6 +33,26 @@ impl FuseAdapter {
 
     fn ttl(&self) -> Duration {
         self.fs.config().ttl
+    }
+
+    /// The kernel's id of `backing`, registered with `register` at the inode's first
+    /// open. Never retried once refused (passthrough is then off), so the opens of one
+    /// inode are all passthrough or none, as the kernel requires.
+    fn register<'a>(
+        &self,
+        backing: &'a Backing,
+        register: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    ) -> parking_lot::MutexGuard<'a, Option<BackingId>> {
+        let mut id = backing.id();
+        if id.is_none() && self.fs.passthrough_enabled() {
+            match register(backing.file()) {
+                Ok(registered) => *id = Some(registered),
+                Err(e) => self
+                    .fs
+                    .disable_passthrough(&format!("the kernel refused a backing file: {e}")),
+            }
+        }
+        id
     }
 }
 
@@ -117,6 +137,16 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_write(MAX_WRITE);
         // Handles that bypass a stale page cache (see `DepFs::open`) can still be mapped.
         let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        // Files with a local copy are read and written by the kernel directly (Linux
+        // 6.9+). Backing files must be on a plain filesystem (stack depth 0).
+        if self.fs.passthrough_enabled() {
+            let accepted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if !accepted {
+                self.fs
+                    .disable_passthrough("the kernel does not offer FUSE passthrough");
+            }
+        }
         Ok(())
     }
 
@@ -302,12 +332,21 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _timer = self.fs.stats().timer(FsOp::Open);
         match self.fs.open(ino.0, flags.0) {
-            Ok((fh, cache)) => {
-                let flags = match cache {
-                    CacheMode::Keep => FopenFlags::FOPEN_KEEP_CACHE,
-                    CacheMode::Direct => FopenFlags::FOPEN_DIRECT_IO,
-                };
-                reply.opened(FileHandle(fh), flags)
+            Ok((fh, CacheMode::Keep)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((fh, CacheMode::Direct)) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+            }
+            Ok((fh, CacheMode::Passthrough(backing))) => {
+                let id = self.register(&backing, |file| reply.open_backing(file));
+                match id.as_ref() {
+                    Some(id) => {
+                        self.fs.stats().passthrough_opened();
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id)
+                    }
+                    // Served by the daemon from the same local copy; the page cache may
+                    // hold another version, so it is bypassed.
+                    None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+                }
             }
             Err(e) => reply.error(errno(e)),
         }

@@ -5,11 +5,12 @@
 //! temporary file in the data directory, so a 1 GiB write does not need 1 GiB of RAM.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use depfs_store::{ContentReader, Store};
+use depfs_proto::Content;
+use depfs_store::{ContentReader, PinGuard, Store};
 
 use crate::error::FsResult;
 
@@ -51,6 +52,35 @@ impl Staging {
 
     pub(crate) fn empty() -> Staging {
         Staging::Memory(Vec::new())
+    }
+
+    /// Staging in `file`, which already holds `len` bytes (a local copy).
+    pub(crate) fn on_disk(file: File, len: u64) -> Staging {
+        Staging::Disk { file, len }
+    }
+
+    /// The file holding the content, once it spilled to disk.
+    pub(crate) fn disk_file(&self) -> Option<&File> {
+        match self {
+            Staging::Memory(_) => None,
+            Staging::Disk { file, .. } => Some(file),
+        }
+    }
+
+    /// The file, given up (for keeping as a local copy).
+    pub(crate) fn into_disk_file(self) -> Option<File> {
+        match self {
+            Staging::Memory(_) => None,
+            Staging::Disk { file, .. } => Some(file),
+        }
+    }
+
+    /// Records the length of a disk file written behind our back (by the kernel, through
+    /// passthrough).
+    pub(crate) fn set_known_len(&mut self, new_len: u64) {
+        if let Staging::Disk { len, .. } = self {
+            *len = new_len;
+        }
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -125,42 +155,12 @@ impl Staging {
         Ok(())
     }
 
-    /// A reader over the whole staged content, for committing it.
-    pub(crate) fn reader(&self) -> Box<dyn Read + '_> {
+    /// Stores the staged content (chunked, written, pinned) for a commit.
+    pub(crate) fn store(&self, store: &Store) -> depfs_store::Result<(Content, PinGuard)> {
         match self {
-            Staging::Memory(buf) => Box::new(&buf[..]),
-            Staging::Disk { file, len } => Box::new(PositionalReader {
-                file,
-                offset: 0,
-                len: *len,
-            }),
+            Staging::Memory(buf) => store.write_content_from(buf.as_slice(), buf.len() as u64),
+            Staging::Disk { file, len } => store.write_content_from(file, *len),
         }
-    }
-}
-
-/// Reads a file from the start with `pread`, leaving the file offset alone.
-struct PositionalReader<'a> {
-    file: &'a File,
-    offset: u64,
-    len: u64,
-}
-
-impl Read for PositionalReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let remaining = self.len.saturating_sub(self.offset);
-        let want = (buf.len() as u64).min(remaining) as usize;
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.file.read_at(&mut buf[..want], self.offset)?;
-        if n == 0 {
-            // A hole past the file's real end (after set_len) reads as zeros.
-            buf[..want].fill(0);
-            self.offset += want as u64;
-            return Ok(want);
-        }
-        self.offset += n as u64;
-        Ok(n)
     }
 }
 
@@ -185,8 +185,7 @@ mod tests {
         assert_eq!(s.read(5, 3).unwrap(), vec![0, 0, 0]);
         assert_eq!(s.read(200, 100).unwrap(), b"world");
         s.truncate(300, &spill).unwrap();
-        let mut all = Vec::new();
-        s.reader().read_to_end(&mut all).unwrap();
+        let all = s.read(0, 1000).unwrap();
         assert_eq!(all.len(), 300);
         assert_eq!(&all[200..205], b"world");
         assert!(all[205..].iter().all(|&b| b == 0));

@@ -112,6 +112,7 @@ struct OpCounters {
 #[derive(Default)]
 pub struct FsStats {
     ops: [OpCounters; FsOp::ALL.len()],
+    passthrough_opens: AtomicU64,
 }
 
 /// One operation's figures: count, total seconds, and cumulative bucket counts.
@@ -125,6 +126,16 @@ pub struct OpSnapshot {
 }
 
 impl FsStats {
+    /// Counts an open served through FUSE passthrough.
+    pub fn passthrough_opened(&self) {
+        self.passthrough_opens.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Opens served through FUSE passthrough so far.
+    pub fn passthrough_opens(&self) -> u64 {
+        self.passthrough_opens.load(Ordering::Relaxed)
+    }
+
     /// Records one call of `op` that took `ns` nanoseconds.
     pub fn record(&self, op: FsOp, ns: u64) {
         let c = &self.ops[op.index()];

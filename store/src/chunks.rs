@@ -7,9 +7,16 @@
 //!
 //! Chunks written for a commit that never happens (a crash between writing chunks and
 //! committing) carry a `pending` marker and are swept at the next open.
+//!
+//! Content is cut in *segments* of [`SEGMENT`] bytes, with a cut forced at every segment
+//! boundary, so that the segments of a large file are chunked, hashed and written by
+//! several threads at once, and the chunks do not depend on how many did it. A forced
+//! cut costs little deduplication: an insertion changes at most the two chunks around
+//! each later boundary (32 KiB in 8 MiB), an overwrite in place none.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use depfs_proto::limits::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, INLINE_MAX, MAX_FILE_SIZE};
@@ -24,6 +31,52 @@ use crate::{Inner, Store};
 /// Chunk batches are written in pieces of about this size, bounding the memory a large
 /// file's commit needs.
 const CHUNK_BATCH_BYTES: usize = 8 << 20;
+
+/// Content is chunked in independent segments of this size (see the module doc).
+pub const SEGMENT: u64 = 8 << 20;
+
+/// The chunks of one segment, written and pinned.
+type Segment = (Vec<ChunkRef>, PinGuard);
+
+/// At most this many threads chunk one content.
+const MAX_CHUNKING_THREADS: usize = 4;
+
+/// Content to store, read by position, so that several threads can read its segments.
+pub trait ContentSource: Sync {
+    /// Fills `buf` with the bytes at `offset`.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl ContentSource for [u8] {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        match self.get(start..).and_then(|rest| rest.get(..buf.len())) {
+            Some(bytes) => {
+                buf.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+}
+
+impl ContentSource for std::fs::File {
+    /// Past the end of the file (a file extended with `set_len` may still be shorter on
+    /// disk than its length says), bytes read as zeros.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let n =
+                std::os::unix::fs::FileExt::read_at(self, &mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                buf[done..].fill(0);
+                break;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
 
 /// Pins by hash, and the zero-reference chunks whose deletion waits for an unpin.
 #[derive(Default)]
@@ -127,41 +180,94 @@ impl Store {
     /// Stores `data` as content: inline if small, else as chunks (written now, counted
     /// when a commit references them). The guard keeps the chunks alive until that commit.
     pub fn write_content(&self, data: &[u8]) -> Result<(Content, PinGuard)> {
-        if data.len() <= INLINE_MAX {
-            return Ok((Content::Inline(data.to_vec()), PinGuard::none()));
-        }
-        self.ensure_space(data.len() as u64)?;
-        let cuts = fastcdc::v2020::FastCDC::new(data, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
-        let mut writer = ChunkWriter::new(self);
-        for cut in cuts {
-            writer.add(&data[cut.offset..cut.offset + cut.length])?;
-        }
-        writer.finish()
+        self.write_content_from(data, data.len() as u64)
     }
 
-    /// Like [`Store::write_content`] for content read from `source` (a staging file),
-    /// without holding it all in memory.
-    pub fn write_content_from(&self, source: impl Read, len: u64) -> Result<(Content, PinGuard)> {
+    /// Like [`Store::write_content`] for the first `len` bytes of `source` (a staging
+    /// file), holding one segment per thread in memory, not the whole content.
+    pub fn write_content_from(
+        &self,
+        source: &(impl ContentSource + ?Sized),
+        len: u64,
+    ) -> Result<(Content, PinGuard)> {
         if len > MAX_FILE_SIZE {
             return Err(StoreError::TooLarge(len));
         }
         if len <= INLINE_MAX as u64 {
-            let mut data = Vec::with_capacity(len as usize);
+            let mut data = vec![0u8; len as usize];
             source
-                .take(len)
-                .read_to_end(&mut data)
+                .read_exact_at(&mut data, 0)
                 .map_err(|e| StoreError::io("read staged content", e))?;
             return Ok((Content::Inline(data), PinGuard::none()));
         }
         self.ensure_space(len)?;
-        let mut writer = ChunkWriter::new(self);
-        let cuts =
-            fastcdc::v2020::StreamCDC::new(source.take(len), CHUNK_MIN, CHUNK_AVG, CHUNK_MAX);
-        for cut in cuts {
-            let cut = cut.map_err(|e| StoreError::io("read staged content", e.into()))?;
-            writer.add(&cut.data)?;
+        let segments = len.div_ceil(SEGMENT) as usize;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_CHUNKING_THREADS)
+            .min(segments);
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let done: Vec<parking_lot::Mutex<Option<Result<Segment>>>> = (0..segments)
+            .map(|_| parking_lot::Mutex::new(None))
+            .collect();
+        let work = || {
+            let mut buf = Vec::new();
+            while !failed.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= segments {
+                    break;
+                }
+                let result = self.write_segment(source, i as u64 * SEGMENT, len, &mut buf);
+                failed.fetch_or(result.is_err(), Ordering::Relaxed);
+                *done[i].lock() = Some(result);
+            }
+        };
+        std::thread::scope(|scope| {
+            for _ in 1..threads {
+                scope.spawn(work);
+            }
+            work();
+        });
+        let mut refs = Vec::new();
+        let mut pins = PinGuard {
+            inner: Some(self.inner.clone()),
+            hashes: Vec::new(),
+        };
+        for segment in done {
+            // A segment not started is after one that failed, whose error is returned.
+            let Some(result) = segment.into_inner() else {
+                continue;
+            };
+            let (segment_refs, mut segment_pins) = result?;
+            refs.extend(segment_refs);
+            pins.hashes.append(&mut segment_pins.hashes);
         }
-        writer.finish()
+        Ok((Content::Chunked(refs), pins))
+    }
+
+    /// Chunks, hashes and writes the segment of `source` at `start`, using `buf`.
+    fn write_segment(
+        &self,
+        source: &(impl ContentSource + ?Sized),
+        start: u64,
+        len: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<Segment> {
+        let size = SEGMENT.min(len - start) as usize;
+        buf.resize(size, 0);
+        source
+            .read_exact_at(buf, start)
+            .map_err(|e| StoreError::io("read staged content", e))?;
+        let mut writer = ChunkWriter::new(self);
+        for cut in fastcdc::v2020::FastCDC::new(buf, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX) {
+            writer.add(&buf[cut.offset..cut.offset + cut.length])?;
+        }
+        let (content, pins) = writer.finish()?;
+        match content {
+            Content::Chunked(refs) => Ok((refs, pins)),
+            Content::Inline(_) => Ok((Vec::new(), pins)),
+        }
     }
 
     /// Reads one chunk and checks it against its hash. A chunk whose bytes do not match

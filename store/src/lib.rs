@@ -29,7 +29,7 @@ mod remote;
 mod tree;
 mod tx;
 
-pub use chunks::{ContentReader, PinGuard};
+pub use chunks::{ContentReader, ContentSource, PinGuard, SEGMENT};
 pub use error::{Result, StoreError};
 pub use remote::Applied;
 pub use tree::Conflict;

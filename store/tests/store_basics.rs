@@ -218,3 +218,52 @@ fn deleting_nothing_commits_nothing() {
     assert_eq!(tx.commit(1, Durability::Process).unwrap(), None);
     assert_eq!(store.last_seq(), 0);
 }
+
+#[test]
+fn large_content_is_chunked_by_segment_the_same_way_from_memory_and_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let segment = depfs_store::SEGMENT as usize;
+    let bytes = data(2 * segment + 777_777, 9);
+    let (from_memory, _pin) = store.write_content(&bytes).unwrap();
+    let file_path = dir.path().join("staged");
+    std::fs::write(&file_path, &bytes).unwrap();
+    let file = std::fs::File::open(&file_path).unwrap();
+    let (from_file, _pin2) = store.write_content_from(&file, bytes.len() as u64).unwrap();
+    assert_eq!(
+        from_memory, from_file,
+        "the same bytes give the same chunks"
+    );
+    // A cut at every segment boundary, whichever thread chunked the segment.
+    let mut at = 0u64;
+    let mut cuts = std::collections::HashSet::new();
+    for chunk in from_memory.chunks() {
+        at += u64::from(chunk.len);
+        cuts.insert(at);
+    }
+    assert!(cuts.contains(&(segment as u64)) && cuts.contains(&(2 * segment as u64)));
+    assert_eq!(at, bytes.len() as u64);
+    let reader = ContentReader::new(from_file);
+    assert!(reader.read(&store, 0, bytes.len()).unwrap() == bytes);
+
+    // An overwrite in place changes only the chunks around it.
+    let mut changed = bytes.clone();
+    changed[segment + 1000..segment + 5000].fill(0xAB);
+    let (after, _pin3) = store.write_content(&changed).unwrap();
+    let before: std::collections::HashSet<_> = from_memory.chunks().iter().collect();
+    let new = after
+        .chunks()
+        .iter()
+        .filter(|c| !before.contains(c))
+        .count();
+    assert!(new <= 3, "{new} chunks changed for a 4 KiB overwrite");
+
+    // A file shorter on disk than the length asked (extended by set_len) reads zeros.
+    let (padded, _pin4) = store
+        .write_content_from(&file, bytes.len() as u64 + 100_000)
+        .unwrap();
+    let all = ContentReader::new(padded)
+        .read(&store, 0, bytes.len() + 100_000)
+        .unwrap();
+    assert!(all[..bytes.len()] == bytes[..] && all[bytes.len()..].iter().all(|&b| b == 0));
+}

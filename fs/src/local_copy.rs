@@ -1,0 +1,235 @@
+//! Local copies: whole-file copies of large contents, kept so the kernel can read them
+//! directly through FUSE passthrough instead of asking the daemon for every page.
+//!
+//! A file written here past the spill threshold is staged in an anonymous file of the
+//! staging directory; once published, that file holds exactly the committed content.
+//! Instead of throwing it away at the last close, it is kept here, keyed by the content it
+//! holds, within a byte budget (oldest first out). The next open of that content takes
+//! it back and hands it to the kernel as the inode's backing file, so reads (and writes)
+//! run at the speed of the local disk's page cache.
+//!
+//! The files are anonymous (`O_TMPFILE`): a crash frees them, and nothing needs cleaning
+//! at the next start. Content received from peers has no local copy; it is read through
+//! the daemon as before.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+
+use depfs_proto::Content;
+
+/// Identifies a chunked content: blake3 over its chunk hashes and lengths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ContentKey([u8; 32]);
+
+impl ContentKey {
+    /// The key of `content`; `None` for inline content, which never has a local copy.
+    pub(crate) fn of(content: &Content) -> Option<ContentKey> {
+        let chunks = content.chunks();
+        if chunks.is_empty() {
+            return None;
+        }
+        let mut hasher = blake3::Hasher::new();
+        for chunk in chunks {
+            hasher.update(&chunk.hash.0);
+            hasher.update(&chunk.len.to_le_bytes());
+        }
+        Some(ContentKey(*hasher.finalize().as_bytes()))
+    }
+}
+
+/// What identifies the state of a local copy file without reading it: size, and the
+/// modification and change times the kernel sets on every write (fine-grained once they
+/// have been queried, so two writes are never confused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    pub(crate) len: u64,
+    pub(crate) mtime: (i64, i64),
+    pub(crate) ctime: (i64, i64),
+}
+
+impl Stamp {
+    pub(crate) fn of(file: &File) -> io::Result<Stamp> {
+        let md = file.metadata()?;
+        Ok(Stamp {
+            len: md.len(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            ctime: (md.ctime(), md.ctime_nsec()),
+        })
+    }
+}
+
+/// True if the filesystem of `dir` gives every write a distinct change time once the
+/// previous one was looked at (Linux multigrain timestamps, 6.13+ on ext4, xfs, btrfs
+/// and tmpfs). Writes made through passthrough never reach the daemon, which tells them
+/// apart by [`Stamp`]s: without fine-grained times two writes in one clock tick would look
+/// like none, so passthrough is not used.
+pub(crate) fn fine_grained_stamps(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let probe = || -> io::Result<bool> {
+        let file = tempfile::tempfile_in(dir)?;
+        let mut last = Stamp::of(&file)?;
+        for round in 0..8u8 {
+            file.write_all_at(&[round], 0)?;
+            let now = Stamp::of(&file)?;
+            if now == last {
+                return Ok(false);
+            }
+            last = now;
+        }
+        Ok(true)
+    };
+    match probe() {
+        Ok(fine) => fine,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot probe file timestamps; passthrough off");
+            false
+        }
+    }
+}
+
+/// The backing file of an inode served through passthrough, and the kernel's id for it
+/// (registered at the first open, reused by every open while the inode stays open: the
+/// kernel allows one backing file per inode).
+#[derive(Debug)]
+pub struct Backing {
+    file: File,
+    id: parking_lot::Mutex<Option<fuser::BackingId>>,
+}
+
+impl Backing {
+    pub(crate) fn new(file: &File) -> io::Result<Backing> {
+        Ok(Backing {
+            file: file.try_clone()?,
+            id: parking_lot::Mutex::new(None),
+        })
+    }
+
+    /// The file to register with the kernel.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The kernel's id of the file, once registered (see [`crate::ops`]).
+    pub fn id(&self) -> parking_lot::MutexGuard<'_, Option<fuser::BackingId>> {
+        self.id.lock()
+    }
+}
+
+/// Local copies not in use, oldest first, within a byte budget.
+#[derive(Debug)]
+pub(crate) struct LocalCopies {
+    budget: u64,
+    used: u64,
+    idle: VecDeque<(ContentKey, File, u64)>,
+}
+
+impl LocalCopies {
+    pub(crate) fn new(budget: u64) -> Self {
+        LocalCopies {
+            budget,
+            used: 0,
+            idle: VecDeque::new(),
+        }
+    }
+
+    /// True if no copy is kept.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.idle.is_empty()
+    }
+
+    /// Takes the copy of `content` out of the cache, if there is one.
+    pub(crate) fn take(&mut self, content: &Content) -> Option<File> {
+        let key = ContentKey::of(content)?;
+        let at = self.idle.iter().position(|(k, _, _)| *k == key)?;
+        let (_, file, len) = self.idle.remove(at)?;
+        self.used -= len;
+        Some(file)
+    }
+
+    /// Keeps `file`, which holds exactly `content`, for the next open; the oldest copies
+    /// are dropped to stay within the budget.
+    pub(crate) fn put(&mut self, content: &Content, file: File) {
+        let len = content.size();
+        let Some(key) = ContentKey::of(content) else {
+            return;
+        };
+        if len > self.budget || self.idle.iter().any(|(k, _, _)| *k == key) {
+            return;
+        }
+        while self.used + len > self.budget {
+            match self.idle.pop_front() {
+                Some((_, _, dropped)) => self.used -= dropped,
+                None => break,
+            }
+        }
+        self.used += len;
+        self.idle.push_back((key, file, len));
+    }
+
+    /// Bytes held by idle copies.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> u64 {
+        self.used
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use depfs_proto::{ChunkHash, ChunkRef};
+
+    fn content(seed: u8, len: u32) -> Content {
+        Content::Chunked(vec![ChunkRef {
+            hash: ChunkHash([seed; 32]),
+            len,
+        }])
+    }
+
+    #[test]
+    fn copies_are_found_by_content_and_taken_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut copies = LocalCopies::new(100);
+        copies.put(&content(1, 40), tempfile::tempfile_in(dir.path()).unwrap());
+        assert!(copies.take(&content(2, 40)).is_none());
+        assert!(copies.take(&content(1, 40)).is_some());
+        assert!(
+            copies.take(&content(1, 40)).is_none(),
+            "a copy has one user"
+        );
+        assert_eq!(copies.used(), 0);
+        assert!(copies.take(&Content::Inline(b"x".to_vec())).is_none());
+    }
+
+    #[test]
+    fn the_oldest_copies_go_first_to_stay_within_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut copies = LocalCopies::new(100);
+        for seed in 1..=3 {
+            copies.put(
+                &content(seed, 40),
+                tempfile::tempfile_in(dir.path()).unwrap(),
+            );
+        }
+        assert_eq!(copies.used(), 80);
+        assert!(copies.take(&content(1, 40)).is_none());
+        assert!(copies.take(&content(3, 40)).is_some());
+        copies.put(&content(9, 200), tempfile::tempfile_in(dir.path()).unwrap());
+        assert!(
+            copies.take(&content(9, 200)).is_none(),
+            "larger than the budget"
+        );
+    }
+
+    #[test]
+    fn a_stamp_changes_with_a_write() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = tempfile::tempfile_in(dir.path()).unwrap();
+        file.write_all_at(b"abc", 0).unwrap();
+        let before = Stamp::of(&file).unwrap();
+        file.write_all_at(b"x", 1).unwrap();
+        assert_ne!(Stamp::of(&file).unwrap(), before);
+    }
+}
