@@ -3,8 +3,8 @@
 //!
 //! A file written here past the spill threshold is staged in an anonymous file of the
 //! staging directory; once published, that file holds exactly the committed content.
-//! Instead of throwing it away at the last close, it is kept here, keyed by the content it
-//! holds, within a byte budget (oldest first out). The next open of that content takes
+//! Instead of throwing it away at the last close, it is kept here with the content it
+//! holds (its chunk list), within a byte budget (oldest first out). The next open of that content takes
 //! it back and hands it to the kernel as the inode's backing file, so reads (and writes)
 //! run at the speed of the local disk's page cache.
 //!
@@ -18,26 +18,6 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 
 use depfs_proto::Content;
-
-/// Identifies a chunked content: blake3 over its chunk hashes and lengths.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ContentKey([u8; 32]);
-
-impl ContentKey {
-    /// The key of `content`; `None` for inline content, which never has a local copy.
-    pub(crate) fn of(content: &Content) -> Option<ContentKey> {
-        let chunks = content.chunks();
-        if chunks.is_empty() {
-            return None;
-        }
-        let mut hasher = blake3::Hasher::new();
-        for chunk in chunks {
-            hasher.update(&chunk.hash.0);
-            hasher.update(&chunk.len.to_le_bytes());
-        }
-        Some(ContentKey(*hasher.finalize().as_bytes()))
-    }
-}
 
 /// What identifies the state of a local copy file without reading it: size, and the
 /// modification and change times the kernel sets on every write (fine-grained once they
@@ -122,7 +102,8 @@ impl Backing {
 pub(crate) struct LocalCopies {
     budget: u64,
     used: u64,
-    idle: VecDeque<(ContentKey, File, u64)>,
+    /// Few entries (each is a large file): found by comparing chunk lists.
+    idle: VecDeque<(Content, File)>,
 }
 
 impl LocalCopies {
@@ -141,10 +122,12 @@ impl LocalCopies {
 
     /// Takes the copy of `content` out of the cache, if there is one.
     pub(crate) fn take(&mut self, content: &Content) -> Option<File> {
-        let key = ContentKey::of(content)?;
-        let at = self.idle.iter().position(|(k, _, _)| *k == key)?;
-        let (_, file, len) = self.idle.remove(at)?;
-        self.used -= len;
+        if content.chunks().is_empty() {
+            return None;
+        }
+        let at = self.idle.iter().position(|(c, _)| c == content)?;
+        let (content, file) = self.idle.remove(at)?;
+        self.used -= content.size();
         Some(file)
     }
 
@@ -152,20 +135,20 @@ impl LocalCopies {
     /// are dropped to stay within the budget.
     pub(crate) fn put(&mut self, content: &Content, file: File) {
         let len = content.size();
-        let Some(key) = ContentKey::of(content) else {
-            return;
-        };
-        if len > self.budget || self.idle.iter().any(|(k, _, _)| *k == key) {
+        if content.chunks().is_empty()
+            || len > self.budget
+            || self.idle.iter().any(|(c, _)| c == content)
+        {
             return;
         }
         while self.used + len > self.budget {
             match self.idle.pop_front() {
-                Some((_, _, dropped)) => self.used -= dropped,
+                Some((dropped, _)) => self.used -= dropped.size(),
                 None => break,
             }
         }
         self.used += len;
-        self.idle.push_back((key, file, len));
+        self.idle.push_back((content.clone(), file));
     }
 
     /// Bytes held by idle copies.
