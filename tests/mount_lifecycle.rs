@@ -92,20 +92,27 @@ fn an_open_unclosed_file_is_not_published_before_close() {
     let node = Node::new("gw1");
     node.mount();
     write_file(&node.path("api.xml"), b"<old/>", false);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(node.path("api.xml"))
+    // The writer is another process: a descriptor open in this one would be copied into
+    // every process the tests running alongside spawn, and closed there at exec, which
+    // FUSE turns into a flush (and depfs publishes on flush).
+    let mut writer = std::process::Command::new("bash")
+        .arg("-c")
+        // (No redirection on printf itself: bash would dup and close the file around it.)
+        .arg("exec 3>\"$1\" 1>&3 && printf %s '<new-but-unfinished' && read -r _")
+        .arg("writer")
+        .arg(node.path("api.xml"))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    f.write_all(b"<new-but-unfinished").unwrap();
-    // A reader on the same node sees its own writes at once.
-    assert_eq!(
-        std::fs::read(node.path("api.xml")).unwrap(),
-        b"<new-but-unfinished"
-    );
+    // A reader on the same node sees the writes at once.
+    assert!(wait_until(Duration::from_secs(20), || std::fs::read(
+        node.path("api.xml")
+    )
+    .is_ok_and(|c| c == b"<new-but-unfinished")));
     // The daemon dies before the writer closes: the store still has the old content.
     node.kill9();
-    drop(f);
+    writer.kill().unwrap();
+    writer.wait().unwrap();
     node.mount();
     assert_eq!(std::fs::read(node.path("api.xml")).unwrap(), b"<old/>");
 }

@@ -15,6 +15,15 @@ use common::{http_get, metric, Cluster, Node};
 use rand::{RngCore, SeedableRng};
 
 const T: Duration = Duration::from_secs(20);
+
+/// The tests here run one at a time: they count commits while a file is open for
+/// writing, and a descriptor open in this process is copied into every process another
+/// test spawns, and closed there at exec, which FUSE turns into a flush (a publish).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 const MIB: usize = 1 << 20;
 
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
@@ -45,6 +54,7 @@ fn changes_committed(addr: &str) -> f64 {
 
 #[test]
 fn a_large_file_written_here_is_read_back_through_passthrough() {
+    let _serial = one_at_a_time();
     let (node, addr) = node("pt1");
     node.mount();
     let data = random_bytes(8 * MIB + 12_345, 1);
@@ -86,6 +96,7 @@ fn a_large_file_written_here_is_read_back_through_passthrough() {
 
 #[test]
 fn writes_through_passthrough_are_published_replicated_and_kept() {
+    let _serial = one_at_a_time();
     let c = Cluster::new(2);
     let addr = format!("127.0.0.1:{}", common::free_port());
     for (i, node) in c.nodes.iter().enumerate() {
@@ -189,6 +200,7 @@ fn writes_through_passthrough_are_published_replicated_and_kept() {
 
 #[test]
 fn a_local_copy_is_not_used_for_a_version_from_a_peer() {
+    let _serial = one_at_a_time();
     let c = Cluster::new(2);
     for node in &c.nodes {
         let config = std::fs::read_to_string(&node.config).unwrap();
