@@ -46,6 +46,7 @@ fn config() -> ReplicaConfig {
         stall_ms: 1_500,
         gc_every_ms: 2_000,
         relay_delay_ms: 30,
+        progress_every_ms: 10,
     }
 }
 
