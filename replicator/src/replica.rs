@@ -43,11 +43,6 @@ pub struct ReplicaConfig {
     /// that their `Progress` (sent by every node when it applies changes) can show that
     /// they already have them.
     pub relay_delay_ms: u64,
-    /// A `Progress` goes to a peer at most this often: the first after a quiet spell at
-    /// once, those of a busy stream of changes together at the next tick (each costs the
-    /// receiver a message and a store write). Kept below `relay_delay_ms`, so that peers
-    /// still know what this node has before they would relay it.
-    pub progress_every_ms: u64,
 }
 
 impl Default for ReplicaConfig {
@@ -62,7 +57,6 @@ impl Default for ReplicaConfig {
             stall_ms: 15_000,
             gc_every_ms: 60_000,
             relay_delay_ms: 50,
-            progress_every_ms: 20,
         }
     }
 }
@@ -161,9 +155,6 @@ struct Peer {
     fetch_activity_ms: u64,
     /// When changes received from other peers are due to be relayed to this one.
     relay_at_ms: Option<u64>,
-    /// When our last `Progress` went to this peer, and whether a newer one waits.
-    progress_sent_ms: Option<u64>,
-    progress_due: bool,
     /// The last batch number used towards this peer.
     batches_sent: u64,
     /// Batches being received from this peer.
@@ -512,23 +503,6 @@ impl Replica {
                     });
                 }
             }
-            let every = self.config.progress_every_ms;
-            if p.progress_due
-                && p.progress_sent_ms
-                    .is_none_or(|t| now_ms.saturating_sub(t) >= every)
-            {
-                p.progress_due = false;
-                p.progress_sent_ms = Some(now_ms);
-                out.push(Output::Send {
-                    to: peer.clone(),
-                    msg: Message::Progress {
-                        vv: self.store.version_vector(),
-                    },
-                });
-            }
-            let Some(p) = self.peers.get_mut(&peer) else {
-                continue;
-            };
             if p.relay_at_ms.is_some_and(|t| now_ms >= t) {
                 p.relay_at_ms = None;
                 self.push(&peer, now_ms, &mut out)?;
@@ -895,23 +869,13 @@ impl Replica {
                 if &peer == from {
                     continue;
                 }
-                let every = self.config.progress_every_ms;
-                let Some(p) = self.peers.get_mut(&peer) else {
-                    continue;
-                };
-                p.relay_at_ms = Some(p.relay_at_ms.map_or(relay_at, |t| t.min(relay_at)));
-                if p.progress_sent_ms
-                    .is_none_or(|t| now_ms.saturating_sub(t) >= every)
-                {
-                    p.progress_sent_ms = Some(now_ms);
-                    p.progress_due = false;
-                    out.push(Output::Send {
-                        to: peer,
-                        msg: Message::Progress { vv: vv.clone() },
-                    });
-                } else {
-                    p.progress_due = true;
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.relay_at_ms = Some(p.relay_at_ms.map_or(relay_at, |t| t.min(relay_at)));
                 }
+                out.push(Output::Send {
+                    to: peer,
+                    msg: Message::Progress { vv: vv.clone() },
+                });
             }
         }
         Ok(())

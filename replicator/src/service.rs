@@ -244,11 +244,10 @@ impl Service {
             .expecting_peers(config.peers.len())
             .with_mode(config.mode);
         let thread_shared = shared.clone();
-        // Ticks drive hellos, stalls, collection, delayed relays and progress.
+        // Ticks drive hellos, stalls, collection and delayed relays.
         let tick = Duration::from_millis(
             (config.replica.hello_every_ms.clamp(50, 1000) / 2)
                 .min(config.replica.relay_delay_ms)
-                .min(config.replica.progress_every_ms)
                 .max(10),
         );
         let thread = std::thread::Builder::new()

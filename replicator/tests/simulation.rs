@@ -46,7 +46,6 @@ fn config() -> ReplicaConfig {
         stall_ms: 1_500,
         gc_every_ms: 2_000,
         relay_delay_ms: 30,
-        progress_every_ms: 10,
     }
 }
 
