@@ -690,20 +690,27 @@ fn run_seed_with(seed: u64, ops: usize, config: &str, check: impl FnOnce(&Node))
     );
 }
 
+/// Operations per seed (`DEPFS_DIFF_OPS`, 2500) and the seeds: `DEPFS_SEED` alone if
+/// set, else `default`.
+fn ops_and_seeds(default: impl IntoIterator<Item = u64>) -> (usize, Vec<u64>) {
+    let ops = std::env::var("DEPFS_DIFF_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2500);
+    let seeds = match std::env::var("DEPFS_SEED") {
+        Ok(s) => vec![s.parse().expect("DEPFS_SEED must be a number")],
+        Err(_) => default.into_iter().collect(),
+    };
+    (ops, seeds)
+}
+
 fn run_seed(seed: u64, ops: usize) {
     run_seed_with(seed, ops, "peers = []\n", |_| ());
 }
 
 #[test]
 fn depfs_behaves_like_the_native_filesystem() {
-    let ops: usize = std::env::var("DEPFS_DIFF_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2500);
-    let seeds: Vec<u64> = match std::env::var("DEPFS_SEED") {
-        Ok(s) => vec![s.parse().expect("DEPFS_SEED must be a number")],
-        Err(_) => (1..=4).collect(),
-    };
+    let (ops, seeds) = ops_and_seeds(1..=4);
     for seed in seeds {
         run_seed(seed, ops);
     }
@@ -714,14 +721,7 @@ fn depfs_behaves_like_the_native_filesystem() {
 /// daemon) all along the sequence.
 #[test]
 fn depfs_behaves_like_the_native_filesystem_through_passthrough() {
-    let ops: usize = std::env::var("DEPFS_DIFF_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2500);
-    let seeds: Vec<u64> = match std::env::var("DEPFS_SEED") {
-        Ok(s) => vec![s.parse().expect("DEPFS_SEED must be a number")],
-        Err(_) => vec![101, 102],
-    };
+    let (ops, seeds) = ops_and_seeds([101, 102]);
     for seed in seeds {
         let addr = format!("127.0.0.1:{}", common::free_port());
         let config = format!("peers = []\nlocal_copy_min_kib = 16\nmetrics = \"{addr}\"\n");

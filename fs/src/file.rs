@@ -75,7 +75,7 @@ pub(crate) struct FileData {
     writers: u32,
     /// When `setattr` last set the modification time explicitly: a passthrough write
     /// after it moves the time again, one before it does not.
-    explicit_mtime_at: Option<std::time::SystemTime>,
+    explicit_mtime_at: Option<depfs_proto::Timespec>,
     /// The kernel was told it may drop its pages of this file below this offset.
     pages_dropped_to: u64,
 }
@@ -105,19 +105,9 @@ impl FileData {
     /// `meta` as it stands after the kernel's writes to the local copy: the writes'
     /// modification time, unless `setattr` set one explicitly after them.
     fn with_kernel_writes(&self, mut meta: Meta, written: &Stamp) -> Meta {
-        let (secs, nanos) = written.mtime;
-        let timespec =
-            |(s, n): (i64, i64)| depfs_proto::Timespec::new(s, n.clamp(0, 999_999_999) as u32);
-        let explicit_after = self.explicit_mtime_at.is_some_and(|at| {
-            let at = at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| (d.as_secs() as i64, i64::from(d.subsec_nanos())))
-                .unwrap_or((0, 0));
-            (secs, nanos) <= at
-        });
-        if !explicit_after {
-            meta.mtime = timespec(written.mtime);
-            meta.ctime = meta.ctime.max(timespec(written.ctime));
+        if self.explicit_mtime_at.is_none_or(|at| written.mtime > at) {
+            meta.mtime = written.mtime;
+            meta.ctime = meta.ctime.max(written.ctime);
         }
         meta
     }
@@ -289,6 +279,11 @@ impl DepFs {
             }
         }
         Ok((fh, cache))
+    }
+
+    /// The versions `path` has now (what a change made from here starts from).
+    pub(crate) fn head_dots(&self, path: &depfs_proto::RelPath) -> FsResult<Vec<Dot>> {
+        Ok(self.store.heads(path)?.into_iter().map(|h| h.dot).collect())
     }
 
     /// The committed file at `path`, opened: through its local copy if there is one
@@ -504,7 +499,7 @@ impl DepFs {
                     apply(meta, changes);
                 }
                 if changes.mtime.is_some() {
-                    data.explicit_mtime_at = Some(std::time::SystemTime::now());
+                    data.explicit_mtime_at = Some(now());
                 }
                 drop(data);
                 return self.getattr(ino);
@@ -558,7 +553,7 @@ impl DepFs {
         let (meta, started_from) = match &inode.path {
             Some(path) => {
                 let meta = self.store.get(path)?.ok_or(Errno::ENOENT)?.meta;
-                let dots = self.store.heads(path)?.into_iter().map(|h| h.dot).collect();
+                let dots = self.head_dots(path)?;
                 (meta, dots)
             }
             None => (inode.detached.clone().ok_or(Errno::ENOENT)?, Vec::new()),
@@ -690,12 +685,7 @@ impl DepFs {
             // Writers can still write behind our back (or did while the content was
             // read): stay dirty, so that the next publish looks again.
             data.staged = Some(meta);
-            data.started_from = self
-                .store
-                .heads(&path)?
-                .into_iter()
-                .map(|h| h.dot)
-                .collect();
+            data.started_from = self.head_dots(&path)?;
             file.dirty.store(true, Ordering::Release);
         }
         Ok(())

@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 
-use depfs_proto::Content;
+use depfs_proto::{Content, Timespec};
 
 /// What identifies the state of a local copy file without reading it: size, and the
 /// modification and change times the kernel sets on every write (fine-grained once they
@@ -25,17 +25,18 @@ use depfs_proto::Content;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stamp {
     pub(crate) len: u64,
-    pub(crate) mtime: (i64, i64),
-    pub(crate) ctime: (i64, i64),
+    pub(crate) mtime: Timespec,
+    pub(crate) ctime: Timespec,
 }
 
 impl Stamp {
     pub(crate) fn of(file: &File) -> io::Result<Stamp> {
         let md = file.metadata()?;
+        let time = |secs: i64, nanos: i64| Timespec::new(secs, nanos.clamp(0, 999_999_999) as u32);
         Ok(Stamp {
             len: md.len(),
-            mtime: (md.mtime(), md.mtime_nsec()),
-            ctime: (md.ctime(), md.ctime_nsec()),
+            mtime: time(md.mtime(), md.mtime_nsec()),
+            ctime: time(md.ctime(), md.ctime_nsec()),
         })
     }
 }

@@ -185,12 +185,7 @@ impl DepFs {
         let tx = self.store.transaction();
         let parent_meta = self.check_free(&tx, &path)?;
         let meta = new_meta(Kind::File, mode, caller, &parent_meta);
-        let started_from = self
-            .store
-            .heads(&path)?
-            .into_iter()
-            .map(|h| h.dot)
-            .collect();
+        let started_from = self.head_dots(&path)?;
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let file = OpenFile::pending(meta.clone(), started_from, u32::from(writable));
         let mut tables = self.tables.lock();

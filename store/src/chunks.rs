@@ -263,11 +263,7 @@ impl Store {
         for cut in fastcdc::v2020::FastCDC::new(buf, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX) {
             writer.add(&buf[cut.offset..cut.offset + cut.length])?;
         }
-        let (content, pins) = writer.finish()?;
-        match content {
-            Content::Chunked(refs) => Ok((refs, pins)),
-            Content::Inline(_) => Ok((Vec::new(), pins)),
-        }
+        writer.finish()
     }
 
     /// Reads one chunk and checks it against its hash. A chunk whose bytes do not match
@@ -452,10 +448,11 @@ impl<'a> ChunkWriter<'a> {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<(Content, PinGuard)> {
+    /// The chunks written, in order, and their pins.
+    fn finish(mut self) -> Result<Segment> {
         self.flush()?;
         let pins = std::mem::replace(&mut self.pins, PinGuard::none());
-        Ok((Content::Chunked(std::mem::take(&mut self.refs)), pins))
+        Ok((std::mem::take(&mut self.refs), pins))
     }
 }
 
