@@ -169,6 +169,10 @@ enum CaCommand {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = check_cpu() {
+        eprintln!("depfs: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse_from(mount_helper_args(std::env::args_os().collect()));
     let result = match cli.command {
         Command::Mount {
@@ -203,6 +207,35 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Refuses to run on an x86-64 CPU without the instructions the build enables
+/// (`.cargo/config.toml`: RocksDB's hardware CRC32C), with a clear message instead of an
+/// illegal-instruction crash in the middle of a write.
+fn check_cpu() -> Result<(), String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let missing: Vec<&str> = [
+            ("sse4.2", std::arch::is_x86_feature_detected!("sse4.2")),
+            (
+                "pclmulqdq",
+                std::arch::is_x86_feature_detected!("pclmulqdq"),
+            ),
+            ("popcnt", std::arch::is_x86_feature_detected!("popcnt")),
+        ]
+        .into_iter()
+        .filter(|(_, present)| !present)
+        .map(|(name, _)| name)
+        .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "this CPU lacks {} (this build needs SSE4.2, PCLMULQDQ and POPCNT; rebuild \
+                 without the rustflags of .cargo/config.toml to run here, at a cost in speed)",
+                missing.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Lets depfs run as a mount helper: mount(8) runs `mount.fuse.depfs CONFIG MOUNTPOINT -o
