@@ -102,6 +102,7 @@ pub(crate) fn init(
         created,
         commit_hook: parking_lot::RwLock::new(None),
         min_free_bytes: options.min_free_bytes,
+        free_space: Mutex::new(None),
         lead: parking_lot::RwLock::new(lead),
         _lock: lock,
     })

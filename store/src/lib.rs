@@ -90,6 +90,10 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// How old the free-space figure a change without content is checked against may be
+/// (see [`Store::ensure_space_for_metadata`]).
+const METADATA_FREE_SPACE_AGE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A function called after every local commit.
 pub type CommitHook = Box<dyn Fn() + Send + Sync>;
 
@@ -109,6 +113,8 @@ pub(crate) struct Inner {
     pub(crate) created: bool,
     /// See [`StoreOptions::min_free_bytes`].
     pub(crate) min_free_bytes: u64,
+    /// The last `statvfs` of the store's filesystem: when, and the bytes it had free.
+    pub(crate) free_space: Mutex<Option<(std::time::Instant, u64)>>,
     /// Called after every local commit (the replicator's wake-up).
     pub(crate) commit_hook: parking_lot::RwLock<Option<CommitHook>>,
     /// One-way mode: the manager terms, which decide which changes are cut off. Changed
@@ -143,13 +149,28 @@ impl Store {
     /// Like [`Store::ensure_space`] for changes without content (mkdir, rename, delete,
     /// chmod, ...): they may use half of the reserve, so that files can still be
     /// deleted to make room when content writes are refused.
+    ///
+    /// Such changes write a few hundred bytes each, so they check against a free-space
+    /// figure up to [`METADATA_FREE_SPACE_AGE`] old: a `statvfs` per `unlink` was a
+    /// measurable part of deleting many files.
     pub(crate) fn ensure_space_for_metadata(&self) -> Result<()> {
-        self.ensure_free(self.inner.min_free_bytes / 2)
+        let cached = *self.inner.free_space.lock();
+        match cached {
+            Some((at, available)) if at.elapsed() < METADATA_FREE_SPACE_AGE => {
+                self.check_free(available, self.inner.min_free_bytes / 2)
+            }
+            _ => self.ensure_free(self.inner.min_free_bytes / 2),
+        }
     }
 
     fn ensure_free(&self, needed: u64) -> Result<()> {
         let available = free_bytes(&self.inner.dir)
             .map_err(|e| StoreError::io(format!("statvfs {}", self.inner.dir.display()), e))?;
+        *self.inner.free_space.lock() = Some((std::time::Instant::now(), available));
+        self.check_free(available, needed)
+    }
+
+    fn check_free(&self, available: u64, needed: u64) -> Result<()> {
         if available < needed {
             return Err(StoreError::NoSpace {
                 dir: self.inner.dir.clone(),

@@ -155,9 +155,15 @@ pub(crate) struct Batch<'s> {
 
 impl<'s> Batch<'s> {
     pub(crate) fn new(store: &'s Store) -> Self {
+        Self::with_reads(store, Overlay::default())
+    }
+
+    /// A batch that starts from `reads`: an overlay without writes, holding what a
+    /// transaction read under the same writer lock.
+    pub(crate) fn with_reads(store: &'s Store, reads: Overlay) -> Self {
         Batch {
             store,
-            overlay: Overlay::default(),
+            overlay: reads,
             refs: RefDeltas::default(),
             released: HashMap::new(),
             dirty: BTreeSet::new(),
@@ -236,10 +242,71 @@ impl<'s> Batch<'s> {
     }
 
     fn has_visible_children(&self, path: &RelPath) -> Result<bool> {
+        let prefix = path.children_prefix();
+        // A path with visible children is shown as a directory. If the store showed this
+        // one as anything else, or not at all, its children can only come from this
+        // batch: no need to scan the store (the common case: a file is deleted or
+        // replaced).
+        if !self.stored_is_dir(path)? && !self.overlay.puts_under(CF_ENTRIES, &prefix) {
+            return Ok(false);
+        }
         Ok(!self
             .overlay
-            .scan(self.store, CF_ENTRIES, &path.children_prefix(), 1)?
+            .scan(self.store, CF_ENTRIES, &prefix, 1)?
             .is_empty())
+    }
+
+    /// True if the store (before this batch) shows `path` as a directory.
+    fn stored_is_dir(&self, path: &RelPath) -> Result<bool> {
+        let key = path.key();
+        match self.overlay.get_stored(self.store, CF_ENTRIES, &key)? {
+            Some(bytes) => Ok(crate::tree::decode_node(&key, &bytes)?.meta.kind == Kind::Dir),
+            None => Ok(false),
+        }
+    }
+
+    /// The keys of the conflicts recorded for `path`, as this batch leaves them.
+    ///
+    /// A conflict is only ever recorded for one of its path's heads, and `settle`
+    /// rewrites a path's records whenever its heads change, so the stored records are
+    /// found by looking up the keys of the stored heads (usually one) instead of scanning
+    /// the path's key range — a scan that gets slower with every record deleted under it
+    /// until RocksDB compacts the tombstones away.
+    pub(crate) fn conflict_keys(&self, path: &RelPath) -> Result<Vec<Vec<u8>>> {
+        let key = path.key();
+        let stored_heads = match self.overlay.get_stored(self.store, CF_HEADS, &key)? {
+            Some(bytes) => decode_heads(&key, &bytes)?,
+            None => Vec::new(),
+        };
+        let mut candidates: BTreeSet<Vec<u8>> = stored_heads
+            .iter()
+            .map(|h| head_key(path, &h.dot))
+            .collect();
+        candidates.extend(
+            self.overlay
+                .written_under(CF_CONFLICTS, &heads_prefix(path)),
+        );
+        let mut out = Vec::new();
+        for candidate in candidates {
+            if self
+                .overlay
+                .get(self.store, CF_CONFLICTS, &candidate)?
+                .is_some()
+            {
+                out.push(candidate);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The dots of the conflicts recorded for `path` (see [`Batch::conflict_keys`]).
+    pub(crate) fn conflict_dots(&self, path: &RelPath) -> Result<Vec<Dot>> {
+        let prefix = heads_prefix(path);
+        Ok(self
+            .conflict_keys(path)?
+            .iter()
+            .filter_map(|key| parse_log_key(key.get(prefix.len()..)?))
+            .collect())
     }
 
     /// Recomputes the visible entries of every marked path, deepest first, following
@@ -258,16 +325,20 @@ impl<'s> Batch<'s> {
                 .is_some_and(|h| matches!(&h.state, State::Live(n) if n.meta.kind == Kind::Dir));
             let has_children = !latest_is_dir && self.has_visible_children(&path)?;
             let (shown, shown_dot) = visible(&contending, has_children, path.is_root());
-            let prefix = heads_prefix(&path);
-            for (key, _) in self
-                .overlay
-                .scan(self.store, CF_CONFLICTS, &prefix, usize::MAX)?
-            {
-                self.overlay.delete(CF_CONFLICTS, key);
+            let recorded = self.conflict_keys(&path)?;
+            let lost: BTreeSet<Vec<u8>> = conflicts(&heads, &shown, &shown_dot)
+                .into_iter()
+                .map(|lost| head_key(&path, &lost.dot))
+                .collect();
+            for key in &recorded {
+                if !lost.contains(key) {
+                    self.overlay.delete(CF_CONFLICTS, key.clone());
+                }
             }
-            for lost in conflicts(&heads, &shown, &shown_dot) {
-                self.overlay
-                    .put(CF_CONFLICTS, head_key(&path, &lost.dot), Vec::new());
+            for key in lost {
+                if !recorded.contains(&key) {
+                    self.overlay.put(CF_CONFLICTS, key, Vec::new());
+                }
             }
             let before = self.entry(&path)?;
             if before != shown {

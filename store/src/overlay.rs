@@ -3,7 +3,11 @@
 //! A commit decides what to write by reading the tree (heads of a path, whether a
 //! directory has children), and its own earlier decisions must be visible to those reads.
 //! The overlay keeps the batch's writes per column family and merges them into reads.
+//! It also remembers what it read from the store: a batch is built under the writer lock,
+//! so nothing else changes those keys meanwhile, and a commit reads the same heads and
+//! entries several times (to decide, to evict, to settle).
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 use rocksdb::WriteBatch;
@@ -12,9 +16,14 @@ use crate::db::cf;
 use crate::error::Result;
 use crate::Store;
 
+/// Stored values by column family and key (`None`: the key was absent).
+type ReadCache = HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>>;
+
 #[derive(Default)]
 pub(crate) struct Overlay {
     writes: HashMap<&'static str, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// Stored values read by this batch.
+    reads: RefCell<ReadCache>,
 }
 
 impl Overlay {
@@ -35,8 +44,43 @@ impl Overlay {
         if let Some(w) = self.writes.get(cf_name).and_then(|m| m.get(key)) {
             return Ok(w.clone());
         }
+        self.get_stored(store, cf_name, key)
+    }
+
+    /// The value of `key` as the store holds it, before this batch's writes.
+    pub(crate) fn get_stored(
+        &self,
+        store: &Store,
+        cf_name: &'static str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        let cache_key = (cf_name, key.to_vec());
+        if let Some(value) = self.reads.borrow().get(&cache_key) {
+            return Ok(value.clone());
+        }
         let db = &store.inner.db;
-        Ok(db.get_pinned_cf(cf(db, cf_name), key)?.map(|v| v.to_vec()))
+        let value = db.get_pinned_cf(cf(db, cf_name), key)?.map(|v| v.to_vec());
+        self.reads.borrow_mut().insert(cache_key, value.clone());
+        Ok(value)
+    }
+
+    /// True if this batch puts (not deletes) a key starting with `prefix`.
+    pub(crate) fn puts_under(&self, cf_name: &'static str, prefix: &[u8]) -> bool {
+        self.writes.get(cf_name).is_some_and(|m| {
+            m.range(prefix.to_vec()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .any(|(_, v)| v.is_some())
+        })
+    }
+
+    /// The keys starting with `prefix` that this batch puts or deletes.
+    pub(crate) fn written_under(&self, cf_name: &'static str, prefix: &[u8]) -> Vec<Vec<u8>> {
+        self.writes.get(cf_name).map_or_else(Vec::new, |m| {
+            m.range(prefix.to_vec()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
     }
 
     /// Every key/value with `prefix`, in key order; stops after `limit` items.

@@ -1,6 +1,6 @@
 //! Reading the tree.
 
-use depfs_proto::{decode_value, Content, Dot, Node, RelPath, State, Version};
+use depfs_proto::{decode_value, Content, Node, RelPath, State, Version};
 use rocksdb::IteratorMode;
 
 use crate::chunks::PinGuard;
@@ -72,23 +72,6 @@ impl Store {
             Some(bytes) => decode_heads(&key, &bytes),
             None => Ok(Vec::new()),
         }
-    }
-
-    /// The dots of the recorded conflicts of `path`.
-    pub(crate) fn conflict_dots(&self, path: &RelPath) -> Result<Vec<Dot>> {
-        let db = &self.inner.db;
-        let prefix = heads_prefix(path);
-        let mut out = Vec::new();
-        for item in crate::db::prefix_iter(db, CF_CONFLICTS, &prefix) {
-            let (key, _) = item?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            if let Some(dot) = parse_log_key(&key[prefix.len()..]) {
-                out.push(dot);
-            }
-        }
-        Ok(out)
     }
 
     /// Every recorded conflict, in path order.

@@ -19,6 +19,7 @@ use crate::error::Result;
 use crate::keys::*;
 use crate::log::LogRecord;
 use crate::merge::{Batch, RefDeltas};
+use crate::overlay::Overlay;
 use crate::tree::DirEntry;
 use crate::Store;
 
@@ -82,6 +83,9 @@ pub struct Tx<'a> {
     /// For writes prepared earlier (a file open for writing): the heads they started
     /// from. Heads that appeared since are concurrent, not superseded.
     bases: HashMap<RelPath, Vec<Dot>>,
+    /// What this transaction read from the store, handed to the commit's batch (which
+    /// reads the same entries again).
+    reads: Overlay,
 }
 
 impl Store {
@@ -95,6 +99,7 @@ impl Store {
             resolve: Default::default(),
             forced_deletes: Default::default(),
             bases: HashMap::new(),
+            reads: Overlay::default(),
         }
     }
 
@@ -119,7 +124,13 @@ impl<'a> Tx<'a> {
     pub fn get(&self, path: &RelPath) -> Result<Option<Node>> {
         match self.index.get(path) {
             Some(&i) => Ok(self.ops[i].1.clone()),
-            None => self.store.get(path),
+            None => {
+                let key = path.key();
+                match self.reads.get_stored(self.store, CF_ENTRIES, &key)? {
+                    Some(bytes) => Ok(Some(crate::tree::decode_node(&key, &bytes)?)),
+                    None => Ok(None),
+                }
+            }
         }
     }
 
@@ -232,19 +243,20 @@ impl<'a> Tx<'a> {
             store.ensure_space_for_metadata()?;
         }
         let node = store.inner.node.clone();
-        let mut batch = Batch::new(store);
+        let mut batch = Batch::with_reads(store, std::mem::take(&mut self.reads));
 
         let mut ops = Vec::with_capacity(self.ops.len());
         for (path, op) in std::mem::take(&mut self.ops) {
             // Deleting what is not there is no change.
-            if op.is_none() && !self.forced_deletes.contains(&path) && store.get(&path)?.is_none() {
+            if op.is_none() && !self.forced_deletes.contains(&path) && batch.entry(&path)?.is_none()
+            {
                 continue;
             }
             let heads = batch.heads(&path)?;
             let conflicted = if self.resolve.contains(&path) {
                 Vec::new()
             } else {
-                store.conflict_dots(&path)?
+                batch.conflict_dots(&path)?
             };
             ops.push((path, op, heads, conflicted));
         }
