@@ -197,6 +197,22 @@ impl OpenFile {
         Some(Attr::new(ino, meta, data.size()))
     }
 
+    /// The attributes of the version this file reads, if it is clean and that is not
+    /// `current` (the path's content in the store): a peer's change that the
+    /// invalidator has not processed yet. Reporting `current`'s size for this inode would
+    /// let the kernel cut reads of the open version at that size.
+    pub(crate) fn attr_if_reading_other(&self, ino: u64, current: &Content) -> Option<Attr> {
+        if self.dirty.load(Ordering::Acquire) {
+            return None;
+        }
+        let data = self.data.read();
+        if data.staged.is_some() || data.base.content() == current {
+            return None;
+        }
+        let meta = data.committed_meta.clone()?;
+        Some(Attr::new(ino, meta, data.base.content().size()))
+    }
+
     /// Attributes as this open file sees them: staged ones, else the committed ones.
     pub(crate) fn attr(&self, ino: u64) -> Option<Attr> {
         let data = self.data.read();

@@ -42,7 +42,10 @@ impl DepFs {
         drop(tables);
         let size = node.size();
         Ok(file
-            .and_then(|f| f.staged_attr(ino))
+            .and_then(|f| {
+                f.staged_attr(ino)
+                    .or_else(|| f.attr_if_reading_other(ino, &node.content))
+            })
             .unwrap_or_else(|| Attr::new(ino, node.meta, size)))
     }
 
@@ -51,12 +54,15 @@ impl DepFs {
         let mut tables = self.tables.lock();
         let inode = tables.inodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         let file = inode.file.clone();
+        let mut current = None;
         let base = match (&inode.path, inode.pending) {
             (Some(path), false) => {
                 let node = self.store.get(path)?.ok_or(Errno::ENOENT)?;
                 let size = node.size();
                 inode.attr_tag = Some(crate::file::tag_of(&node.meta, size));
-                Some(Attr::new(ino, node.meta, size))
+                let attr = Attr::new(ino, node.meta, size);
+                current = Some(node.content);
+                Some(attr)
             }
             (Some(_), true) => None,
             (None, _) => inode
@@ -75,6 +81,15 @@ impl DepFs {
                 if let Some(attr) = file.attr(ino) {
                     return Ok(attr.unlinked());
                 }
+            }
+            // Changed by a peer, not yet detached from this inode: what the open file
+            // reads. (`attr_tag` keeps the store's version, so opens meanwhile bypass
+            // the page cache.)
+            if let Some(attr) = current
+                .as_ref()
+                .and_then(|c| file.attr_if_reading_other(ino, c))
+            {
+                return Ok(attr);
             }
         }
         base.ok_or(Errno::ENOENT)
