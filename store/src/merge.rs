@@ -258,11 +258,10 @@ impl<'s> Batch<'s> {
 
     /// True if the store (before this batch) shows `path` as a directory.
     fn stored_is_dir(&self, path: &RelPath) -> Result<bool> {
-        let key = path.key();
-        match self.overlay.get_stored(self.store, CF_ENTRIES, &key)? {
-            Some(bytes) => Ok(crate::tree::decode_node(&key, &bytes)?.meta.kind == Kind::Dir),
-            None => Ok(false),
-        }
+        Ok(self
+            .overlay
+            .stored_entry(self.store, path)?
+            .is_some_and(|node| node.meta.kind == Kind::Dir))
     }
 
     /// The keys of the conflicts recorded for `path`, as this batch leaves them.

@@ -10,10 +10,12 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
+use depfs_proto::{Node, RelPath};
 use rocksdb::WriteBatch;
 
 use crate::db::cf;
 use crate::error::Result;
+use crate::keys::CF_ENTRIES;
 use crate::Store;
 
 /// Stored values by column family and key (`None`: the key was absent).
@@ -62,6 +64,15 @@ impl Overlay {
         let value = db.get_pinned_cf(cf(db, cf_name), key)?.map(|v| v.to_vec());
         self.reads.borrow_mut().insert(cache_key, value.clone());
         Ok(value)
+    }
+
+    /// The entry `path` shows in the store, before this batch's writes.
+    pub(crate) fn stored_entry(&self, store: &Store, path: &RelPath) -> Result<Option<Node>> {
+        let key = path.key();
+        match self.get_stored(store, CF_ENTRIES, &key)? {
+            Some(bytes) => Ok(Some(crate::tree::decode_node(&key, &bytes)?)),
+            None => Ok(None),
+        }
     }
 
     /// True if this batch puts (not deletes) a key starting with `prefix`.

@@ -124,13 +124,7 @@ impl<'a> Tx<'a> {
     pub fn get(&self, path: &RelPath) -> Result<Option<Node>> {
         match self.index.get(path) {
             Some(&i) => Ok(self.ops[i].1.clone()),
-            None => {
-                let key = path.key();
-                match self.reads.get_stored(self.store, CF_ENTRIES, &key)? {
-                    Some(bytes) => Ok(Some(crate::tree::decode_node(&key, &bytes)?)),
-                    None => Ok(None),
-                }
-            }
+            None => self.reads.stored_entry(self.store, path),
         }
     }
 
