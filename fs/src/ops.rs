@@ -499,7 +499,11 @@ impl Filesystem for FuseAdapter {
     }
 
     /// Extended attributes are not replicated, so they are not supported at all rather
-    /// than silently kept on one node.
+    /// than silently kept on one node. The replies are `ENOSYS`: the kernel then answers
+    /// `EOPNOTSUPP` itself from then on and stops asking. That matters for `getxattr`,
+    /// which the kernel sends before every write (to see whether the write must clear
+    /// `security.capability`): with `EOPNOTSUPP` from here, each write would cost a
+    /// round trip more.
     fn setxattr(
         &self,
         _req: &Request,
@@ -511,7 +515,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _timer = self.fs.stats().timer(FsOp::Xattr);
-        reply.error(fuser::Errno::from_i32(libc::ENOTSUP));
+        reply.error(fuser::Errno::from_i32(libc::ENOSYS));
     }
 
     fn getxattr(
@@ -523,7 +527,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyXattr,
     ) {
         let _timer = self.fs.stats().timer(FsOp::Xattr);
-        reply.error(fuser::Errno::from_i32(libc::ENOTSUP));
+        reply.error(fuser::Errno::from_i32(libc::ENOSYS));
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -537,7 +541,7 @@ impl Filesystem for FuseAdapter {
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
         let _timer = self.fs.stats().timer(FsOp::Xattr);
-        reply.error(fuser::Errno::from_i32(libc::ENOTSUP));
+        reply.error(fuser::Errno::from_i32(libc::ENOSYS));
     }
 
     /// Permission checks are the kernel's (`default_permissions`); this only answers
