@@ -88,6 +88,65 @@ impl fmt::Debug for ChunkHash {
     }
 }
 
+/// A `BuildHasher` for tables keyed by [`ChunkHash`]: a large file's open, close and
+/// commit look up every one of its chunks (16,384 for 256 MiB), and SipHash over 32
+/// bytes made those lookups a visible share of each. The keys are blake3 outputs, evenly
+/// spread already, so a few multiply-rotate rounds over their four words, started from a
+/// per-table random key, spread them as well for a fraction of the cost.
+///
+/// This gives up SipHash's resistance to crafted collisions. Only nodes holding a
+/// certificate of the cluster's CA can name chunk hashes that were not computed here, and
+/// such a node can already change any file; the worst it could do here is slow its
+/// victims' tables down.
+#[derive(Clone, Debug)]
+pub struct ChunkHashState {
+    key: u64,
+}
+
+impl Default for ChunkHashState {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        ChunkHashState {
+            key: std::collections::hash_map::RandomState::new().hash_one(0x0064_6570_6673_u64),
+        }
+    }
+}
+
+impl std::hash::BuildHasher for ChunkHashState {
+    type Hasher = ChunkHasher;
+
+    fn build_hasher(&self) -> ChunkHasher {
+        ChunkHasher(self.key)
+    }
+}
+
+/// The hasher of [`ChunkHashState`].
+#[derive(Clone, Debug)]
+pub struct ChunkHasher(u64);
+
+impl std::hash::Hasher for ChunkHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
+        for word in bytes.chunks(8) {
+            let mut le = [0u8; 8];
+            le[..word.len()].copy_from_slice(word);
+            self.0 = (self.0 ^ u64::from_le_bytes(le))
+                .wrapping_mul(MULTIPLIER)
+                .rotate_left(29);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0xff51_afd7_ed55_8ccd) ^ (self.0 >> 32)
+    }
+}
+
+/// A hash map keyed by chunk hash (see [`ChunkHashState`]).
+pub type ChunkMap<V> = std::collections::HashMap<ChunkHash, V, ChunkHashState>;
+
+/// A set of chunk hashes (see [`ChunkHashState`]).
+pub type ChunkSet = std::collections::HashSet<ChunkHash, ChunkHashState>;
+
 /// One chunk of a file: its hash and length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChunkRef {
@@ -158,5 +217,46 @@ impl Node {
             && self.meta.uid == other.meta.uid
             && self.meta.gid == other.meta.gid
             && self.content == other.content
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn chunk_hashes_spread_over_a_table() {
+        let state = ChunkHashState::default();
+        let hash = |seed: u32| state.hash_one(ChunkHash::of(&seed.to_le_bytes()));
+        assert_eq!(hash(7), hash(7), "a key hashes the same every time");
+        // 4,096 keys into 1,024 buckets by the low bits (as hashbrown uses them): no
+        // bucket holds more than a few.
+        let mut buckets = [0u32; 1024];
+        for seed in 0..4096 {
+            buckets[(hash(seed) & 1023) as usize] += 1;
+        }
+        let fullest = buckets.iter().max().copied().unwrap_or(0);
+        assert!(fullest <= 16, "a bucket holds {fullest} of 4,096 keys");
+        // Keys differing only past their first eight bytes still differ.
+        let mut a = [0u8; 32];
+        let b = {
+            let mut b = a;
+            b[31] = 1;
+            b
+        };
+        a[31] = 2;
+        assert_ne!(state.hash_one(ChunkHash(a)), state.hash_one(ChunkHash(b)));
+    }
+
+    #[test]
+    fn tables_keyed_by_chunk_hash_work() {
+        let mut map: ChunkMap<u32> = ChunkMap::default();
+        for seed in 0..1000u32 {
+            *map.entry(ChunkHash::of(&seed.to_le_bytes())).or_insert(0) += seed;
+        }
+        assert_eq!(map.len(), 1000);
+        assert_eq!(map.get(&ChunkHash::of(&999u32.to_le_bytes())), Some(&999));
     }
 }

@@ -20,13 +20,16 @@ pub mod hlc;
 pub mod lead;
 pub mod limits;
 pub mod name;
+pub mod node_codec;
 pub mod path;
 pub mod version;
 pub mod vv;
 pub mod wire;
 
 pub use codec::{decode_value, encode_value, DecodeError};
-pub use entry::{ChunkHash, ChunkRef, Content, Kind, Meta, Node, Timespec};
+pub use entry::{
+    ChunkHash, ChunkHashState, ChunkMap, ChunkRef, ChunkSet, Content, Kind, Meta, Node, Timespec,
+};
 pub use hlc::{ClockDrift, Hlc, HlcClock};
 pub use lead::{Authority, Leadership, Term};
 pub use name::{FileName, NameError, NodeName};

@@ -14,13 +14,12 @@
 //! cut costs little deduplication: an insertion changes at most the two chunks around
 //! each later boundary (32 KiB in 8 MiB), an overwrite in place none.
 
-use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use depfs_proto::limits::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, INLINE_MAX, MAX_FILE_SIZE};
-use depfs_proto::{ChunkData, ChunkHash, ChunkRef, Content};
+use depfs_proto::{ChunkData, ChunkHash, ChunkMap, ChunkRef, ChunkSet, Content};
 use rocksdb::WriteBatch;
 
 use crate::db::cf;
@@ -81,9 +80,9 @@ impl ContentSource for std::fs::File {
 /// Pins by hash, and the zero-reference chunks whose deletion waits for an unpin.
 #[derive(Default)]
 pub(crate) struct PinTable {
-    counts: HashMap<ChunkHash, u32>,
+    counts: ChunkMap<u32>,
     /// Chunks whose count reached zero while pinned.
-    deferred: HashSet<ChunkHash>,
+    deferred: ChunkSet,
     /// Deferred chunks whose last pin has gone: to be checked by the next commit.
     releasable: Vec<ChunkHash>,
 }
@@ -163,11 +162,18 @@ impl Store {
 
     /// Pins chunks by hash.
     pub(crate) fn pin_hashes(&self, hashes: &[ChunkHash]) -> PinGuard {
-        let hashes = hashes.to_vec();
         if hashes.is_empty() {
             return PinGuard::none();
         }
         let mut pins = self.inner.pins.lock();
+        self.pin_under(&mut pins, hashes.to_vec())
+    }
+
+    /// Pins `hashes` with the pin table already locked (see [`Store::get_pinned`]).
+    pub(crate) fn pin_under(&self, pins: &mut PinTable, hashes: Vec<ChunkHash>) -> PinGuard {
+        if hashes.is_empty() {
+            return PinGuard::none();
+        }
         for hash in &hashes {
             pins.pin(*hash);
         }
@@ -398,7 +404,7 @@ struct ChunkWriter<'a> {
     batch_bytes: usize,
     refs: Vec<ChunkRef>,
     pins: PinGuard,
-    written: HashSet<ChunkHash>,
+    written: ChunkSet,
 }
 
 impl<'a> ChunkWriter<'a> {
@@ -412,7 +418,7 @@ impl<'a> ChunkWriter<'a> {
                 inner: Some(store.inner.clone()),
                 hashes: Vec::new(),
             },
-            written: HashSet::new(),
+            written: ChunkSet::default(),
         }
     }
 

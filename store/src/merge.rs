@@ -27,8 +27,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 
 use depfs_proto::{
-    decode_value, encode_value, ChunkHash, Content, Dot, Kind, Leadership, Meta, Node, RelPath,
-    State, Timespec, Version,
+    decode_value, encode_value, Content, Dot, Kind, Leadership, Meta, Node, RelPath, State,
+    Timespec, Version,
 };
 
 use crate::error::{Result, StoreError};
@@ -123,7 +123,7 @@ pub fn conflicts<'a>(
 
 /// Reference-count changes, netted per chunk.
 #[derive(Default)]
-pub(crate) struct RefDeltas(pub(crate) HashMap<ChunkHash, i64>);
+pub(crate) struct RefDeltas(pub(crate) depfs_proto::ChunkMap<i64>);
 
 impl RefDeltas {
     fn apply(&mut self, version: &Version, delta: i64) {

@@ -1,6 +1,6 @@
 //! Reading the tree.
 
-use depfs_proto::{decode_value, Content, Node, RelPath, State, Version};
+use depfs_proto::{Content, Node, RelPath, State, Version};
 use rocksdb::IteratorMode;
 
 use crate::chunks::PinGuard;
@@ -47,7 +47,7 @@ pub struct StoreStats {
 }
 
 pub(crate) fn decode_node(key: &[u8], bytes: &[u8]) -> Result<Node> {
-    decode_value(bytes).map_err(|source| StoreError::Corrupt {
+    depfs_proto::node_codec::decode_node(bytes).map_err(|source| StoreError::Corrupt {
         what: format!("entries/{}", String::from_utf8_lossy(key)),
         source,
     })
@@ -98,13 +98,15 @@ impl Store {
     pub fn get_pinned(&self, path: &RelPath) -> Result<Option<(Node, PinGuard)>> {
         // Commits hold the pin table while they write, so the entry read here and the
         // chunks it names are consistent.
-        let pins = self.inner.pins.lock();
-        let node = self.get(path)?;
-        drop(pins);
-        Ok(node.map(|node| {
-            let guard = self.pin(&node.content);
-            (node, guard)
-        }))
+        // The pins are taken before the table is let go: in between, a commit could
+        // drop the last reference to a chunk of this content and delete it.
+        let mut pins = self.inner.pins.lock();
+        let Some(node) = self.get(path)? else {
+            return Ok(None);
+        };
+        let hashes = node.content.chunks().iter().map(|c| c.hash).collect();
+        let guard = self.pin_under(&mut pins, hashes);
+        Ok(Some((node, guard)))
     }
 
     /// The visible children of directory `dir`, in name order.
