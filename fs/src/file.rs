@@ -21,6 +21,10 @@ use crate::{now, now_ms, DepFs, SetAttr};
 /// size (see `DepFs::write`).
 const PAGE_DROP_STEP: u64 = 4 << 20;
 
+/// The longest an `open` waits for the release of the inode's last handle to finish
+/// (normally microseconds; the bound only keeps a stuck release from holding up opens).
+const COPY_ARRIVAL_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The state shared by all open handles of one regular file.
 #[derive(Debug)]
 pub(crate) struct OpenFile {
@@ -243,6 +247,21 @@ impl DepFs {
             self.check_writable()?;
         }
         let mut tables = self.tables.lock();
+        if tables.inodes.get(&ino).is_some_and(|i| i.copy_arriving) {
+            // Its last handle is being released (the kernel does not wait for that) and
+            // its file may be about to become a local copy: wait for it, so that this
+            // open uses it rather than reading through the daemon.
+            let deadline = std::time::Instant::now() + COPY_ARRIVAL_WAIT;
+            while tables.inodes.get(&ino).is_some_and(|i| i.copy_arriving) {
+                if self
+                    .copy_arrived
+                    .wait_until(&mut tables, deadline)
+                    .timed_out()
+                {
+                    break;
+                }
+            }
+        }
         let inode = tables.inodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         if inode.kind == Kind::Dir {
             return Err(Errno::EISDIR);
@@ -426,7 +445,8 @@ impl DepFs {
             if let Some(inode) = tables.inodes.get_mut(&ino) {
                 inode.open = inode.open.saturating_sub(1);
                 if inode.open == 0 {
-                    closed = inode.file.take();
+                    closed = inode.file.take().map(|file| (ino, file));
+                    inode.copy_arriving = closed.is_some();
                     if inode.pending {
                         // A new file that could not be published (the error went to
                         // the closer, e.g. ENOSPC) is dropped with its last handle.
@@ -442,36 +462,50 @@ impl DepFs {
             }
         }
         drop(tables);
-        if let Some(file) = closed {
+        if let Some((ino, file)) = closed {
             self.keep_local_copy(&file);
+            if let Some(inode) = self.tables.lock().inodes.get_mut(&ino) {
+                inode.copy_arriving = false;
+            }
+            self.copy_arrived.notify_all();
         }
         result
     }
 
     /// The last handle of `file` is gone: its staging file, if it holds exactly the
-    /// committed content, is kept as that content's local copy for the next open.
+    /// committed content, is kept as that content's local copy for the next open; if
+    /// not, it is closed on the disposer's thread.
     fn keep_local_copy(&self, file: &OpenFile) {
         let mut data = file.data.write();
         if let Some(backing) = &file.backing {
             // The kernel has released the inode's backing file before telling us.
             backing.id().take();
         }
-        if data.staged.is_some() || !self.passthrough_enabled() {
-            return;
-        }
-        if file.backing.is_some() && data.kernel_written().is_some() {
-            return; // written after its last publish (cannot happen once all are closed)
+        if data.staged.is_some() {
+            return; // unpublished (its publish failed): dropped with the file
         }
         let size = data.base.size();
-        if size < self.config.spill_threshold
-            || data.staging.as_ref().map(Staging::len) != Some(size)
-        {
-            return;
-        }
-        let Some(local) = data.staging.take().and_then(Staging::into_disk_file) else {
+        let keep = self.passthrough_enabled()
+            // written after its last publish (cannot happen once all are closed)
+            && !(file.backing.is_some() && data.kernel_written().is_some())
+            && size >= self.config.spill_threshold
+            && data.staging.as_ref().map(Staging::len) == Some(size);
+        // Clean: from now on whoever still holds the file reads the committed content.
+        let Some(disk) = data
+            .staging
+            .take_if(|s| s.disk_file().is_some())
+            .and_then(Staging::into_disk_file)
+        else {
             return;
         };
-        self.local_copies.lock().put(data.base.content(), local);
+        let content = data.base.content().clone();
+        drop(data);
+        if keep {
+            let given_back = self.local_copies.lock().put(&content, disk);
+            self.disposer.dispose(given_back);
+        } else {
+            self.disposer.dispose([disk]);
+        }
     }
 
     /// `setattr`: chmod, chown, truncate, utimens. On a file with unpublished writes the

@@ -84,6 +84,10 @@ pub struct DepFs {
     passthrough: AtomicBool,
     /// Idle local copies (a leaf lock).
     local_copies: Mutex<local_copy::LocalCopies>,
+    /// Closes large files given up (local copies evicted, staging files not kept).
+    disposer: local_copy::Disposer,
+    /// Wakes `open`s waiting for a file being closed to become a local copy.
+    copy_arrived: parking_lot::Condvar,
     /// Where to send the kernel page ranges it may drop (a leaf lock).
     page_drops: Mutex<Option<std::sync::mpsc::Sender<PageDrop>>>,
 }
@@ -146,6 +150,8 @@ impl DepFs {
             stats: stats::FsStats::default(),
             passthrough: AtomicBool::new(passthrough),
             local_copies: Mutex::new(local_copy::LocalCopies::new(config.local_copy_budget)),
+            disposer: local_copy::Disposer::start(),
+            copy_arrived: parking_lot::Condvar::new(),
             config,
             tables: Mutex::new(Tables::new()),
             page_drops: Mutex::new(None),

@@ -98,6 +98,48 @@ impl Backing {
     }
 }
 
+/// Closes large files on a thread of its own. The last close of a file of hundreds of
+/// MiB frees its pages, which takes tens of milliseconds: done under a lock or on a
+/// thread serving requests, it would hold up an `open` that has nothing to do with it.
+#[derive(Debug)]
+pub(crate) struct Disposer {
+    to: Option<parking_lot::Mutex<std::sync::mpsc::Sender<File>>>,
+}
+
+impl Disposer {
+    /// Starts the thread; if that fails, files are closed where they are given up.
+    pub(crate) fn start() -> Disposer {
+        let (tx, rx) = std::sync::mpsc::channel::<File>();
+        let spawned = std::thread::Builder::new()
+            .name("depfs-dispose".into())
+            .spawn(move || rx.into_iter().for_each(drop));
+        match spawned {
+            Ok(_) => Disposer {
+                to: Some(parking_lot::Mutex::new(tx)),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread for closing large files; closing them inline");
+                Disposer { to: None }
+            }
+        }
+    }
+
+    /// Closes `files` away from the caller (the thread ends once the disposer is dropped
+    /// and every file given to it is closed).
+    pub(crate) fn dispose(&self, files: impl IntoIterator<Item = File>) {
+        for file in files {
+            match &self.to {
+                Some(to) => {
+                    if let Err(std::sync::mpsc::SendError(file)) = to.lock().send(file) {
+                        drop(file);
+                    }
+                }
+                None => drop(file),
+            }
+        }
+    }
+}
+
 /// Local copies not in use, oldest first, within a byte budget.
 #[derive(Debug)]
 pub(crate) struct LocalCopies {
@@ -133,23 +175,31 @@ impl LocalCopies {
     }
 
     /// Keeps `file`, which holds exactly `content`, for the next open; the oldest copies
-    /// are dropped to stay within the budget.
-    pub(crate) fn put(&mut self, content: &Content, file: File) {
+    /// go to stay within the budget. Returns the files no longer kept (`file` itself if
+    /// it is not), for the caller to close outside the lock: closing the last descriptor
+    /// of a large file frees its pages, tens of milliseconds for hundreds of MiB.
+    #[must_use = "closing the files returned is slow: hand them to a `Disposer`"]
+    pub(crate) fn put(&mut self, content: &Content, file: File) -> Vec<File> {
         let len = content.size();
         if content.chunks().is_empty()
             || len > self.budget
             || self.idle.iter().any(|(c, _)| c == content)
         {
-            return;
+            return vec![file];
         }
+        let mut evicted = Vec::new();
         while self.used + len > self.budget {
             match self.idle.pop_front() {
-                Some((dropped, _)) => self.used -= dropped.size(),
+                Some((dropped, old)) => {
+                    self.used -= dropped.size();
+                    evicted.push(old);
+                }
                 None => break,
             }
         }
         self.used += len;
         self.idle.push_back((content.clone(), file));
+        evicted
     }
 
     /// Bytes held by idle copies.
@@ -175,7 +225,8 @@ mod tests {
     fn copies_are_found_by_content_and_taken_out() {
         let dir = tempfile::tempdir().unwrap();
         let mut copies = LocalCopies::new(100);
-        copies.put(&content(1, 40), tempfile::tempfile_in(dir.path()).unwrap());
+        let rejected = copies.put(&content(1, 40), tempfile::tempfile_in(dir.path()).unwrap());
+        assert!(rejected.is_empty());
         assert!(copies.take(&content(2, 40)).is_none());
         assert!(copies.take(&content(1, 40)).is_some());
         assert!(
@@ -190,20 +241,50 @@ mod tests {
     fn the_oldest_copies_go_first_to_stay_within_the_budget() {
         let dir = tempfile::tempdir().unwrap();
         let mut copies = LocalCopies::new(100);
+        let mut given_back = 0;
         for seed in 1..=3 {
-            copies.put(
-                &content(seed, 40),
-                tempfile::tempfile_in(dir.path()).unwrap(),
-            );
+            let file = tempfile::tempfile_in(dir.path()).unwrap();
+            given_back += copies.put(&content(seed, 40), file).len();
         }
+        assert_eq!(given_back, 1, "the oldest copy is handed back for closing");
         assert_eq!(copies.used(), 80);
         assert!(copies.take(&content(1, 40)).is_none());
         assert!(copies.take(&content(3, 40)).is_some());
-        copies.put(&content(9, 200), tempfile::tempfile_in(dir.path()).unwrap());
+        let too_large = tempfile::tempfile_in(dir.path()).unwrap();
+        assert_eq!(copies.put(&content(9, 200), too_large).len(), 1);
         assert!(
             copies.take(&content(9, 200)).is_none(),
             "larger than the budget"
         );
+    }
+
+    #[test]
+    fn the_disposer_closes_what_it_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = tempfile::tempfile_in(dir.path()).unwrap();
+        let watch = file.try_clone().unwrap();
+        let disposer = Disposer::start();
+        disposer.dispose([file]);
+        drop(disposer);
+        // The thread closes the file and then ends; `watch` keeps the description open,
+        // so the number of its descriptors drops to one (ours).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let fd_dir = std::path::Path::new("/proc/self/fd");
+        let (dev, ino) = {
+            let md = watch.metadata().unwrap();
+            (md.dev(), md.ino())
+        };
+        let open_fds = || {
+            std::fs::read_dir(fd_dir)
+                .unwrap()
+                .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+                .filter(|m| (m.dev(), m.ino()) == (dev, ino))
+                .count()
+        };
+        while open_fds() > 1 {
+            assert!(std::time::Instant::now() < deadline, "file never closed");
+            std::thread::yield_now();
+        }
     }
 
     #[test]

@@ -216,6 +216,7 @@ impl DepFs {
                 detached: None,
                 cache_tag: None,
                 attr_tag: None,
+                copy_arriving: false,
             },
         );
         let fh = tables.new_handle(Handle::File { ino, writable });

@@ -35,6 +35,9 @@ pub(crate) struct Inode {
     pub(crate) cache_tag: Option<VersionTag>,
     /// The version of the attributes (size above all) last given to the kernel.
     pub(crate) attr_tag: Option<VersionTag>,
+    /// Its last handle was released and its file is on its way into the local copies
+    /// (see `DepFs::release`): an `open` meanwhile waits for it instead of missing it.
+    pub(crate) copy_arriving: bool,
 }
 
 /// Identifies a committed version of a file's content for the kernel page cache.
@@ -76,6 +79,7 @@ impl Tables {
                 detached: None,
                 cache_tag: None,
                 attr_tag: None,
+                copy_arriving: false,
             },
         );
         let mut by_path = HashMap::new();
@@ -120,6 +124,7 @@ impl Tables {
                 detached: None,
                 cache_tag: None,
                 attr_tag: None,
+                copy_arriving: false,
             },
         );
         self.by_path.insert(path.clone(), ino);
