@@ -14,7 +14,7 @@ use crate::error::{Errno, FsResult};
 use crate::local_copy::{Backing, Stamp};
 use crate::namespace::touch_parent;
 use crate::staging::{SpillPolicy, Staging};
-use crate::tables::{Handle, VersionTag};
+use crate::tables::{Handle, Tables, VersionTag};
 use crate::{now, now_ms, DepFs, SetAttr};
 
 /// Pages written through the daemon are dropped from the kernel's cache in steps of this
@@ -24,6 +24,11 @@ const PAGE_DROP_STEP: u64 = 4 << 20;
 /// The longest an `open` waits for the release of the inode's last handle to finish
 /// (normally microseconds; the bound only keeps a stuck release from holding up opens).
 const COPY_ARRIVAL_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The longest an `open` waits for the releases of handles whose descriptors were all
+/// closed (normally well under a millisecond). A descriptor `dup`ed before the close
+/// keeps its handle open: then the open goes on without the local copy after this.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The state shared by all open handles of one regular file.
 #[derive(Debug)]
@@ -247,21 +252,7 @@ impl DepFs {
             self.check_writable()?;
         }
         let mut tables = self.tables.lock();
-        if tables.inodes.get(&ino).is_some_and(|i| i.copy_arriving) {
-            // Its last handle is being released (the kernel does not wait for that) and
-            // its file may be about to become a local copy: wait for it, so that this
-            // open uses it rather than reading through the daemon.
-            let deadline = std::time::Instant::now() + COPY_ARRIVAL_WAIT;
-            while tables.inodes.get(&ino).is_some_and(|i| i.copy_arriving) {
-                if self
-                    .copy_arrived
-                    .wait_until(&mut tables, deadline)
-                    .timed_out()
-                {
-                    break;
-                }
-            }
-        }
+        self.wait_for_local_copy(&mut tables, ino);
         let inode = tables.inodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         if inode.kind == Kind::Dir {
             return Err(Errno::EISDIR);
@@ -291,7 +282,11 @@ impl DepFs {
             }
             Some(_) => CacheMode::Direct,
         };
-        let fh = tables.new_handle(Handle::File { ino, writable });
+        let fh = tables.new_handle(Handle::File {
+            ino,
+            writable,
+            flushed: false,
+        });
         drop(tables);
         if writable {
             let mut data = file.data.write();
@@ -314,6 +309,64 @@ impl DepFs {
             }
         }
         Ok((fh, cache))
+    }
+
+    /// Waits while the inode's file may be about to become a local copy, so that the
+    /// open uses it (passthrough) rather than reading through the daemon.
+    ///
+    /// The kernel does not wait for a `release`: an open right after a close can come
+    /// while the closed handle is still counted (its descriptors all closed: every
+    /// handle `flushed`), or while its file is on its way into the local copies
+    /// (`copy_arriving`). Only files that can become one are waited for: clean, staged
+    /// on disk, not served through passthrough already.
+    fn wait_for_local_copy(&self, tables: &mut parking_lot::MutexGuard<'_, Tables>, ino: u64) {
+        if !self.passthrough_enabled() {
+            return;
+        }
+        let must_wait = |tables: &Tables| {
+            let inode = tables.inodes.get(&ino)?;
+            if inode.copy_arriving {
+                return Some(COPY_ARRIVAL_WAIT);
+            }
+            let file = inode.file.as_ref()?;
+            if inode.open == 0 || inode.flushed < inode.open || file.backing.is_some() {
+                return None;
+            }
+            // Never blocks: elsewhere the data lock is taken before the tables.
+            let data = file.data.try_read()?;
+            let on_disk = data
+                .staging
+                .as_ref()
+                .is_some_and(|s| s.disk_file().is_some());
+            (on_disk && data.staged.is_none()).then_some(RELEASE_WAIT)
+        };
+        let Some(bound) = must_wait(tables) else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + bound;
+        while must_wait(tables).is_some() {
+            if self.copy_arrived.wait_until(tables, deadline).timed_out() {
+                // A handle kept open by a duplicated descriptor: not waited for again
+                // until it is flushed again.
+                let Tables {
+                    handles, inodes, ..
+                } = &mut **tables;
+                for handle in handles.values_mut() {
+                    if let Handle::File {
+                        ino: of, flushed, ..
+                    } = handle
+                    {
+                        if *of == ino && *flushed {
+                            *flushed = false;
+                            if let Some(inode) = inodes.get_mut(&ino) {
+                                inode.flushed = inode.flushed.saturating_sub(1);
+                            }
+                        }
+                    }
+                }
+                break;
+            }
+        }
     }
 
     /// The versions `path` has now (what a change made from here starts from).
@@ -344,16 +397,37 @@ impl DepFs {
     }
 
     fn handle_file(&self, fh: u64) -> FsResult<(u64, bool, Arc<OpenFile>)> {
-        let tables = self.tables.lock();
-        let Some(&Handle::File { ino, writable }) = tables.handles.get(&fh) else {
+        self.use_handle(fh, None)
+    }
+
+    /// The handle's inode, whether it is writable, and its file; with `flushed`, marks
+    /// it as closed by a `flush` (`Some(true)`) or used since (`Some(false)`).
+    fn use_handle(&self, fh: u64, flushed: Option<bool>) -> FsResult<(u64, bool, Arc<OpenFile>)> {
+        let mut tables = self.tables.lock();
+        let Tables {
+            handles, inodes, ..
+        } = &mut *tables;
+        let Some(Handle::File {
+            ino,
+            writable,
+            flushed: was_flushed,
+        }) = handles.get_mut(&fh)
+        else {
             return Err(Errno::EBADF);
         };
-        let file = tables
-            .inodes
-            .get(&ino)
-            .and_then(|i| i.file.clone())
-            .ok_or(Errno::EBADF)?;
-        Ok((ino, writable, file))
+        let inode = inodes.get_mut(ino).ok_or(Errno::EBADF)?;
+        if let Some(now) = flushed {
+            if now != *was_flushed {
+                *was_flushed = now;
+                if now {
+                    inode.flushed += 1;
+                } else {
+                    inode.flushed = inode.flushed.saturating_sub(1);
+                }
+            }
+        }
+        let file = inode.file.clone().ok_or(Errno::EBADF)?;
+        Ok((*ino, *writable, file))
     }
 
     /// `read`.
@@ -368,7 +442,7 @@ impl DepFs {
 
     /// `write`: staged, published on close or fsync.
     pub fn write(&self, fh: u64, offset: u64, bytes: &[u8]) -> FsResult<u32> {
-        let (ino, writable, file) = self.handle_file(fh)?;
+        let (ino, writable, file) = self.use_handle(fh, Some(false))?;
         if !writable {
             return Err(Errno::EBADF);
         }
@@ -412,6 +486,9 @@ impl DepFs {
         if writable {
             self.publish(ino, Durability::Process)?;
         }
+        // Marked only once published: an open waiting for the release must not find
+        // the file still dirty.
+        self.use_handle(fh, Some(true))?;
         Ok(())
     }
 
@@ -440,10 +517,13 @@ impl DepFs {
         };
         let mut closed = None;
         let mut tables = self.tables.lock();
-        if let Some(Handle::File { ino, .. }) = tables.handles.remove(&fh) {
+        if let Some(Handle::File { ino, flushed, .. }) = tables.handles.remove(&fh) {
             let mut dropped = None;
             if let Some(inode) = tables.inodes.get_mut(&ino) {
                 inode.open = inode.open.saturating_sub(1);
+                if flushed {
+                    inode.flushed = inode.flushed.saturating_sub(1);
+                }
                 if inode.open == 0 {
                     closed = inode.file.take().map(|file| (ino, file));
                     inode.copy_arriving = closed.is_some();
@@ -462,13 +542,17 @@ impl DepFs {
             }
         }
         drop(tables);
-        if let Some((ino, file)) = closed {
+        let closed = closed.map(|(ino, file)| {
             self.keep_local_copy(&file);
             if let Some(inode) = self.tables.lock().inodes.get_mut(&ino) {
                 inode.copy_arriving = false;
             }
-            self.copy_arrived.notify_all();
-        }
+            file
+        });
+        // Opens may wait for this release (see `wait_for_local_copy`); they go on
+        // before the closed file is dropped, which unpins each of its chunks.
+        self.copy_arrived.notify_all();
+        drop(closed);
         result
     }
 
@@ -719,6 +803,18 @@ impl DepFs {
                 }
                 inode.attr_tag = Some(tag);
             }
+        }
+        if file.backing.is_none()
+            && self.passthrough_enabled()
+            && data
+                .staging
+                .as_ref()
+                .is_some_and(|s| s.disk_file().is_some())
+        {
+            // This staging file becomes the local copy the next open reads through
+            // passthrough, and that open drops the kernel's copy of the pages written
+            // through us: dropped now, away from the opener (len 0: to the end).
+            self.drop_pages(ino, data.pages_dropped_to, 0);
         }
         data.base = ContentReader::new(content);
         data._pin = pin;

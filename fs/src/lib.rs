@@ -93,7 +93,7 @@ pub struct DepFs {
 }
 
 /// Pages of a file the kernel can drop from its cache: inode, offset and length in
-/// bytes. Sent while a large file is written through the daemon, whose staging file
+/// bytes (0: to the end of the file, as FUSE's inode invalidation reads it). Sent while a large file is written through the daemon, whose staging file
 /// holds the same bytes (see `DepFs::write`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageDrop {

@@ -217,9 +217,14 @@ impl DepFs {
                 cache_tag: None,
                 attr_tag: None,
                 copy_arriving: false,
+                flushed: 0,
             },
         );
-        let fh = tables.new_handle(Handle::File { ino, writable });
+        let fh = tables.new_handle(Handle::File {
+            ino,
+            writable,
+            flushed: false,
+        });
         drop(tables);
         drop(tx);
         Ok((Attr::new(ino, meta, 0), fh))

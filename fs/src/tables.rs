@@ -38,6 +38,8 @@ pub(crate) struct Inode {
     /// Its last handle was released and its file is on its way into the local copies
     /// (see `DepFs::release`): an `open` meanwhile waits for it instead of missing it.
     pub(crate) copy_arriving: bool,
+    /// How many of its `open` handles are `flushed`.
+    pub(crate) flushed: u32,
 }
 
 /// Identifies a committed version of a file's content for the kernel page cache.
@@ -48,6 +50,9 @@ pub(crate) enum Handle {
     File {
         ino: u64,
         writable: bool,
+        /// Its descriptor was closed (`flush`) and it was not used since: its release
+        /// is most likely on its way (see `DepFs::open`).
+        flushed: bool,
     },
     Dir {
         /// The listing taken at `opendir`: (inode number hint, kind, name).
@@ -80,6 +85,7 @@ impl Tables {
                 cache_tag: None,
                 attr_tag: None,
                 copy_arriving: false,
+                flushed: 0,
             },
         );
         let mut by_path = HashMap::new();
@@ -125,6 +131,7 @@ impl Tables {
                 cache_tag: None,
                 attr_tag: None,
                 copy_arriving: false,
+                flushed: 0,
             },
         );
         self.by_path.insert(path.clone(), ino);
