@@ -8,6 +8,7 @@
 mod common;
 
 use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::time::Duration;
 
@@ -92,6 +93,46 @@ fn a_large_file_written_here_is_read_back_through_passthrough() {
     assert_eq!(std::fs::read(node.path("small.xml")).unwrap(), b"<api/>");
     assert_eq!(std::fs::read(node.path("small.xml")).unwrap(), b"<api/>");
     assert_eq!(passthrough_opens(&addr), 0.0);
+}
+
+/// The writer's RELEASE reaches the daemon after `close` returned, on another request
+/// thread than the open that follows; that open must wait for it and take the local
+/// copy the release leaves, not join the writer's file and read through the daemon.
+#[test]
+fn an_open_right_after_the_writers_close_reads_through_passthrough() {
+    let _serial = one_at_a_time();
+    let (node, addr) = node("pt3");
+    node.mount();
+    for round in 0..30usize {
+        let data = random_bytes(MIB + 4096 * round, 100 + round as u64);
+        let path = node.path(&format!("app{round}.car"));
+        std::fs::write(&path, &data).unwrap();
+        let before = passthrough_opens(&addr);
+        assert!(std::fs::read(&path).unwrap() == data, "round {round}");
+        assert_eq!(
+            passthrough_opens(&addr),
+            before + 1.0,
+            "round {round}: the open right after the close read through the daemon"
+        );
+    }
+
+    // A descriptor duplicated before the close keeps the writer's handle open: the
+    // next open waits a bounded time, then reads the right bytes through the daemon.
+    let data = random_bytes(2 * MIB, 7);
+    let path = node.path("dup.car");
+    let mut writer = File::create(&path).unwrap();
+    writer.write_all(&data).unwrap();
+    let kept = writer.try_clone().unwrap();
+    drop(writer);
+    let started = std::time::Instant::now();
+    assert!(std::fs::read(&path).unwrap() == data);
+    assert!(std::fs::read(&path).unwrap() == data);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "opens held up by a handle that stays open: {:?}",
+        started.elapsed()
+    );
+    drop(kept);
 }
 
 #[test]

@@ -344,6 +344,11 @@ impl DepFs {
             return;
         };
         let deadline = std::time::Instant::now() + bound;
+        self.opens_waiting.fetch_add(1, Ordering::SeqCst);
+        self.release_waits.fetch_add(1, Ordering::Relaxed);
+        let _waiting = scopeguard(|| {
+            self.opens_waiting.fetch_sub(1, Ordering::SeqCst);
+        });
         while must_wait(tables).is_some() {
             if self.copy_arrived.wait_until(tables, deadline).timed_out() {
                 // A handle kept open by a duplicated descriptor: not waited for again
@@ -367,6 +372,19 @@ impl DepFs {
                 break;
             }
         }
+    }
+
+    /// How many opens are waiting for a release (see `wait_for_local_copy`): lets a
+    /// test deliver the release while an open waits for it.
+    #[doc(hidden)]
+    pub fn opens_waiting_for_release(&self) -> usize {
+        self.opens_waiting.load(Ordering::SeqCst)
+    }
+
+    /// How many opens have waited for a release since the mount.
+    #[doc(hidden)]
+    pub fn release_waits(&self) -> u64 {
+        self.release_waits.load(Ordering::Relaxed)
     }
 
     /// The versions `path` has now (what a change made from here starts from).
@@ -853,6 +871,19 @@ impl DepFs {
             }
         }
     }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// Content changed now: mtime and ctime move.

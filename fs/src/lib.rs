@@ -88,6 +88,9 @@ pub struct DepFs {
     disposer: local_copy::Disposer,
     /// Wakes `open`s waiting for a file being closed to become a local copy.
     copy_arrived: parking_lot::Condvar,
+    /// Opens waiting on `copy_arrived`, now and since the mount.
+    opens_waiting: std::sync::atomic::AtomicUsize,
+    release_waits: std::sync::atomic::AtomicU64,
     /// Where to send the kernel page ranges it may drop (a leaf lock).
     page_drops: Mutex<Option<std::sync::mpsc::Sender<PageDrop>>>,
 }
@@ -152,6 +155,8 @@ impl DepFs {
             local_copies: Mutex::new(local_copy::LocalCopies::new(config.local_copy_budget)),
             disposer: local_copy::Disposer::start(),
             copy_arrived: parking_lot::Condvar::new(),
+            opens_waiting: std::sync::atomic::AtomicUsize::new(0),
+            release_waits: std::sync::atomic::AtomicU64::new(0),
             config,
             tables: Mutex::new(Tables::new()),
             page_drops: Mutex::new(None),

@@ -1,0 +1,103 @@
+//! An open that reaches the daemon before the release of the writer's handle. The
+//! kernel sends RELEASE without waiting for it after `close`, and the daemon serves
+//! requests on several threads, so the open that follows a close can be served first:
+//! it must wait for the release and get the local copy the release leaves (FUSE
+//! passthrough), not join the writer's file and be read through the daemon.
+
+use std::time::{Duration, Instant};
+
+use depfs_fs::{CacheMode, Caller, DepFs, FsConfig};
+use depfs_proto::{Kind, Meta, NodeName, Timespec};
+use depfs_store::{Store, StoreOptions};
+
+const ROOT_INO: u64 = 1;
+const T: Duration = Duration::from_secs(20);
+
+fn filesystem(dir: &std::path::Path) -> DepFs {
+    let root = Meta {
+        kind: Kind::Dir,
+        perm: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: Timespec::new(0, 0),
+        ctime: Timespec::new(0, 0),
+    };
+    let store = Store::open(
+        &dir.join("store"),
+        &NodeName::new("gw1").unwrap(),
+        &StoreOptions::new(root),
+    )
+    .unwrap();
+    let staging = dir.join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let mut config = FsConfig::new(staging);
+    config.spill_threshold = 64 << 10;
+    DepFs::new(store, config)
+}
+
+/// Writes `len` bytes to a new file `name` and flushes it (the descriptor's close);
+/// its inode and still-open handle.
+fn write_and_close(fs: &DepFs, name: &[u8], len: usize) -> (u64, u64) {
+    let caller = Caller { uid: 0, gid: 0 };
+    let (attr, fh) = fs
+        .create(ROOT_INO, name, 0o644, libc::O_WRONLY, caller)
+        .unwrap();
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
+    for (i, block) in data.chunks(1 << 20).enumerate() {
+        fs.write(fh, (i << 20) as u64, block).unwrap();
+    }
+    fs.flush(fh).unwrap();
+    (attr.ino, fh)
+}
+
+fn poll_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + T;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn an_open_before_the_writers_release_waits_for_it_and_gets_the_local_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = filesystem(dir.path());
+    assert!(
+        fs.passthrough_enabled(),
+        "the staging filesystem's times are too coarse for passthrough here"
+    );
+    let (ino, writer) = write_and_close(&fs, b"app.car", 3 << 20);
+    std::thread::scope(|s| {
+        let opener = s.spawn(|| fs.open(ino, libc::O_RDONLY).unwrap());
+        poll_until("the open to wait for the release", || {
+            fs.opens_waiting_for_release() == 1
+        });
+        fs.release(writer).unwrap();
+        let (reader, cache) = opener.join().unwrap();
+        assert!(
+            matches!(cache, CacheMode::Passthrough(_)),
+            "the open joined the writer's file: {cache:?}"
+        );
+        assert_eq!(fs.read(reader, 5 << 16, 4).unwrap().len(), 4);
+        fs.release(reader).unwrap();
+    });
+}
+
+/// A descriptor duplicated before the close keeps the writer's handle open for good:
+/// the open goes on after a bounded wait, through the daemon, and the next open does
+/// not wait again.
+#[test]
+fn an_open_does_not_wait_for_a_handle_kept_by_a_duplicated_descriptor() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = filesystem(dir.path());
+    let (ino, writer) = write_and_close(&fs, b"app.car", 3 << 20);
+    let (first, cache) = fs.open(ino, libc::O_RDONLY).unwrap();
+    assert!(!matches!(cache, CacheMode::Passthrough(_)));
+    assert_eq!(fs.release_waits(), 1, "the first open waits (bounded)");
+    let (second, _) = fs.open(ino, libc::O_RDONLY).unwrap();
+    assert_eq!(fs.release_waits(), 1, "the second open does not wait again");
+    assert_eq!(fs.read(second, 0, 16).unwrap().len(), 16);
+    for fh in [first, second, writer] {
+        fs.release(fh).unwrap();
+    }
+}
