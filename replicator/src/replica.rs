@@ -155,9 +155,6 @@ struct Peer {
     fetch_activity_ms: u64,
     /// When changes received from other peers are due to be relayed to this one.
     relay_at_ms: Option<u64>,
-    /// Changes from other peers were applied since this one was last told our version
-    /// vector: a `Progress` is due at the next tick.
-    progress_due: bool,
     /// The last batch number used towards this peer.
     batches_sent: u64,
     /// Batches being received from this peer.
@@ -506,17 +503,6 @@ impl Replica {
                     });
                 }
             }
-            if std::mem::take(&mut p.progress_due) {
-                out.push(Output::Send {
-                    to: peer.clone(),
-                    msg: Message::Progress {
-                        vv: self.store.version_vector(),
-                    },
-                });
-            }
-            let Some(p) = self.peers.get_mut(&peer) else {
-                continue;
-            };
             if p.relay_at_ms.is_some_and(|t| now_ms >= t) {
                 p.relay_at_ms = None;
                 self.push(&peer, now_ms, &mut out)?;
@@ -876,11 +862,8 @@ impl Replica {
             }
         } else if admitted > 0 {
             // Tell the others what we have now, and relay to them a little later: what
-            // they say they have meanwhile is left out. The `Progress` goes at the next
-            // tick, off the path of applying the change: every receiver sends one to
-            // every other, and with 5 nodes on a small machine sending them at once
-            // delayed the changes the other receivers were applying. It still reaches
-            // them before their relay delay (at least one tick) runs out.
+            // they say they have meanwhile is left out.
+            let vv = self.store.version_vector();
             let relay_at = now_ms + self.config.relay_delay_ms;
             for peer in self.connected_peers() {
                 if &peer == from {
@@ -888,8 +871,11 @@ impl Replica {
                 }
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.relay_at_ms = Some(p.relay_at_ms.map_or(relay_at, |t| t.min(relay_at)));
-                    p.progress_due = true;
                 }
+                out.push(Output::Send {
+                    to: peer,
+                    msg: Message::Progress { vv: vv.clone() },
+                });
             }
         }
         Ok(())
