@@ -24,7 +24,9 @@ use rocksdb::WriteBatch;
 
 use crate::db::cf;
 use crate::error::{Result, StoreError};
-use crate::keys::{damaged_key, CF_CHUNKS, CF_META, CF_PENDING, CF_REFS, META_DAMAGED_PREFIX};
+use crate::keys::{
+    damaged_key, CF_CHUNKS, CF_META, CF_PENDING, CF_REFS, META_DAMAGED_PREFIX, PENDING_UNFLUSHED,
+};
 use crate::{Inner, Store};
 
 /// Chunk batches are written in pieces of about this size, bounding the memory a large
@@ -423,7 +425,9 @@ impl Store {
 /// whatever the user does with the file (a read right after the close came out 40 %
 /// slower). Instead the caller flushes the chunks' memtable before committing. The
 /// `pending` markers still go through the log, ahead of the bytes they mark, so a crash
-/// leaves nothing the sweep at the next start does not find.
+/// leaves nothing the sweep at the next start does not find. They say `unflushed`: a
+/// change from a peer naming the same chunk must not count it as stored (its commit is
+/// logged; these bytes are not, until the flush), so the chunk is fetched from the peer.
 struct ChunkWriter<'a> {
     store: &'a Store,
     bulk: bool,
@@ -472,7 +476,8 @@ impl<'a> ChunkWriter<'a> {
             } else {
                 &mut self.batch
             };
-            markers.put_cf(cf(db, CF_PENDING), hash.0, []);
+            let marker: &[u8] = if self.bulk { PENDING_UNFLUSHED } else { &[] };
+            markers.put_cf(cf(db, CF_PENDING), hash.0, marker);
             self.batch_bytes += data.len();
             self.written.insert(hash);
             if self.batch_bytes >= CHUNK_BATCH_BYTES {

@@ -29,6 +29,12 @@ pub(crate) const CF_CONFLICTS: &str = "conflicts";
 pub(crate) const CF_CHUNKS: &str = "chunks";
 pub(crate) const CF_REFS: &str = "refs";
 pub(crate) const CF_PENDING: &str = "pending";
+
+/// The value of a `pending` marker whose chunk bytes were written without the
+/// write-ahead log by a bulk write that has not flushed them yet (see
+/// `chunks::ChunkWriter`): until the commit clears it, the chunk does not count as
+/// stored for changes from peers. Other markers are empty.
+pub(crate) const PENDING_UNFLUSHED: &[u8] = b"unflushed";
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_META: &str = "meta";
 

@@ -167,8 +167,12 @@ impl Store {
         let db = &self.inner.db;
         let mut missing = Vec::new();
         for hash in all {
+            // Stored and referenced, or received (and logged) for a change not yet
+            // applied; not the unlogged bytes of a local bulk write in progress.
             let present = db.get_pinned_cf(cf(db, CF_REFS), hash.0)?.is_some()
-                || db.get_pinned_cf(cf(db, CF_PENDING), hash.0)?.is_some();
+                || db
+                    .get_pinned_cf(cf(db, CF_PENDING), hash.0)?
+                    .is_some_and(|marker| marker.as_ref() != PENDING_UNFLUSHED);
             if !present {
                 missing.push(hash);
             }

@@ -566,3 +566,45 @@ fn malformed_changes_are_refused_and_change_nothing() {
     }
     assert_eq!(c.stores[1].tree_digest().unwrap(), before);
 }
+
+/// A local write of 32 MiB or more stores its chunks without the write-ahead log until
+/// its commit (they are flushed first). A peer's change naming the same chunks meanwhile
+/// must not count them as stored: its commit is logged, and a crash before the local
+/// flush would leave it naming chunks that are gone. They are fetched from the peer.
+#[test]
+fn chunks_of_an_uncommitted_bulk_write_do_not_count_for_a_peers_change() {
+    let c = cluster(2);
+    let mut x = 11u64;
+    let big: Vec<u8> = (0..(33 << 20) + 77)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as u8
+        })
+        .collect();
+    let (content, _pin) = c.stores[0].write_content(&big).unwrap();
+    put(
+        &c.stores[0],
+        "gateway.war",
+        Node {
+            meta: meta(Kind::File, 1),
+            content: content.clone(),
+        },
+        1000,
+    );
+    // The receiver writes the same bytes itself (bulk) and has not committed them.
+    let (local, _local_pin) = c.stores[1].write_content(&big).unwrap();
+    assert_eq!(local, content);
+    let (changes, _, _) = delta(&c.stores[0], &c.stores[1]);
+    let (missing, _pins) = c.stores[1].missing_chunks(&changes).unwrap();
+    assert_eq!(
+        missing.len(),
+        content.chunks().len(),
+        "chunks of the unfinished bulk write counted as stored"
+    );
+    sync(&c.stores[0], &c.stores[1], 1001);
+    let node = c.stores[1].get(&p("gateway.war")).unwrap().unwrap();
+    let reader = depfs_store::ContentReader::new(node.content);
+    assert!(reader.read(&c.stores[1], 0, big.len()).unwrap() == big);
+}
