@@ -97,6 +97,14 @@ impl FileData {
         }
     }
 
+    /// True if the staged content is in a file (past the spill threshold): the file
+    /// that becomes the content's local copy once published.
+    fn staged_on_disk(&self) -> bool {
+        self.staging
+            .as_ref()
+            .is_some_and(|s| s.disk_file().is_some())
+    }
+
     /// Passthrough only: the local copy's current stamp, if the kernel wrote to it since
     /// it last matched the committed content.
     fn kernel_written(&self) -> Option<Stamp> {
@@ -334,11 +342,7 @@ impl DepFs {
             }
             // Never blocks: elsewhere the data lock is taken before the tables.
             let data = file.data.try_read()?;
-            let on_disk = data
-                .staging
-                .as_ref()
-                .is_some_and(|s| s.disk_file().is_some());
-            (on_disk && data.staged.is_none()).then_some(RELEASE_WAIT)
+            (data.staged_on_disk() && data.staged.is_none()).then_some(RELEASE_WAIT)
         };
         let Some(bound) = must_wait(tables) else {
             return;
@@ -346,9 +350,6 @@ impl DepFs {
         let deadline = std::time::Instant::now() + bound;
         self.opens_waiting.fetch_add(1, Ordering::SeqCst);
         self.release_waits.fetch_add(1, Ordering::Relaxed);
-        let _waiting = scopeguard(|| {
-            self.opens_waiting.fetch_sub(1, Ordering::SeqCst);
-        });
         while must_wait(tables).is_some() {
             if self.copy_arrived.wait_until(tables, deadline).timed_out() {
                 // A handle kept open by a duplicated descriptor: not waited for again
@@ -372,6 +373,7 @@ impl DepFs {
                 break;
             }
         }
+        self.opens_waiting.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// How many opens are waiting for a release (see `wait_for_local_copy`): lets a
@@ -472,10 +474,8 @@ impl DepFs {
         let mut data = file.data.write();
         self.make_dirty(ino, &file, &mut data)?;
         self.ensure_staging(&mut data)?;
-        let mut on_disk = false;
         if let Some(staging) = &mut data.staging {
             staging.write(offset, bytes, &self.spill())?;
-            on_disk = staging.disk_file().is_some();
         }
         touch_content(&mut data);
         // The kernel keeps a copy of every page written through it, and the staging file
@@ -484,7 +484,7 @@ impl DepFs {
         // (and the open that later switches the inode to passthrough, which drops that
         // copy, does not wait for hundreds of MiB to be freed).
         let end = offset + bytes.len() as u64;
-        if on_disk && end >= data.pages_dropped_to + 2 * PAGE_DROP_STEP {
+        if data.staged_on_disk() && end >= data.pages_dropped_to + 2 * PAGE_DROP_STEP {
             let upto = (end / PAGE_DROP_STEP - 1) * PAGE_DROP_STEP;
             self.drop_pages(ino, data.pages_dropped_to, upto - data.pages_dropped_to);
             data.pages_dropped_to = upto;
@@ -822,13 +822,7 @@ impl DepFs {
                 inode.attr_tag = Some(tag);
             }
         }
-        if file.backing.is_none()
-            && self.passthrough_enabled()
-            && data
-                .staging
-                .as_ref()
-                .is_some_and(|s| s.disk_file().is_some())
-        {
+        if file.backing.is_none() && self.passthrough_enabled() && data.staged_on_disk() {
             // This staging file becomes the local copy the next open reads through
             // passthrough, and that open drops the kernel's copy of the pages written
             // through us: dropped now, away from the opener (len 0: to the end).
@@ -871,19 +865,6 @@ impl DepFs {
             }
         }
     }
-}
-
-/// Runs `f` when dropped.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }
 
 /// Content changed now: mtime and ctime move.

@@ -103,7 +103,7 @@ impl Backing {
 /// thread serving requests, it would hold up an `open` that has nothing to do with it.
 #[derive(Debug)]
 pub(crate) struct Disposer {
-    to: Option<parking_lot::Mutex<std::sync::mpsc::Sender<File>>>,
+    to: Option<std::sync::mpsc::Sender<File>>,
 }
 
 impl Disposer {
@@ -114,9 +114,7 @@ impl Disposer {
             .name("depfs-dispose".into())
             .spawn(move || rx.into_iter().for_each(drop));
         match spawned {
-            Ok(_) => Disposer {
-                to: Some(parking_lot::Mutex::new(tx)),
-            },
+            Ok(_) => Disposer { to: Some(tx) },
             Err(e) => {
                 tracing::warn!(error = %e, "no thread for closing large files; closing them inline");
                 Disposer { to: None }
@@ -128,13 +126,10 @@ impl Disposer {
     /// and every file given to it is closed).
     pub(crate) fn dispose(&self, files: impl IntoIterator<Item = File>) {
         for file in files {
-            match &self.to {
-                Some(to) => {
-                    if let Err(std::sync::mpsc::SendError(file)) = to.lock().send(file) {
-                        drop(file);
-                    }
-                }
-                None => drop(file),
+            // Without the thread (or once it is gone) the file is closed here: dropped
+            // with the send's error, or at the end of this iteration.
+            if let Some(to) = &self.to {
+                let _ = to.send(file);
             }
         }
     }

@@ -7,7 +7,8 @@
 //! the same bytes — the format is unchanged, [`encode_value`](crate::codec::encode_value)
 //! still writes them — copying each hash at once. It accepts exactly what
 //! [`decode_value::<Node>`](crate::codec::decode_value) accepts and yields the same
-//! value (checked by the differential tests below against random and corrupted input).
+//! value (checked against it on random, mutated and arbitrary input by
+//! tests/fuzz_decoders.rs).
 
 use postcard::Error as PostcardError;
 
@@ -139,105 +140,10 @@ impl<'a> Input<'a> {
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-
+    // The differential tests against `decode_value` (valid, mutated and arbitrary input)
+    // are in tests/fuzz_decoders.rs, with the crate's other decoders.
     use super::*;
-    use crate::codec::{decode_value, encode_value};
-
-    fn kind() -> impl Strategy<Value = Kind> {
-        prop_oneof![Just(Kind::File), Just(Kind::Dir), Just(Kind::Symlink)]
-    }
-
-    fn timespec() -> impl Strategy<Value = Timespec> {
-        (any::<i64>(), any::<u32>()).prop_map(|(secs, nanos)| Timespec { secs, nanos })
-    }
-
-    fn content() -> impl Strategy<Value = Content> {
-        prop_oneof![
-            proptest::collection::vec(any::<u8>(), 0..300).prop_map(Content::Inline),
-            proptest::collection::vec(
-                (any::<[u8; 32]>(), any::<u32>()).prop_map(|(hash, len)| ChunkRef {
-                    hash: ChunkHash(hash),
-                    len
-                }),
-                0..40
-            )
-            .prop_map(Content::Chunked),
-        ]
-    }
-
-    fn node() -> impl Strategy<Value = Node> {
-        (
-            kind(),
-            any::<u32>(),
-            any::<u32>(),
-            any::<u32>(),
-            timespec(),
-            timespec(),
-            content(),
-        )
-            .prop_map(|(kind, perm, uid, gid, mtime, ctime, content)| Node {
-                meta: Meta {
-                    kind,
-                    perm,
-                    uid,
-                    gid,
-                    mtime,
-                    ctime,
-                },
-                content,
-            })
-    }
-
-    /// Both decoders agree: the same value, or both refuse.
-    fn agree(bytes: &[u8]) -> Result<(), TestCaseError> {
-        let serde = decode_value::<Node>(bytes);
-        let fast = decode_node(bytes);
-        match (&serde, &fast) {
-            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
-            (Err(_), Err(_)) => {}
-            _ => prop_assert!(false, "serde {serde:?} but fast {fast:?} for {bytes:?}"),
-        }
-        Ok(())
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
-
-        #[test]
-        fn decodes_what_encode_value_writes(node in node()) {
-            let bytes = encode_value(&node);
-            prop_assert_eq!(decode_node(&bytes).ok(), Some(node));
-        }
-
-        #[test]
-        fn agrees_with_serde_on_corrupted_values(
-            node in node(),
-            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
-            cut in any::<usize>(),
-            extra in proptest::collection::vec(any::<u8>(), 0..3),
-        ) {
-            let mut bytes = encode_value(&node);
-            for (at, xor) in flips {
-                let at = at % bytes.len();
-                bytes[at] ^= xor;
-            }
-            agree(&bytes)?;
-            agree(&bytes[..cut % (bytes.len() + 1)])?;
-            bytes.extend_from_slice(&extra);
-            agree(&bytes)?;
-        }
-
-        #[test]
-        fn agrees_with_serde_on_arbitrary_bytes(
-            body in proptest::collection::vec(any::<u8>(), 0..200),
-        ) {
-            let mut bytes = vec![FORMAT_VERSION];
-            bytes.extend_from_slice(&body);
-            agree(&bytes)?;
-            agree(&body)?;
-        }
-    }
+    use crate::codec::decode_value;
 
     #[test]
     fn overlong_varints_are_refused_like_postcard() {

@@ -75,6 +75,7 @@ use depfs_proto::limits::{
     INLINE_MAX, MAX_NAME_LEN, MAX_NODE_NAME_LEN, MAX_PATH_LEN, MAX_SYMLINK_LEN, MAX_VALUE_LEN,
 };
 use depfs_proto::name::check_file_name;
+use depfs_proto::node_codec::decode_node;
 use depfs_proto::{
     decode_value, encode_value, Change, ChangeOp, ChunkData, ChunkHash, ChunkRef, Content,
     DecodeError, Dot, FileName, Hlc, Kind, Leadership, Message, Meta, Node, NodeName, RelPath,
@@ -284,6 +285,19 @@ fn check_error(bytes: &[u8], e: &DecodeError) {
     }
 }
 
+/// `node_codec::decode_node`, the store's fast reader of entries, accepts exactly what
+/// `decode_value::<Node>` accepts, and yields the same node.
+fn check_node_codec(bytes: &[u8]) {
+    match (decode_value::<Node>(bytes), decode_node(bytes)) {
+        (Ok(serde), Ok(fast)) => assert_eq!(serde, fast, "input {}", hex(bytes)),
+        (Err(_), Err(_)) => {}
+        (serde, fast) => panic!(
+            "serde {serde:?} but node_codec {fast:?} for input {}",
+            hex(bytes)
+        ),
+    }
+}
+
 /// Every decoder of the crate on the same input.
 fn decode_all(bytes: &[u8]) {
     check_decoder::<Message>(bytes, check_message);
@@ -296,6 +310,7 @@ fn decode_all(bytes: &[u8]) {
     check_decoder::<Vec<Version>>(bytes, |vs| vs.iter().for_each(check_version));
     check_decoder::<State>(bytes, check_state);
     check_decoder::<Node>(bytes, check_node);
+    check_node_codec(bytes);
     check_decoder::<Meta>(bytes, |_| {});
     check_decoder::<Content>(bytes, |c| {
         let _ = (c.size(), c.chunks().len(), c.is_inline());
@@ -1130,6 +1145,17 @@ proptest! {
             prop_assert!(child.key().starts_with(&path.children_prefix()));
             prop_assert_eq!(RelPath::from_key(&child.key()), Ok(child.clone()));
         }
+    }
+
+    #[test]
+    fn the_node_codec_reads_what_encode_value_writes(
+        n in node(),
+        chunks in vec(chunk_ref(), 0..200),
+    ) {
+        prop_assert_eq!(decode_node(&encode_value(&n)).ok(), Some(n.clone()));
+        // Chunk lists longer than `node()` makes.
+        let long = Node { content: Content::Chunked(chunks), ..n };
+        prop_assert_eq!(decode_node(&encode_value(&long)).ok(), Some(long));
     }
 
     #[test]

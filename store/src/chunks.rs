@@ -471,12 +471,11 @@ impl<'a> ChunkWriter<'a> {
             // Unreferenced until a commit uses it: collected when unpinned if none does.
             self.store.inner.pins.lock().defer(hash);
             self.batch.put_cf(cf(db, CF_CHUNKS), hash.0, data);
-            let markers = if self.bulk {
-                &mut self.markers
+            let (markers, marker): (_, &[u8]) = if self.bulk {
+                (&mut self.markers, PENDING_UNFLUSHED)
             } else {
-                &mut self.batch
+                (&mut self.batch, &[])
             };
-            let marker: &[u8] = if self.bulk { PENDING_UNFLUSHED } else { &[] };
             markers.put_cf(cf(db, CF_PENDING), hash.0, marker);
             self.batch_bytes += data.len();
             self.written.insert(hash);

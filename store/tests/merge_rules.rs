@@ -71,6 +71,20 @@ fn delete(s: &Store, path: &str, wall: u64) {
     tx.commit(wall, Durability::Process).unwrap().unwrap();
 }
 
+/// `len` bytes that do not repeat (a linear congruential sequence from `seed`), so that
+/// no chunk deduplicates.
+fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as u8
+        })
+        .collect()
+}
+
 /// The changes `to` lacks from `from`, as the protocol would send them.
 fn delta(from: &Store, to: &Store) -> (Vec<Change>, VersionVector, VersionVector) {
     let base = to.version_vector();
@@ -384,15 +398,7 @@ fn old_changes_arriving_late_are_superseded_not_conflicts() {
 #[test]
 fn a_change_is_applied_only_with_all_its_chunks() {
     let c = cluster(2);
-    let mut x = 7u64;
-    let big: Vec<u8> = (0..300_000)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 33) as u8
-        })
-        .collect();
+    let big = pseudo_random(7, 300_000);
     let (content, _pin) = c.stores[0].write_content(&big).unwrap();
     put(
         &c.stores[0],
@@ -574,15 +580,7 @@ fn malformed_changes_are_refused_and_change_nothing() {
 #[test]
 fn chunks_of_an_uncommitted_bulk_write_do_not_count_for_a_peers_change() {
     let c = cluster(2);
-    let mut x = 11u64;
-    let big: Vec<u8> = (0..(33 << 20) + 77)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 33) as u8
-        })
-        .collect();
+    let big = pseudo_random(11, (33 << 20) + 77);
     let (content, _pin) = c.stores[0].write_content(&big).unwrap();
     put(
         &c.stores[0],
