@@ -311,3 +311,30 @@ fn changing_1mib_in_a_50mib_file_sends_about_1mib() {
         "sent only {bytes} bytes: the change cannot have travelled"
     );
 }
+
+#[test]
+fn a_large_file_rewritten_then_renamed_arrives_whole_under_its_new_name() {
+    // Files of 32 MiB and more are published after their close returns; the rename
+    // that follows must still reach peers after the new content, never before it.
+    let c = Cluster::new(2);
+    c.mount_all();
+    let (writer, reader) = (&c.nodes[0], &c.nodes[1]);
+    let old = pattern(31, 100_000);
+    std::fs::write(writer.path("app.war.tmp"), &old).unwrap();
+    assert!(reader.wait_for("app.war.tmp", &old, T));
+    let new = pattern(32, 48 << 20);
+    std::fs::write(writer.path("app.war.tmp"), &new).unwrap();
+    std::fs::rename(writer.path("app.war.tmp"), writer.path("app.war")).unwrap();
+    let target = reader.path("app.war");
+    assert!(
+        wait_until(T, || target.exists()),
+        "the renamed file never reached the peer"
+    );
+    let first = std::fs::read(&target).unwrap();
+    assert!(
+        first == new,
+        "the peer's first app.war has {} bytes, not the {} written before the rename",
+        first.len(),
+        new.len()
+    );
+}

@@ -62,8 +62,8 @@ fn a_large_file_written_here_is_read_back_through_passthrough() {
     std::fs::write(node.path("app.car"), &data).unwrap();
     assert_eq!(
         passthrough_opens(&addr),
-        0.0,
-        "a new file is written through the daemon"
+        1.0,
+        "a new file is written through passthrough from its create"
     );
 
     // Read at once: the open usually waits for the writer's release and gets the local

@@ -25,6 +25,9 @@ pub struct State {
     pub started: Instant,
     /// Called with the paths a control command changed (kernel cache invalidation).
     pub on_change: Box<dyn Fn(Vec<depfs_proto::RelPath>) + Send + Sync>,
+    /// Waits until large files closed here are published (see depfs_fs's `owed`), so
+    /// that `depfs sync` counts them as changes made before it.
+    pub settle_owed: Box<dyn Fn() + Send + Sync>,
 }
 
 /// The socket path for a config.
@@ -223,6 +226,7 @@ fn promote(state: &State) -> Result<Value> {
 /// connected peer.
 fn sync(state: &State, timeout: Duration) -> Value {
     let start = Instant::now();
+    (state.settle_owed)();
     let seq = state.store.last_seq();
     let me = state.store.node().clone();
     let Some(service) = &state.service else {

@@ -230,6 +230,18 @@ fn serve(
     fs_config.local_copy_budget = config.local_copies_bytes;
     fs_config.spill_threshold = config.local_copy_min_bytes;
     let fs = Arc::new(DepFs::new(store, fs_config));
+    // Large files closed just before the last daemon stopped (see depfs_fs's `owed`).
+    let recovered = fs
+        .publish_left_over()
+        .map_err(|e| anyhow!("cannot publish files closed before the last stop: {e}"))?;
+    if recovered > 0 {
+        tracing::info!(
+            files = recovered,
+            "published files closed before the last stop"
+        );
+    }
+    fs.start_publisher()
+        .context("cannot start the thread publishing large files")?;
 
     let mut session = fuser::Session::new(
         FuseAdapter::new(fs.clone()),
@@ -253,6 +265,10 @@ fn serve(
         on_change: Box::new(move |paths| {
             let _ = changed_tx.send(paths);
         }),
+        settle_owed: {
+            let fs = fs.clone();
+            Box::new(move || fs.settle_owed())
+        },
     });
     crate::control::serve(control)?;
     if let Some(addr) = config.metrics {

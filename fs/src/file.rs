@@ -44,6 +44,17 @@ pub(crate) struct OpenFile {
     /// uses this backing file (its local copy, which is also its staging), and reads and
     /// writes go to it without reaching the daemon.
     backing: Option<Arc<Backing>>,
+    /// Published by the owed-files thread (see [`crate::owed`]): the release leaves it
+    /// to that thread.
+    owed: AtomicBool,
+}
+
+/// Content stored ahead of a publish, without the file's lock: used if the staging
+/// file still has `stamp` when the publish looks.
+pub(crate) struct Prepared {
+    stamp: Stamp,
+    content: Content,
+    pin: PinGuard,
 }
 
 /// How the kernel may cache an open file's pages.
@@ -173,6 +184,7 @@ impl OpenFile {
             }),
             dirty: AtomicBool::new(false),
             backing,
+            owed: AtomicBool::new(false),
         })
     }
 
@@ -195,7 +207,47 @@ impl OpenFile {
             }),
             dirty: AtomicBool::new(true),
             backing: None,
+            owed: AtomicBool::new(false),
         })
+    }
+
+    /// A file created here, staged from the start in `file` (empty) and served through
+    /// passthrough: its writes go straight to `file`, at the speed of the local disk's
+    /// page cache, and are found there at publish.
+    pub(crate) fn pending_on_disk(
+        meta: Meta,
+        started_from: Vec<Dot>,
+        writers: u32,
+        file: std::fs::File,
+    ) -> std::io::Result<Arc<OpenFile>> {
+        let stamp = Stamp::of(&file)?;
+        let backing = Backing::new(&file)?;
+        Ok(Arc::new(OpenFile {
+            tag: parking_lot::Mutex::new(None),
+            data: RwLock::new(FileData {
+                base: ContentReader::new(Content::empty()),
+                _pin: PinGuard::none(),
+                staging: Some(Staging::on_disk(file, 0)),
+                staged: Some(meta),
+                started_from,
+                committed_meta: None,
+                stamp: Some(stamp),
+                writers,
+                explicit_mtime_at: None,
+                pages_dropped_to: 0,
+            }),
+            dirty: AtomicBool::new(true),
+            backing: Some(Arc::new(backing)),
+            owed: AtomicBool::new(false),
+        }))
+    }
+
+    /// How the creator's handle is served: through the backing file if there is one.
+    pub(crate) fn cache_mode_at_create(&self) -> CacheMode {
+        match &self.backing {
+            Some(backing) => CacheMode::Passthrough(backing.clone()),
+            None => CacheMode::Keep,
+        }
     }
 
     /// Attributes including unpublished changes, if there are any.
@@ -258,6 +310,7 @@ impl DepFs {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if writable {
             self.check_writable()?;
+            self.owed.settle();
         }
         let mut tables = self.tables.lock();
         self.wait_for_local_copy(&mut tables, ino);
@@ -498,11 +551,15 @@ impl DepFs {
         }
     }
 
-    /// `flush` (each `close` of a descriptor): a writer's close publishes.
+    /// `flush` (each `close` of a descriptor): a writer's close publishes, or makes a
+    /// large file owed (see [`crate::owed`]).
     pub fn flush(&self, fh: u64) -> FsResult<()> {
-        let (ino, writable, _) = self.handle_file(fh)?;
+        let (ino, writable, file) = self.handle_file(fh)?;
         if writable {
-            self.publish(ino, Durability::Process)?;
+            self.owed.settle();
+            if !self.owe_publish(ino, &file) {
+                self.publish(ino, Durability::Process)?;
+            }
         }
         // Marked only once published: an open waiting for the release must not find
         // the file still dirty.
@@ -513,12 +570,110 @@ impl DepFs {
     /// `fsync`: publishes and makes the store durable against power loss.
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
         let (ino, _, _) = self.handle_file(fh)?;
+        self.owed.settle();
         self.publish(ino, Durability::Machine)
     }
 
     /// `fsyncdir`: every committed change is made durable.
     pub fn fsyncdir(&self) -> FsResult<()> {
+        self.owed.settle();
         Ok(self.store.sync()?)
+    }
+
+    /// Makes `file` owed if it is large and written through passthrough: linked and
+    /// noted in the staging directory, its inode held open, and handed to the
+    /// publishing thread. False if the caller publishes it now.
+    fn owe_publish(&self, ino: u64, file: &Arc<OpenFile>) -> bool {
+        if !self.owed.enabled() || file.backing.is_none() {
+            return false;
+        }
+        let data = file.data.read();
+        let (Some(staged), Some(written), Some(disk)) = (
+            data.staged.clone(),
+            data.kernel_written(),
+            data.staging.as_ref().and_then(Staging::disk_file),
+        ) else {
+            return false;
+        };
+        if written.len < crate::owed::OWED_FROM {
+            return false;
+        }
+        let mut tables = self.tables.lock();
+        let Some(inode) = tables.inodes.get_mut(&ino) else {
+            return false;
+        };
+        let Some(path) = inode.path.clone() else {
+            return false; // unlinked while open: its writes die with it
+        };
+        let note = crate::owed::Note {
+            path,
+            meta: data.with_kernel_writes(staged, &written),
+            started_from: data.started_from.clone(),
+            new_file: inode.pending,
+            len: written.len,
+        };
+        let number = match self.owed.record(disk, &note) {
+            Ok(number) => number,
+            Err(e) => {
+                tracing::warn!(ino, error = %e, "cannot note a large file as owed; publishing it in close");
+                return false;
+            }
+        };
+        // The job holds the inode open, as a handle would, until it is published.
+        inode.open += 1;
+        file.owed.store(true, Ordering::Release);
+        drop(tables);
+        drop(data);
+        let job = crate::owed::Job {
+            ino,
+            file: file.clone(),
+            stamp: written,
+            number,
+        };
+        if let Err(job) = self.owed.send(job) {
+            file.owed.store(false, Ordering::Release);
+            self.owed.finish(job.number, false);
+            self.handle_closed(ino, false);
+            return false;
+        }
+        true
+    }
+
+    /// Publishes an owed file (on the owed-files thread): its chunks are stored
+    /// without the file's lock, so that opens, reads and attributes of it go on.
+    pub(crate) fn publish_owed(&self, job: crate::owed::Job) {
+        let span = tracing::info_span!("publish_owed", ino = job.ino, number = job.number);
+        let _entered = span.enter();
+        let prepared = job.file.backing.as_ref().map(|backing| {
+            self.store
+                .write_content_from(backing.file(), job.stamp.len)
+                .map(|(content, pin)| Prepared {
+                    stamp: job.stamp,
+                    content,
+                    pin,
+                })
+        });
+        let result = match prepared {
+            Some(Ok(prepared)) => {
+                self.publish_prepared(job.ino, Durability::Process, Some(prepared))
+            }
+            Some(Err(e)) => Err(e.into()),
+            None => self.publish(job.ino, Durability::Process),
+        };
+        job.file.owed.store(false, Ordering::Release);
+        match result {
+            Ok(()) => self.owed.finish(job.number, false),
+            Err(e) => {
+                // Left noted: the next mount publishes it (or says why it cannot).
+                tracing::error!(
+                    ino = job.ino,
+                    errno = e.0,
+                    "cannot publish a closed file; the next mount retries"
+                );
+                self.owed.finish(job.number, true);
+            }
+        }
+        self.handle_closed(job.ino, false);
     }
 
     /// `release`: the last reference to a handle is gone.
@@ -529,35 +684,47 @@ impl DepFs {
                     let mut data = file.data.write();
                     data.writers = data.writers.saturating_sub(1);
                 }
-                self.publish(ino, Durability::Process)
+                if file.owed.load(Ordering::Acquire) {
+                    Ok(()) // the owed-files thread publishes it
+                } else {
+                    self.publish(ino, Durability::Process)
+                }
             }
             _ => Ok(()),
         };
+        let removed = self.tables.lock().handles.remove(&fh);
+        if let Some(Handle::File { ino, flushed, .. }) = removed {
+            self.handle_closed(ino, flushed);
+        }
+        result
+    }
+
+    /// A handle of `ino` is gone (released by the kernel, or an owed file's job done):
+    /// the last one takes the file, which may become a local copy.
+    fn handle_closed(&self, ino: u64, flushed: bool) {
         let mut closed = None;
         let mut tables = self.tables.lock();
-        if let Some(Handle::File { ino, flushed, .. }) = tables.handles.remove(&fh) {
-            let mut dropped = None;
-            if let Some(inode) = tables.inodes.get_mut(&ino) {
-                inode.open = inode.open.saturating_sub(1);
-                if flushed {
-                    inode.flushed = inode.flushed.saturating_sub(1);
-                }
-                if inode.open == 0 {
-                    closed = inode.file.take().map(|file| (ino, file));
-                    inode.copy_arriving = closed.is_some();
-                    if inode.pending {
-                        // A new file that could not be published (the error went to
-                        // the closer, e.g. ENOSPC) is dropped with its last handle.
-                        dropped = inode.path.clone();
-                    }
+        let mut dropped = None;
+        if let Some(inode) = tables.inodes.get_mut(&ino) {
+            inode.open = inode.open.saturating_sub(1);
+            if flushed {
+                inode.flushed = inode.flushed.saturating_sub(1);
+            }
+            if inode.open == 0 {
+                closed = inode.file.take().map(|file| (ino, file));
+                inode.copy_arriving = closed.is_some();
+                if inode.pending {
+                    // A new file that could not be published (the error went to
+                    // the closer, e.g. ENOSPC) is dropped with its last handle.
+                    dropped = inode.path.clone();
                 }
             }
-            match dropped {
-                // Its name leads nowhere now: an open through a cached name gets
-                // ESTALE, so the kernel looks it up again (and may create it anew).
-                Some(path) => tables.detach(&path, None),
-                None => tables.maybe_drop(ino),
-            }
+        }
+        match dropped {
+            // Its name leads nowhere now: an open through a cached name gets
+            // ESTALE, so the kernel looks it up again (and may create it anew).
+            Some(path) => tables.detach(&path, None),
+            None => tables.maybe_drop(ino),
         }
         drop(tables);
         let closed = closed.map(|(ino, file)| {
@@ -571,7 +738,6 @@ impl DepFs {
         // before the closed file is dropped, which unpins each of its chunks.
         self.copy_arrived.notify_all();
         drop(closed);
-        result
     }
 
     /// The last handle of `file` is gone: its staging file, if it holds exactly the
@@ -623,6 +789,7 @@ impl DepFs {
             return self.getattr(ino);
         }
         self.check_writable()?;
+        self.owed.settle();
         let (kind, file, path) = {
             let tables = self.tables.lock();
             let inode = tables.inodes.get(&ino).ok_or(Errno::ENOENT)?;
@@ -731,6 +898,17 @@ impl DepFs {
     /// for a clean file (beyond syncing for `Durability::Machine`) or for one whose path
     /// is gone.
     pub(crate) fn publish(&self, ino: u64, durability: Durability) -> FsResult<()> {
+        self.publish_prepared(ino, durability, None)
+    }
+
+    /// `publish`, with the content stored ahead (used if the staging file is as it was
+    /// then).
+    fn publish_prepared(
+        &self,
+        ino: u64,
+        durability: Durability,
+        prepared: Option<Prepared>,
+    ) -> FsResult<()> {
         let file = {
             let tables = self.tables.lock();
             tables.inodes.get(&ino).and_then(|i| i.file.clone())
@@ -776,9 +954,10 @@ impl DepFs {
                 read_at = Some(written);
             }
         }
-        let (content, pin) = match &data.staging {
-            Some(staging) => staging.store(&self.store)?,
-            None => {
+        let (content, pin) = match (prepared, &data.staging) {
+            (Some(p), _) if read_at == Some(p.stamp) => (p.content, p.pin),
+            (_, Some(staging)) => staging.store(&self.store)?,
+            (_, None) => {
                 let content = data.base.content().clone();
                 let pin = self.store.pin(&content);
                 (content, pin)
@@ -851,6 +1030,7 @@ impl DepFs {
 
     /// Publishes every file with unpublished changes (at unmount).
     pub fn publish_all(&self) {
+        self.owed.settle();
         let inos: Vec<u64> = self
             .tables
             .lock()

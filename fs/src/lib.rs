@@ -18,6 +18,7 @@ mod import;
 mod local_copy;
 mod namespace;
 pub mod ops;
+mod owed;
 mod staging;
 pub mod stats;
 mod tables;
@@ -31,6 +32,7 @@ pub use namespace::Invalidation;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use depfs_proto::{Meta, RelPath, Timespec};
@@ -93,6 +95,8 @@ pub struct DepFs {
     release_waits: std::sync::atomic::AtomicU64,
     /// Where to send the kernel page ranges it may drop (a leaf lock).
     page_drops: Mutex<Option<std::sync::mpsc::Sender<PageDrop>>>,
+    /// Large files closed and not yet published (see [`owed`]).
+    owed: owed::Owed,
 }
 
 /// Pages of a file the kernel can drop from its cache: inode, offset and length in
@@ -157,10 +161,40 @@ impl DepFs {
             copy_arrived: parking_lot::Condvar::new(),
             opens_waiting: std::sync::atomic::AtomicUsize::new(0),
             release_waits: std::sync::atomic::AtomicU64::new(0),
+            owed: owed::Owed::new(&config.staging_dir),
             config,
             tables: Mutex::new(Tables::new()),
             page_drops: Mutex::new(None),
         }
+    }
+
+    /// Starts the thread that publishes large files after their `close` has returned
+    /// (see [`owed`]); until then they are published in `close`.
+    pub fn start_publisher(self: &Arc<Self>) -> std::io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel::<owed::Job>();
+        let fs = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("depfs-publish".into())
+            .spawn(move || {
+                for job in rx {
+                    match fs.upgrade() {
+                        Some(fs) => fs.publish_owed(job),
+                        None => break,
+                    }
+                }
+            })?;
+        self.owed.set_publisher(tx);
+        Ok(())
+    }
+
+    /// Closed files not yet published (see [`owed`]).
+    pub fn owed_files(&self) -> usize {
+        self.owed.pending()
+    }
+
+    /// Waits until every closed file is published (for `depfs sync` and unmount).
+    pub fn settle_owed(&self) {
+        self.owed.settle();
     }
 
     /// Sends the page ranges the kernel may drop to `to` (a thread that is not serving

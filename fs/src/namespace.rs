@@ -1,14 +1,15 @@
 //! Calls that change or read the namespace: lookup, getattr, create, mkdir, symlink,
 //! unlink, rmdir, rename, readdir.
 
-use depfs_proto::{Content, Kind, Node, RelPath, Timespec};
+use depfs_proto::{Content, Dot, Kind, Meta, Node, RelPath, Timespec};
 use depfs_store::{Durability, Tx};
 
 use crate::attr::Attr;
 use crate::error::{Errno, FsResult};
 use crate::file::OpenFile;
 use crate::tables::{Handle, Inode, Tables, ROOT_INO};
-use crate::{new_meta, now, now_ms, Caller, DepFs};
+use crate::{new_meta, now, now_ms, CacheMode, Caller, DepFs};
+use std::sync::Arc;
 
 /// `d_ino` for a directory entry whose inode the kernel has not looked up yet
 /// (libfuse's `FUSE_UNKNOWN_INO`).
@@ -154,6 +155,7 @@ impl DepFs {
         caller: Caller,
     ) -> FsResult<Attr> {
         self.check_writable()?;
+        self.owed.settle();
         let path = self.child_path(parent, name)?;
         let mut tx = self.store.transaction();
         let parent_meta = self.check_free(&tx, &path)?;
@@ -194,15 +196,17 @@ impl DepFs {
         mode: u32,
         flags: i32,
         caller: Caller,
-    ) -> FsResult<(Attr, u64)> {
+    ) -> FsResult<(Attr, u64, CacheMode)> {
         self.check_writable()?;
+        self.owed.settle();
         let path = self.child_path(parent, name)?;
         let tx = self.store.transaction();
         let parent_meta = self.check_free(&tx, &path)?;
         let meta = new_meta(Kind::File, mode, caller, &parent_meta);
         let started_from = self.head_dots(&path)?;
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let file = OpenFile::pending(meta.clone(), started_from, u32::from(writable));
+        let file = self.new_file(meta.clone(), started_from, u32::from(writable));
+        let cache = file.cache_mode_at_create();
         let mut tables = self.tables.lock();
         let ino = tables.insert_new(
             &path,
@@ -227,12 +231,30 @@ impl DepFs {
         });
         drop(tables);
         drop(tx);
-        Ok((Attr::new(ino, meta, 0), fh))
+        Ok((Attr::new(ino, meta, 0), fh, cache))
+    }
+
+    /// The open file of a new file: staged in a file of its own served through
+    /// passthrough when that is on, else in memory through the daemon.
+    fn new_file(&self, meta: Meta, started_from: Vec<Dot>, writers: u32) -> Arc<OpenFile> {
+        if self.passthrough_enabled() {
+            let on_disk = tempfile::tempfile_in(&self.config.staging_dir).and_then(|file| {
+                OpenFile::pending_on_disk(meta.clone(), started_from.clone(), writers, file)
+            });
+            match on_disk {
+                Ok(file) => return file,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no staging file for a new file; writing through the daemon")
+                }
+            }
+        }
+        OpenFile::pending(meta, started_from, writers)
     }
 
     /// `unlink`.
     pub fn unlink(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         self.check_writable()?;
+        self.owed.settle();
         let path = self.child_path(parent, name)?;
         let mut tx = self.store.transaction();
         {
@@ -255,6 +277,7 @@ impl DepFs {
     /// `rmdir`.
     pub fn rmdir(&self, parent: u64, name: &[u8]) -> FsResult<()> {
         self.check_writable()?;
+        self.owed.settle();
         let path = self.child_path(parent, name)?;
         let mut tx = self.store.transaction();
         let node = tx.get(&path)?.ok_or(Errno::ENOENT)?;
@@ -281,6 +304,7 @@ impl DepFs {
         flags: u32,
     ) -> FsResult<()> {
         self.check_writable()?;
+        self.owed.settle();
         if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
             || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
         {

@@ -569,7 +569,30 @@ impl Filesystem for FuseAdapter {
             .fs
             .create(parent.0, name.as_bytes(), mode & !umask, flags, caller(req))
         {
-            Ok((attr, fh)) => reply.created(
+            Ok((attr, fh, CacheMode::Passthrough(backing))) => {
+                let id = self.register(&backing, |file| reply.open_backing(file));
+                match id.as_ref() {
+                    Some(id) => {
+                        self.fs.stats().passthrough_opened();
+                        reply.created_passthrough(
+                            &self.ttl(),
+                            &file_attr(&attr),
+                            Generation(0),
+                            FileHandle(fh),
+                            FopenFlags::empty(),
+                            id,
+                        )
+                    }
+                    None => reply.created(
+                        &self.ttl(),
+                        &file_attr(&attr),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_DIRECT_IO,
+                    ),
+                }
+            }
+            Ok((attr, fh, _)) => reply.created(
                 &self.ttl(),
                 &file_attr(&attr),
                 Generation(0),

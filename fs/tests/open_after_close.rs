@@ -35,13 +35,21 @@ fn filesystem(dir: &std::path::Path) -> DepFs {
     DepFs::new(store, config)
 }
 
-/// Writes `len` bytes to a new file `name` and flushes it (the descriptor's close);
-/// its inode and still-open handle.
+/// Writes `len` bytes through the daemon to a file `name` and flushes it (the
+/// descriptor's close); its inode and still-open handle. (A new file's own writes go
+/// through passthrough: the file is created empty and closed first, then rewritten.)
 fn write_and_close(fs: &DepFs, name: &[u8], len: usize) -> (u64, u64) {
     let caller = Caller { uid: 0, gid: 0 };
-    let (attr, fh) = fs
+    let (attr, fh, _) = fs
         .create(ROOT_INO, name, 0o644, libc::O_WRONLY, caller)
         .unwrap();
+    fs.flush(fh).unwrap();
+    fs.release(fh).unwrap();
+    let (fh, cache) = fs.open(attr.ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    assert!(
+        !matches!(cache, CacheMode::Passthrough(_)),
+        "rewritten through the daemon"
+    );
     let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
     for (i, block) in data.chunks(1 << 20).enumerate() {
         fs.write(fh, (i << 20) as u64, block).unwrap();

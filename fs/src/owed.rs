@@ -1,0 +1,289 @@
+//! Publishing large files after their `close` has returned.
+//!
+//! Cutting a file of hundreds of MiB into chunks, hashing and storing them takes most of
+//! a second; a writer waiting for that in `close` writes at a third of the disk's speed.
+//! A file of [`OWED_FROM`] bytes or more, written through passthrough (so its bytes are
+//! already in a file of the staging directory), is *owed* instead: `close` links its
+//! staging file under a name of the staging directory, next to a note saying where it
+//! goes, and returns; a thread publishes it. Both survive a crash of the daemon (the
+//! page cache keeps them): the next mount publishes owed files before it serves, so the
+//! promise of `close` (the content survives `kill -9`) holds. `fsync` still publishes
+//! before it returns, and makes the store durable against power loss.
+//!
+//! Order: every operation that commits a change, or opens a file for writing, first
+//! waits until nothing is owed ([`Owed::settle`]). The cluster sees changes in the order
+//! they were made (write a temporary file, close, rename: the content commits before
+//! the rename), and no writer changes an owed file under the thread publishing it.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use depfs_proto::{Dot, Meta, RelPath};
+use parking_lot::{Condvar, Mutex};
+use serde::{Deserialize, Serialize};
+
+use crate::file::OpenFile;
+use crate::local_copy::Stamp;
+
+/// Files of this size or more are published after their `close` returns (the size at
+/// which the store writes chunks in bulk, skipping its write-ahead log).
+pub const OWED_FROM: u64 = 32 << 20;
+
+/// What the next mount needs to publish an owed file the daemon did not get to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Note {
+    /// Where the content goes.
+    pub(crate) path: RelPath,
+    pub(crate) meta: Meta,
+    /// The versions of `path` the writes started from (see `Tx::put_based`).
+    pub(crate) started_from: Vec<Dot>,
+    /// Created by this write: published even though the path holds no file yet.
+    pub(crate) new_file: bool,
+    /// The content's length.
+    pub(crate) len: u64,
+}
+
+/// A file to publish: its inode (kept open for the job), its open file, the state its
+/// staging file had at `close`, and the number of its note.
+pub(crate) struct Job {
+    pub(crate) ino: u64,
+    pub(crate) file: Arc<OpenFile>,
+    pub(crate) stamp: Stamp,
+    pub(crate) number: u64,
+}
+
+/// The owed files of one mount: their count, and where their jobs go.
+#[derive(Debug)]
+pub(crate) struct Owed {
+    dir: PathBuf,
+    /// Owed files not yet published.
+    count: Mutex<usize>,
+    settled: Condvar,
+    /// The publishing thread, once started (see `DepFs::start_publisher`).
+    to: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Owed {
+    pub(crate) fn new(dir: &Path) -> Owed {
+        Owed {
+            dir: dir.to_path_buf(),
+            count: Mutex::new(0),
+            settled: Condvar::new(),
+            to: Mutex::new(None),
+            next: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// True once a thread publishes owed files: without it every file is published in
+    /// its `close`.
+    pub(crate) fn enabled(&self) -> bool {
+        self.to.lock().is_some()
+    }
+
+    pub(crate) fn set_publisher(&self, to: std::sync::mpsc::Sender<Job>) {
+        *self.to.lock() = Some(to);
+    }
+
+    /// Waits until every owed file is published.
+    pub(crate) fn settle(&self) {
+        let mut count = self.count.lock();
+        while *count > 0 {
+            self.settled.wait(&mut count);
+        }
+    }
+
+    /// Owed files not yet published.
+    pub(crate) fn pending(&self) -> usize {
+        *self.count.lock()
+    }
+
+    /// Makes `file` (the staging file of `note`) owed: linked and noted in the staging
+    /// directory, then counted. Returns the note's number.
+    pub(crate) fn record(&self, file: &File, note: &Note) -> std::io::Result<u64> {
+        let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let data = self.data_path(number);
+        link_anonymous(file, &data)?;
+        let tmp = self.dir.join(format!("owed-{number}.note.tmp"));
+        let written = std::fs::write(&tmp, depfs_proto::codec::encode_value(note))
+            .and_then(|()| std::fs::rename(&tmp, self.note_path(number)));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&data);
+            return Err(e);
+        }
+        *self.count.lock() += 1;
+        Ok(number)
+    }
+
+    /// Hands `job` to the publishing thread; gives it back if there is none.
+    pub(crate) fn send(&self, job: Job) -> Result<(), Job> {
+        match self.to.lock().as_ref() {
+            Some(to) => to.send(job).map_err(|e| e.0),
+            None => Err(job),
+        }
+    }
+
+    /// Job `number` is over (published, or failed and left for the next mount when
+    /// `keep_files`): wakes whoever waits in `settle`.
+    pub(crate) fn finish(&self, number: u64, keep_files: bool) {
+        if !keep_files {
+            self.forget(number);
+        }
+        let mut count = self.count.lock();
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.settled.notify_all();
+        }
+    }
+
+    /// Removes the note, then the linked file, of `number`.
+    pub(crate) fn forget(&self, number: u64) {
+        for path in [self.note_path(number), self.data_path(number)] {
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a published owed file");
+                }
+            }
+        }
+    }
+
+    fn note_path(&self, number: u64) -> PathBuf {
+        self.dir.join(format!("owed-{number}.note"))
+    }
+
+    fn data_path(&self, number: u64) -> PathBuf {
+        self.dir.join(format!("owed-{number}.data"))
+    }
+
+    /// The owed files a previous daemon left, oldest first: number, note (or why it
+    /// cannot be read) and content file.
+    pub(crate) fn left_over(&self) -> std::io::Result<Vec<LeftOver>> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(number) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("owed-"))
+                .and_then(|n| n.strip_suffix(".note"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let note = std::fs::read(entry.path())
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    depfs_proto::codec::decode_value::<Note>(&bytes).map_err(|e| e.to_string())
+                });
+            found.push(LeftOver {
+                number,
+                note,
+                data: self.data_path(number),
+            });
+        }
+        found.sort_by_key(|l| l.number);
+        // Numbers continue after the left-over ones (their files stay until published).
+        if let Some(last) = found.last() {
+            self.next
+                .fetch_max(last.number + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(found)
+    }
+}
+
+/// An owed file found at mount.
+#[derive(Debug)]
+pub(crate) struct LeftOver {
+    pub(crate) number: u64,
+    pub(crate) note: Result<Note, String>,
+    pub(crate) data: PathBuf,
+}
+
+/// Gives the anonymous (`O_TMPFILE`) `file` the name `to`.
+fn link_anonymous(file: &File, to: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    let to = CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: both are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+impl crate::DepFs {
+    /// Publishes the files a previous daemon made owed and did not publish (it was
+    /// killed): run at mount, before the kernel is served. Returns how many were
+    /// published; one that cannot be (its note unreadable, its content short after a
+    /// power loss) is left in place with an error in the log.
+    pub fn publish_left_over(&self) -> std::io::Result<usize> {
+        let store_error = |e: depfs_store::StoreError| std::io::Error::other(e);
+        let mut published = 0;
+        for left in self.owed.left_over()? {
+            let span = tracing::info_span!("left_over", number = left.number);
+            let _entered = span.enter();
+            let note = match left.note {
+                Ok(note) => note,
+                Err(why) => {
+                    tracing::error!(%why, "unreadable note of a closed file; left in the staging directory");
+                    continue;
+                }
+            };
+            let file = match File::open(&left.data) {
+                Ok(file) => file,
+                Err(e) => {
+                    tracing::error!(path = %left.data.display(), error = %e, "content of a closed file missing");
+                    continue;
+                }
+            };
+            let len = file.metadata()?.len();
+            if len != note.len {
+                // Only a machine crash before the disk had the bytes (close does not
+                // promise more): publishing it would show a file never written.
+                tracing::error!(path = %note.path, len, expected = note.len, "content of a closed file incomplete; not published");
+                continue;
+            }
+            let (content, _pin) = self
+                .store
+                .write_content_from(&file, len)
+                .map_err(store_error)?;
+            let mut tx = self.store.transaction();
+            let is_file = matches!(tx.get(&note.path).map_err(store_error)?, Some(n) if n.meta.kind == depfs_proto::Kind::File);
+            if note.new_file || is_file {
+                let ctime = note.meta.ctime;
+                tx.put_based(
+                    note.path.clone(),
+                    depfs_proto::Node {
+                        meta: note.meta,
+                        content,
+                    },
+                    note.started_from,
+                );
+                if note.new_file {
+                    crate::namespace::touch_parent(&mut tx, &note.path, ctime)
+                        .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
+                }
+                tx.commit(crate::now_ms(), depfs_store::Durability::Machine)
+                    .map_err(store_error)?;
+                tracing::info!(path = %note.path, len, "published a file closed before the daemon stopped");
+                published += 1;
+            }
+            self.owed.forget(left.number);
+        }
+        Ok(published)
+    }
+}
