@@ -252,6 +252,10 @@ fn serve(
     let mut unmounter = session.unmount_callable();
     spawn_invalidator(fs.clone(), session.notifier(), changed_rx);
     spawn_page_dropper(&fs, session.notifier());
+    let filler = session.notifier();
+    fs.fill_pages_with(Box::new(move |ino, data| {
+        filler.store(fuser::INodeNo(ino), 0, data)
+    }));
     if !options.read_only {
         spawn_role_keeper(fs.clone(), mountpoint.to_path_buf(), role_rx);
     }

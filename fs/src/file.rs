@@ -21,6 +21,10 @@ use crate::{now, now_ms, DepFs, SetAttr};
 /// size (see `DepFs::write`).
 const PAGE_DROP_STEP: u64 = 4 << 20;
 
+/// A published file written through passthrough up to this size has its pages handed
+/// to the kernel (see `DepFs::fill_pages_with`).
+const FILL_PAGES_UP_TO: u64 = 64 << 10;
+
 /// The longest an `open` waits for the release of the inode's last handle to finish
 /// (normally microseconds; the bound only keeps a stuck release from holding up opens).
 const COPY_ARRIVAL_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
@@ -771,6 +775,8 @@ impl DepFs {
         if keep {
             let given_back = self.local_copies.lock().put(&content, disk);
             self.disposer.dispose(given_back);
+        } else if size < self.config.spill_threshold {
+            drop(disk); // small: closing it costs less than waking the disposer
         } else {
             self.disposer.dispose([disk]);
         }
@@ -963,6 +969,20 @@ impl DepFs {
                 (content, pin)
             }
         };
+        // Pages for the kernel: the writes went to the staging file, not its cache.
+        let fill = match &data.staging {
+            Some(staging)
+                if file.backing.is_some()
+                    && (1..=FILL_PAGES_UP_TO).contains(&content.size())
+                    && self.page_filler.lock().is_some() =>
+            {
+                staging
+                    .read(0, content.size() as usize)
+                    .ok()
+                    .filter(|bytes| bytes.len() as u64 == content.size())
+            }
+            _ => None,
+        };
         let mut tx = self.store.transaction();
         let (path, pending) = {
             let tables = self.tables.lock();
@@ -999,6 +1019,10 @@ impl DepFs {
                     inode.cache_tag = Some(tag);
                 }
                 inode.attr_tag = Some(tag);
+                if let Some(bytes) = &fill {
+                    self.fill_pages(ino, bytes);
+                    inode.cache_tag = Some(tag);
+                }
             }
         }
         if file.backing.is_none() && self.passthrough_enabled() && data.staged_on_disk() {
@@ -1026,6 +1050,19 @@ impl DepFs {
             file.dirty.store(true, Ordering::Release);
         }
         Ok(())
+    }
+
+    /// Stores `bytes` as the kernel's pages of `ino`; if that fails part-way, the pages
+    /// are dropped instead.
+    fn fill_pages(&self, ino: u64, bytes: &[u8]) {
+        let filled = match self.page_filler.lock().as_ref() {
+            Some(fill) => fill(ino, bytes),
+            None => return,
+        };
+        if let Err(e) = filled {
+            tracing::debug!(ino, error = %e, "handing the kernel a published file's pages failed");
+            self.drop_pages(ino, 0, 0);
+        }
     }
 
     /// Publishes every file with unpublished changes (at unmount).

@@ -97,7 +97,14 @@ pub struct DepFs {
     page_drops: Mutex<Option<std::sync::mpsc::Sender<PageDrop>>>,
     /// Large files closed and not yet published (see [`owed`]).
     owed: owed::Owed,
+    /// Hands the kernel the pages of a small file just published (see
+    /// [`DepFs::fill_pages_with`]; a leaf lock).
+    page_filler: Mutex<Option<PageFiller>>,
 }
+
+/// Stores `data` in the kernel's page cache of inode `ino` from offset 0
+/// (`FUSE_NOTIFY_STORE`).
+pub type PageFiller = Box<dyn Fn(u64, &[u8]) -> std::io::Result<()> + Send + Sync>;
 
 /// Pages of a file the kernel can drop from its cache: inode, offset and length in
 /// bytes (0: to the end of the file, as FUSE's inode invalidation reads it). Sent while a large file is written through the daemon, whose staging file
@@ -162,6 +169,7 @@ impl DepFs {
             opens_waiting: std::sync::atomic::AtomicUsize::new(0),
             release_waits: std::sync::atomic::AtomicU64::new(0),
             owed: owed::Owed::new(&config.staging_dir),
+            page_filler: Mutex::new(None),
             config,
             tables: Mutex::new(Tables::new()),
             page_drops: Mutex::new(None),
@@ -195,6 +203,16 @@ impl DepFs {
     /// Waits until every closed file is published (for `depfs sync` and unmount).
     pub fn settle_owed(&self) {
         self.owed.settle();
+    }
+
+    /// Hands the kernel, at publish, the pages of small files written through
+    /// passthrough. Their writes went to the staging file, not to the FUSE inode's page
+    /// cache, so without this the first read after the close would ask the daemon;
+    /// through the daemon the kernel keeps the pages it wrote. `fill` is called under
+    /// the inode table's lock, right after the commit, so that an invalidation for a
+    /// later change from a peer always comes after it.
+    pub fn fill_pages_with(&self, fill: PageFiller) {
+        *self.page_filler.lock() = Some(fill);
     }
 
     /// Sends the page ranges the kernel may drop to `to` (a thread that is not serving
