@@ -338,3 +338,28 @@ fn a_large_file_rewritten_then_renamed_arrives_whole_under_its_new_name() {
         new.len()
     );
 }
+
+#[test]
+fn a_small_file_read_here_shows_a_peers_rewrite_of_the_same_size() {
+    // The writer's kernel holds the pages of what it wrote (handed to it at publish);
+    // a peer's change of the same size must replace them, not hide behind them.
+    let c = Cluster::new(2);
+    c.mount_all();
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    for round in 0..20u64 {
+        let mine = pattern(100 + round, 6000);
+        let theirs = pattern(200 + round, 6000);
+        let name = format!("api{}.xml", round % 3);
+        std::fs::write(a.path(&name), &mine).unwrap();
+        assert!(std::fs::read(a.path(&name)).unwrap() == mine);
+        assert!(
+            b.wait_for(&name, &mine, T),
+            "round {round}: b never got a's write"
+        );
+        std::fs::write(b.path(&name), &theirs).unwrap();
+        assert!(
+            a.wait_for(&name, &theirs, T),
+            "round {round}: a still reads its own version"
+        );
+    }
+}

@@ -264,3 +264,33 @@ fn a_local_copy_is_not_used_for_a_version_from_a_peer() {
     assert!(gw1.wait_for("f.car", &second, T));
     assert!(std::fs::read(gw1.path("f.car")).unwrap() == second);
 }
+
+fn daemon_reads(addr: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics");
+    metric(&body, "depfs_fs_op_duration_seconds_count{op=\"read\"} ").unwrap_or(0.0)
+}
+
+/// A small new file is written through passthrough, so its pages are in the staging
+/// file's cache; the publish hands them to the kernel's cache of the inode, and
+/// reading the file back does not ask the daemon.
+#[test]
+fn a_small_file_written_here_is_read_back_from_the_kernels_cache() {
+    let _serial = one_at_a_time();
+    let (node, addr) = node("pt5");
+    node.mount();
+    let files: Vec<(String, Vec<u8>)> = (0..20u64)
+        .map(|i| {
+            (
+                format!("api{i}.xml"),
+                random_bytes(4096 + i as usize * 1000, i),
+            )
+        })
+        .collect();
+    for (name, data) in &files {
+        std::fs::write(node.path(name), data).unwrap();
+    }
+    for (name, data) in &files {
+        assert!(std::fs::read(node.path(name)).unwrap() == *data, "{name}");
+    }
+    assert_eq!(daemon_reads(&addr), 0.0, "reads reached the daemon");
+}
