@@ -319,7 +319,9 @@ fn a_large_file_rewritten_then_renamed_arrives_whole_under_its_new_name() {
     let c = Cluster::new(2);
     c.mount_all();
     let (writer, reader) = (&c.nodes[0], &c.nodes[1]);
-    let old = pattern(31, 100_000);
+    // Large enough to be owed and to leave a local copy on the writer, so that the
+    // rewrite goes through passthrough too.
+    let old = pattern(31, 40 << 20);
     std::fs::write(writer.path("app.war.tmp"), &old).unwrap();
     assert!(reader.wait_for("app.war.tmp", &old, T));
     let new = pattern(32, 48 << 20);

@@ -152,21 +152,23 @@ impl OpenFile {
         content: Content,
         meta: Meta,
         pin: PinGuard,
-        local: Option<std::fs::File>,
+        local: Option<(std::fs::File, Option<crate::owed::OwedName>)>,
     ) -> Arc<OpenFile> {
         let tag = tag_of(&meta, content.size());
         let size = content.size();
-        let local = local.and_then(|file| match (Stamp::of(&file), Backing::new(&file)) {
-            (Ok(stamp), Ok(backing)) if stamp.len == size => Some((file, stamp, backing)),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!(error = %e, "local copy unusable; reading through the daemon");
-                None
-            }
-            _ => None,
-        });
+        let local = local.and_then(
+            |(file, name)| match (Stamp::of(&file), Backing::new(&file)) {
+                (Ok(stamp), Ok(backing)) if stamp.len == size => Some((file, name, stamp, backing)),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "local copy unusable; reading through the daemon");
+                    None
+                }
+                _ => None,
+            },
+        );
         let (staging, stamp, backing) = match local {
-            Some((file, stamp, backing)) => (
-                Some(Staging::on_disk(file, size)),
+            Some((file, name, stamp, backing)) => (
+                Some(Staging::on_disk(file, size, name)),
                 Some(stamp),
                 Some(Arc::new(backing)),
             ),
@@ -231,7 +233,7 @@ impl OpenFile {
             data: RwLock::new(FileData {
                 base: ContentReader::new(Content::empty()),
                 _pin: PinGuard::none(),
-                staging: Some(Staging::on_disk(file, 0)),
+                staging: Some(Staging::on_disk(file, 0, None)),
                 staged: Some(meta),
                 started_from,
                 committed_meta: None,
@@ -591,12 +593,8 @@ impl DepFs {
         if !self.owed.enabled() || file.backing.is_none() {
             return false;
         }
-        let data = file.data.read();
-        let (Some(staged), Some(written), Some(disk)) = (
-            data.staged.clone(),
-            data.kernel_written(),
-            data.staging.as_ref().and_then(Staging::disk_file),
-        ) else {
+        let mut data = file.data.write();
+        let (Some(staged), Some(mut written)) = (data.staged.clone(), data.kernel_written()) else {
             return false;
         };
         if written.len < crate::owed::OWED_FROM {
@@ -616,13 +614,37 @@ impl DepFs {
             new_file: inode.pending,
             len: written.len,
         };
-        let number = match self.owed.record(disk, &note) {
-            Ok(number) => number,
-            Err(e) => {
-                tracing::warn!(ino, error = %e, "cannot note a large file as owed; publishing it in close");
-                return false;
-            }
+        let Some(staging) = data.staging.as_mut() else {
+            return false;
         };
+        if staging.owed_name().is_none() {
+            let Some(disk) = staging.disk_file() else {
+                return false;
+            };
+            match self.owed.name(disk) {
+                Ok(name) => {
+                    // The link moved the file's change time; nothing else may have.
+                    if let Ok(linked) = Stamp::of(disk) {
+                        if linked.len == written.len && linked.mtime == written.mtime {
+                            written = linked;
+                        }
+                    }
+                    staging.set_owed_name(name);
+                }
+                Err(e) => {
+                    tracing::warn!(ino, error = %e, "cannot name a large staging file; publishing it in close");
+                    return false;
+                }
+            }
+        }
+        let Some(name) = staging.owed_name() else {
+            return false;
+        };
+        let number = name.number();
+        if let Err(e) = self.owed.record(name, &note) {
+            tracing::warn!(ino, error = %e, "cannot note a large file as owed; publishing it in close");
+            return false;
+        }
         // The job holds the inode open, as a handle would, until it is published.
         inode.open += 1;
         file.owed.store(true, Ordering::Release);
@@ -636,7 +658,8 @@ impl DepFs {
         };
         if let Err(job) = self.owed.send(job) {
             file.owed.store(false, Ordering::Release);
-            self.owed.finish(job.number, false);
+            self.owed.forget(job.number);
+            self.owed.finish();
             self.handle_closed(ino, false);
             return false;
         }
@@ -666,7 +689,7 @@ impl DepFs {
         };
         job.file.owed.store(false, Ordering::Release);
         match result {
-            Ok(()) => self.owed.finish(job.number, false),
+            Ok(()) => self.owed.forget(job.number),
             Err(e) => {
                 // Left noted: the next mount publishes it (or says why it cannot).
                 tracing::error!(
@@ -674,10 +697,11 @@ impl DepFs {
                     errno = e.0,
                     "cannot publish a closed file; the next mount retries"
                 );
-                self.owed.finish(job.number, true);
             }
         }
+        // The local copy is in place before anyone waiting for owed files goes on.
         self.handle_closed(job.ino, false);
+        self.owed.finish();
     }
 
     /// `release`: the last reference to a handle is gone.
@@ -763,7 +787,7 @@ impl DepFs {
             && size >= self.config.spill_threshold
             && data.staging.as_ref().map(Staging::len) == Some(size);
         // Clean: from now on whoever still holds the file reads the committed content.
-        let Some(disk) = data
+        let Some((disk, name)) = data
             .staging
             .take_if(|s| s.disk_file().is_some())
             .and_then(Staging::into_disk_file)
@@ -773,7 +797,7 @@ impl DepFs {
         let content = data.base.content().clone();
         drop(data);
         if keep {
-            let given_back = self.local_copies.lock().put(&content, disk);
+            let given_back = self.local_copies.lock().put(&content, disk, name);
             self.disposer.dispose(given_back);
         } else if size < self.config.spill_threshold {
             drop(disk); // small: closing it costs less than waking the disposer

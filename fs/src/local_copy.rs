@@ -19,6 +19,8 @@ use std::os::unix::fs::MetadataExt;
 
 use depfs_proto::{Content, Timespec};
 
+use crate::owed::OwedName;
+
 /// What identifies the state of a local copy file without reading it: size, and the
 /// modification and change times the kernel sets on every write (fine-grained once they
 /// have been queried, so two writes are never confused).
@@ -141,7 +143,7 @@ pub(crate) struct LocalCopies {
     budget: u64,
     used: u64,
     /// Few entries (each is a large file): found by comparing chunk lists.
-    idle: VecDeque<(Content, File)>,
+    idle: VecDeque<(Content, File, Option<OwedName>)>,
 }
 
 impl LocalCopies {
@@ -159,14 +161,14 @@ impl LocalCopies {
     }
 
     /// Takes the copy of `content` out of the cache, if there is one.
-    pub(crate) fn take(&mut self, content: &Content) -> Option<File> {
+    pub(crate) fn take(&mut self, content: &Content) -> Option<(File, Option<OwedName>)> {
         if content.chunks().is_empty() {
             return None;
         }
-        let at = self.idle.iter().position(|(c, _)| c == content)?;
-        let (content, file) = self.idle.remove(at)?;
+        let at = self.idle.iter().position(|(c, _, _)| c == content)?;
+        let (content, file, name) = self.idle.remove(at)?;
         self.used -= content.size();
-        Some(file)
+        Some((file, name))
     }
 
     /// Keeps `file`, which holds exactly `content`, for the next open; the oldest copies
@@ -174,18 +176,24 @@ impl LocalCopies {
     /// it is not), for the caller to close outside the lock: closing the last descriptor
     /// of a large file frees its pages, tens of milliseconds for hundreds of MiB.
     #[must_use = "closing the files returned is slow: hand them to a `Disposer`"]
-    pub(crate) fn put(&mut self, content: &Content, file: File) -> Vec<File> {
+    /// (A file's name, if it has one, goes with it: dropped, it is removed.)
+    pub(crate) fn put(
+        &mut self,
+        content: &Content,
+        file: File,
+        name: Option<OwedName>,
+    ) -> Vec<File> {
         let len = content.size();
         if content.chunks().is_empty()
             || len > self.budget
-            || self.idle.iter().any(|(c, _)| c == content)
+            || self.idle.iter().any(|(c, _, _)| c == content)
         {
             return vec![file];
         }
         let mut evicted = Vec::new();
         while self.used + len > self.budget {
             match self.idle.pop_front() {
-                Some((dropped, old)) => {
+                Some((dropped, old, _name)) => {
                     self.used -= dropped.size();
                     evicted.push(old);
                 }
@@ -193,7 +201,7 @@ impl LocalCopies {
             }
         }
         self.used += len;
-        self.idle.push_back((content.clone(), file));
+        self.idle.push_back((content.clone(), file, name));
         evicted
     }
 
@@ -220,7 +228,11 @@ mod tests {
     fn copies_are_found_by_content_and_taken_out() {
         let dir = tempfile::tempdir().unwrap();
         let mut copies = LocalCopies::new(100);
-        let rejected = copies.put(&content(1, 40), tempfile::tempfile_in(dir.path()).unwrap());
+        let rejected = copies.put(
+            &content(1, 40),
+            tempfile::tempfile_in(dir.path()).unwrap(),
+            None,
+        );
         assert!(rejected.is_empty());
         assert!(copies.take(&content(2, 40)).is_none());
         assert!(copies.take(&content(1, 40)).is_some());
@@ -239,14 +251,14 @@ mod tests {
         let mut given_back = 0;
         for seed in 1..=3 {
             let file = tempfile::tempfile_in(dir.path()).unwrap();
-            given_back += copies.put(&content(seed, 40), file).len();
+            given_back += copies.put(&content(seed, 40), file, None).len();
         }
         assert_eq!(given_back, 1, "the oldest copy is handed back for closing");
         assert_eq!(copies.used(), 80);
         assert!(copies.take(&content(1, 40)).is_none());
         assert!(copies.take(&content(3, 40)).is_some());
         let too_large = tempfile::tempfile_in(dir.path()).unwrap();
-        assert_eq!(copies.put(&content(9, 200), too_large).len(), 1);
+        assert_eq!(copies.put(&content(9, 200), too_large, None).len(), 1);
         assert!(
             copies.take(&content(9, 200)).is_none(),
             "larger than the budget"

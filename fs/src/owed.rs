@@ -100,22 +100,27 @@ impl Owed {
         *self.count.lock()
     }
 
-    /// Makes `file` (the staging file of `note`) owed: linked and noted in the staging
-    /// directory, then counted. Returns the note's number.
-    pub(crate) fn record(&self, file: &File, note: &Note) -> std::io::Result<u64> {
+    /// Gives the anonymous staging `file` a name in the staging directory. An
+    /// `O_TMPFILE` can be linked once only: the file keeps the name, and every later
+    /// note of it uses it, until the file is closed ([`OwedName`] removes it then).
+    pub(crate) fn name(&self, file: &File) -> std::io::Result<OwedName> {
         let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let data = self.data_path(number);
-        link_anonymous(file, &data)?;
-        let tmp = self.dir.join(format!("owed-{number}.note.tmp"));
+        let path = self.data_path(number);
+        link_anonymous(file, &path)?;
+        Ok(OwedName { number, path })
+    }
+
+    /// Makes the file named `name` owed as `note` says, and counts it.
+    pub(crate) fn record(&self, name: &OwedName, note: &Note) -> std::io::Result<()> {
+        let tmp = self.dir.join(format!("owed-{}.note.tmp", name.number));
         let written = std::fs::write(&tmp, depfs_proto::codec::encode_value(note))
-            .and_then(|()| std::fs::rename(&tmp, self.note_path(number)));
+            .and_then(|()| std::fs::rename(&tmp, self.note_path(name.number)));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
-            let _ = std::fs::remove_file(&data);
             return Err(e);
         }
         *self.count.lock() += 1;
-        Ok(number)
+        Ok(())
     }
 
     /// Hands `job` to the publishing thread; gives it back if there is none.
@@ -126,12 +131,9 @@ impl Owed {
         }
     }
 
-    /// Job `number` is over (published, or failed and left for the next mount when
-    /// `keep_files`): wakes whoever waits in `settle`.
-    pub(crate) fn finish(&self, number: u64, keep_files: bool) {
-        if !keep_files {
-            self.forget(number);
-        }
+    /// A job is over (its files forgotten, or left for the next mount): wakes whoever
+    /// waits in `settle` once none is left.
+    pub(crate) fn finish(&self) {
         let mut count = self.count.lock();
         *count = count.saturating_sub(1);
         if *count == 0 {
@@ -139,15 +141,9 @@ impl Owed {
         }
     }
 
-    /// Removes the note, then the linked file, of `number`.
+    /// Removes the note of `number` (its file is published).
     pub(crate) fn forget(&self, number: u64) {
-        for path in [self.note_path(number), self.data_path(number)] {
-            if let Err(e) = std::fs::remove_file(&path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a published owed file");
-                }
-            }
-        }
+        remove_quietly(&self.note_path(number));
     }
 
     fn note_path(&self, number: u64) -> PathBuf {
@@ -159,16 +155,26 @@ impl Owed {
     }
 
     /// The owed files a previous daemon left, oldest first: number, note (or why it
-    /// cannot be read) and content file.
+    /// cannot be read) and content file. Named files without a note (kept local
+    /// copies, published) are removed.
     pub(crate) fn left_over(&self) -> std::io::Result<Vec<LeftOver>> {
         let mut found = Vec::new();
+        let mut named = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
             let name = entry.file_name();
+            let Some(name) = name.to_str().and_then(|n| n.strip_prefix("owed-")) else {
+                continue;
+            };
+            if let Some(number) = name
+                .strip_suffix(".data")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                named.push(number);
+                continue;
+            }
             let Some(number) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("owed-"))
-                .and_then(|n| n.strip_suffix(".note"))
+                .strip_suffix(".note")
                 .and_then(|n| n.parse::<u64>().ok())
             else {
                 continue;
@@ -185,12 +191,45 @@ impl Owed {
             });
         }
         found.sort_by_key(|l| l.number);
+        for number in named {
+            if found.iter().all(|l| l.number != number) {
+                remove_quietly(&self.data_path(number));
+            }
+        }
         // Numbers continue after the left-over ones (their files stay until published).
         if let Some(last) = found.last() {
             self.next
                 .fetch_max(last.number + 1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(found)
+    }
+}
+
+/// The name a staging file got when it was first owed; dropped with the file (closed,
+/// or no longer kept), it removes the name.
+#[derive(Debug)]
+pub(crate) struct OwedName {
+    number: u64,
+    path: PathBuf,
+}
+
+impl OwedName {
+    pub(crate) fn number(&self) -> u64 {
+        self.number
+    }
+}
+
+impl Drop for OwedName {
+    fn drop(&mut self) {
+        remove_quietly(&self.path);
+    }
+}
+
+fn remove_quietly(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a file of the staging directory");
+        }
     }
 }
 
@@ -283,6 +322,7 @@ impl crate::DepFs {
                 published += 1;
             }
             self.owed.forget(left.number);
+            remove_quietly(&left.data);
         }
         Ok(published)
     }

@@ -13,12 +13,19 @@ use depfs_proto::Content;
 use depfs_store::{ContentReader, PinGuard, Store};
 
 use crate::error::FsResult;
+use crate::owed::OwedName;
 
 /// Content being written.
 #[derive(Debug)]
 pub(crate) enum Staging {
     Memory(Vec<u8>),
-    Disk { file: File, len: u64 },
+    /// In `file`, which has the name `name` in the staging directory once the file
+    /// was owed (see [`crate::owed::OwedName`]).
+    Disk {
+        file: File,
+        len: u64,
+        name: Option<OwedName>,
+    },
 }
 
 /// Where staging spills to disk, and from what size.
@@ -54,9 +61,25 @@ impl Staging {
         Staging::Memory(Vec::new())
     }
 
-    /// Staging in `file`, which already holds `len` bytes (a local copy).
-    pub(crate) fn on_disk(file: File, len: u64) -> Staging {
-        Staging::Disk { file, len }
+    /// Staging in `file`, which already holds `len` bytes (a local copy), with the
+    /// name it has if it was owed.
+    pub(crate) fn on_disk(file: File, len: u64, name: Option<OwedName>) -> Staging {
+        Staging::Disk { file, len, name }
+    }
+
+    /// The name of the disk file in the staging directory, if it has one.
+    pub(crate) fn owed_name(&self) -> Option<&OwedName> {
+        match self {
+            Staging::Disk { name, .. } => name.as_ref(),
+            Staging::Memory(_) => None,
+        }
+    }
+
+    /// Gives the disk file its name (it was just linked).
+    pub(crate) fn set_owed_name(&mut self, new: OwedName) {
+        if let Staging::Disk { name, .. } = self {
+            *name = Some(new);
+        }
     }
 
     /// The file holding the content, once it spilled to disk.
@@ -67,11 +90,11 @@ impl Staging {
         }
     }
 
-    /// The file, given up (for keeping as a local copy).
-    pub(crate) fn into_disk_file(self) -> Option<File> {
+    /// The file and its name, given up (for keeping as a local copy).
+    pub(crate) fn into_disk_file(self) -> Option<(File, Option<OwedName>)> {
         match self {
             Staging::Memory(_) => None,
-            Staging::Disk { file, .. } => Some(file),
+            Staging::Disk { file, name, .. } => Some((file, name)),
         }
     }
 
@@ -120,6 +143,7 @@ impl Staging {
                 *self = Staging::Disk {
                     file,
                     len: buf.len() as u64,
+                    name: None,
                 };
             }
         }
@@ -131,7 +155,7 @@ impl Staging {
                 }
                 buf[offset as usize..end].copy_from_slice(data);
             }
-            Staging::Disk { file, len } => {
+            Staging::Disk { file, len, .. } => {
                 file.write_all_at(data, offset)?;
                 *len = (*len).max(end);
             }
@@ -147,7 +171,7 @@ impl Staging {
                 self.write(size, &[], spill)?;
                 return self.truncate(size, spill);
             }
-            Staging::Disk { file, len } => {
+            Staging::Disk { file, len, .. } => {
                 file.set_len(size)?;
                 *len = size;
             }
@@ -159,7 +183,7 @@ impl Staging {
     pub(crate) fn store(&self, store: &Store) -> depfs_store::Result<(Content, PinGuard)> {
         match self {
             Staging::Memory(buf) => store.write_content_from(buf.as_slice(), buf.len() as u64),
-            Staging::Disk { file, len } => store.write_content_from(file, *len),
+            Staging::Disk { file, len, .. } => store.write_content_from(file, *len),
         }
     }
 }
