@@ -102,6 +102,10 @@ pub(crate) struct FileData {
     explicit_mtime_at: Option<depfs_proto::Timespec>,
     /// The kernel was told it may drop its pages of this file below this offset.
     pages_dropped_to: u64,
+    /// The staged content was written from empty (a new file, `O_TRUNC`, truncate to
+    /// 0) since the last publish: only such a file is owed at close. A change inside an
+    /// existing file is published in its close, so that peers see it soon after.
+    from_empty: bool,
 }
 
 impl FileData {
@@ -187,6 +191,7 @@ impl OpenFile {
                 writers: 0,
                 explicit_mtime_at: None,
                 pages_dropped_to: 0,
+                from_empty: false,
             }),
             dirty: AtomicBool::new(false),
             backing,
@@ -210,6 +215,7 @@ impl OpenFile {
                 writers,
                 explicit_mtime_at: None,
                 pages_dropped_to: 0,
+                from_empty: true,
             }),
             dirty: AtomicBool::new(true),
             backing: None,
@@ -241,6 +247,7 @@ impl OpenFile {
                 writers,
                 explicit_mtime_at: None,
                 pages_dropped_to: 0,
+                from_empty: true,
             }),
             dirty: AtomicBool::new(true),
             backing: Some(Arc::new(backing)),
@@ -372,6 +379,7 @@ impl DepFs {
                     }
                     staging => *staging = Some(Staging::empty()),
                 }
+                data.from_empty = true;
                 touch_content(&mut data);
             }
         }
@@ -597,7 +605,7 @@ impl DepFs {
         let (Some(staged), Some(mut written)) = (data.staged.clone(), data.kernel_written()) else {
             return false;
         };
-        if written.len < crate::owed::OWED_FROM {
+        if written.len < crate::owed::OWED_FROM || !data.from_empty {
             return false;
         }
         let mut tables = self.tables.lock();
@@ -842,6 +850,9 @@ impl DepFs {
                     if let Some(staging) = &mut data.staging {
                         staging.truncate(size, &self.spill())?;
                     }
+                    if size == 0 {
+                        data.from_empty = true;
+                    }
                     touch_content(&mut data);
                 }
                 if let Some(meta) = &mut data.staged {
@@ -1062,6 +1073,7 @@ impl DepFs {
         data.started_from.clear();
         data.explicit_mtime_at = None;
         data.pages_dropped_to = 0;
+        data.from_empty = false;
         if let Some(before) = read_at {
             data.stamp = Some(before);
         }

@@ -102,6 +102,9 @@ pub struct DepFs {
     page_filler: Mutex<Option<PageFiller>>,
 }
 
+/// The nice value of the thread publishing owed files (see [`owed`]).
+const PUBLISHER_NICE: libc::c_int = 10;
+
 /// Stores `data` in the kernel's page cache of inode `ino` from offset 0
 /// (`FUSE_NOTIFY_STORE`).
 pub type PageFiller = Box<dyn Fn(u64, &[u8]) -> std::io::Result<()> + Send + Sync>;
@@ -184,6 +187,13 @@ impl DepFs {
         std::thread::Builder::new()
             .name("depfs-publish".into())
             .spawn(move || {
+                // Below the threads serving requests (and the chunking threads it
+                // starts inherit this): a large file's publish must not slow the
+                // readers and writers of this node. Failing leaves the default.
+                // SAFETY: plain system calls on the calling thread.
+                let _ = unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, PUBLISHER_NICE)
+                };
                 for job in rx {
                     match fs.upgrade() {
                         Some(fs) => fs.publish_owed(job),

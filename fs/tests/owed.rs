@@ -129,6 +129,21 @@ fn a_large_closed_file_is_published_by_the_thread_and_leaves_a_local_copy() {
     let node = fs.store().get(&path).unwrap().expect("published");
     assert_eq!(node.content.size(), new.len() as u64);
     assert!(read_all(&fs, attr.ino) == new);
+
+    // A change inside the file is published in its close: peers see it soon after
+    // the close rather than after the whole file is chunked again.
+    let mut changed = new.clone();
+    let patch = content(5, MIB);
+    changed[7 * MIB..8 * MIB].copy_from_slice(&patch);
+    let (fh, cache) = fs.open(attr.ino, libc::O_WRONLY).unwrap();
+    assert!(matches!(cache, CacheMode::Passthrough(_)));
+    fs.write(fh, (7 * MIB) as u64, &patch).unwrap();
+    fs.flush(fh).unwrap();
+    assert_eq!(fs.owed_files(), 0, "a change inside a file was owed");
+    let node = fs.store().get(&path).unwrap().expect("published");
+    assert_eq!(node.content.size(), changed.len() as u64);
+    fs.release(fh).unwrap();
+    assert!(read_all(&fs, attr.ino) == changed);
 }
 
 #[test]
