@@ -681,7 +681,7 @@ impl DepFs {
         let _entered = span.enter();
         let prepared = job.file.backing.as_ref().map(|backing| {
             self.store
-                .write_content_from(backing.file(), job.stamp.len)
+                .write_content_with_threads(backing.file(), job.stamp.len, 1)
                 .map(|(content, pin)| Prepared {
                     stamp: job.stamp,
                     content,

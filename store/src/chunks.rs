@@ -208,6 +208,20 @@ impl Store {
         source: &(impl ContentSource + ?Sized),
         len: u64,
     ) -> Result<(Content, PinGuard)> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_CHUNKING_THREADS);
+        self.write_content_with_threads(source, len, threads)
+    }
+
+    /// Like [`Store::write_content_from`], chunking on at most `threads` threads (one
+    /// for work in the background, which must leave the machine to the foreground).
+    pub fn write_content_with_threads(
+        &self,
+        source: &(impl ContentSource + ?Sized),
+        len: u64,
+        threads: usize,
+    ) -> Result<(Content, PinGuard)> {
         if len > MAX_FILE_SIZE {
             return Err(StoreError::TooLarge(len));
         }
@@ -221,10 +235,7 @@ impl Store {
         self.ensure_space(len)?;
         let bulk = len >= BULK_CONTENT_BYTES;
         let segments = len.div_ceil(SEGMENT) as usize;
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, MAX_CHUNKING_THREADS)
-            .min(segments);
+        let threads = threads.clamp(1, MAX_CHUNKING_THREADS).min(segments);
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
         let done: Vec<parking_lot::Mutex<Option<Result<Segment>>>> = (0..segments)
