@@ -2,8 +2,9 @@
 //!
 //! Cutting a file of hundreds of MiB into chunks, hashing and storing them takes most of
 //! a second; a writer waiting for that in `close` writes at a third of the disk's speed.
-//! A file of [`OWED_FROM`] bytes or more, written through passthrough (so its bytes are
-//! already in a file of the staging directory), is *owed* instead: `close` links its
+//! A file of [`OWED_FROM`] bytes or more written from empty (created here, opened with
+//! `O_TRUNC` or truncated to 0) through passthrough (so its bytes are already in a file
+//! of the staging directory) is *owed* instead: `close` links its
 //! staging file under a name of the staging directory, next to a note saying where it
 //! goes, and returns; a thread publishes it. Both survive a crash of the daemon (the
 //! page cache keeps them): the next mount publishes owed files before it serves, so the
