@@ -615,37 +615,38 @@ impl DepFs {
         let Some(path) = inode.path.clone() else {
             return false; // unlinked while open: its writes die with it
         };
+        let new_file = inode.pending;
+        if let Some(staging) = data.staging.as_mut() {
+            if staging.owed_name().is_none() {
+                let Some(disk) = staging.disk_file() else {
+                    return false;
+                };
+                match self.owed.name(disk) {
+                    Ok(name) => {
+                        // The link moved the file's change time; nothing else may have.
+                        if let Ok(linked) = Stamp::of(disk) {
+                            if linked.len == written.len && linked.mtime == written.mtime {
+                                written = linked;
+                            }
+                        }
+                        staging.set_owed_name(name);
+                    }
+                    Err(e) => {
+                        tracing::warn!(ino, error = %e, "cannot name a large staging file; publishing it in close");
+                        return false;
+                    }
+                }
+            }
+        }
+        // What the publish will commit (the attributes after the link, as it sees them).
         let note = crate::owed::Note {
             path,
             meta: data.with_kernel_writes(staged, &written),
             started_from: data.started_from.clone(),
-            new_file: inode.pending,
+            new_file,
             len: written.len,
         };
-        let Some(staging) = data.staging.as_mut() else {
-            return false;
-        };
-        if staging.owed_name().is_none() {
-            let Some(disk) = staging.disk_file() else {
-                return false;
-            };
-            match self.owed.name(disk) {
-                Ok(name) => {
-                    // The link moved the file's change time; nothing else may have.
-                    if let Ok(linked) = Stamp::of(disk) {
-                        if linked.len == written.len && linked.mtime == written.mtime {
-                            written = linked;
-                        }
-                    }
-                    staging.set_owed_name(name);
-                }
-                Err(e) => {
-                    tracing::warn!(ino, error = %e, "cannot name a large staging file; publishing it in close");
-                    return false;
-                }
-            }
-        }
-        let Some(name) = staging.owed_name() else {
+        let Some(name) = data.staging.as_ref().and_then(Staging::owed_name) else {
             return false;
         };
         let number = name.number();

@@ -302,7 +302,17 @@ impl crate::DepFs {
                 .write_content_from(&file, len)
                 .map_err(store_error)?;
             let mut tx = self.store.transaction();
-            let is_file = matches!(tx.get(&note.path).map_err(store_error)?, Some(n) if n.meta.kind == depfs_proto::Kind::File);
+            let current = tx.get(&note.path).map_err(store_error)?;
+            if current
+                .as_ref()
+                .is_some_and(|n| n.meta == note.meta && n.content == content)
+            {
+                // Published already; only the note's removal was cut short.
+                self.owed.forget(left.number);
+                remove_quietly(&left.data);
+                continue;
+            }
+            let is_file = matches!(current, Some(n) if n.meta.kind == depfs_proto::Kind::File);
             if note.new_file || is_file {
                 let ctime = note.meta.ctime;
                 tx.put_based(
@@ -326,5 +336,100 @@ impl crate::DepFs {
             remove_quietly(&left.data);
         }
         Ok(published)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use depfs_proto::{Kind, NodeName, Timespec};
+    use depfs_store::{Store, StoreOptions};
+
+    fn meta(mtime: i64) -> Meta {
+        Meta {
+            kind: Kind::File,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: Timespec::new(mtime, 0),
+            ctime: Timespec::new(mtime, 0),
+        }
+    }
+
+    fn filesystem(dir: &Path) -> crate::DepFs {
+        let root = Meta {
+            kind: Kind::Dir,
+            perm: 0o755,
+            ..meta(0)
+        };
+        let store = Store::open(
+            &dir.join("store"),
+            &NodeName::new("gw1").unwrap(),
+            &StoreOptions::new(root),
+        )
+        .unwrap();
+        let staging = dir.join("staging");
+        std::fs::create_dir_all(&staging).unwrap();
+        crate::DepFs::new(store, crate::FsConfig::new(staging))
+    }
+
+    /// Leaves `data` and a note for it as a killed daemon would have.
+    fn leave(dir: &Path, number: u64, note: &Note, data: &[u8]) {
+        let staging = dir.join("staging");
+        std::fs::write(staging.join(format!("owed-{number}.data")), data).unwrap();
+        std::fs::write(
+            staging.join(format!("owed-{number}.note")),
+            depfs_proto::codec::encode_value(note),
+        )
+        .unwrap();
+    }
+
+    fn staging_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("staging"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn left_over_files_are_published_once_and_bad_ones_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = filesystem(dir.path());
+        let path = RelPath::parse(b"app.war").unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let note = |mtime: i64, len: usize| Note {
+            path: path.clone(),
+            meta: meta(mtime),
+            started_from: Vec::new(),
+            new_file: true,
+            len: len as u64,
+        };
+
+        // Not published before the kill: published now.
+        leave(dir.path(), 3, &note(100, data.len()), &data);
+        // An orphan name (a local copy's) and a note whose content is short.
+        std::fs::write(dir.path().join("staging/owed-5.data"), b"x").unwrap();
+        leave(dir.path(), 9, &note(200, data.len()), &data[..1000]);
+        assert_eq!(fs.publish_left_over().unwrap(), 1);
+        let node = fs.store().get(&path).unwrap().expect("published");
+        assert_eq!(node.meta, meta(100));
+        assert_eq!(node.content.size(), data.len() as u64);
+        assert_eq!(staging_files(dir.path()), ["owed-9.data", "owed-9.note"]);
+        std::fs::remove_file(dir.path().join("staging/owed-9.note")).unwrap();
+
+        // Published, but killed before the note went: not committed again.
+        let seq = fs.store().last_seq();
+        leave(dir.path(), 11, &note(100, data.len()), &data);
+        assert_eq!(fs.publish_left_over().unwrap(), 0);
+        assert_eq!(fs.store().last_seq(), seq, "committed twice");
+        assert_eq!(staging_files(dir.path()), Vec::<String>::new());
+
+        // A corrupt note is kept for the operator, with its content.
+        std::fs::write(dir.path().join("staging/owed-12.note"), b"\x01garbage").unwrap();
+        std::fs::write(dir.path().join("staging/owed-12.data"), &data).unwrap();
+        assert_eq!(fs.publish_left_over().unwrap(), 0);
+        assert_eq!(staging_files(dir.path()), ["owed-12.data", "owed-12.note"]);
     }
 }
