@@ -234,6 +234,7 @@ fn the_metrics_endpoint_counts_operations_changes_and_peers() {
     assert!(metric(&body, "depfs_changes_sent_total ").unwrap() >= 5.0);
     assert!(metric(&body, "depfs_versions_applied_total ").unwrap() >= 1.0);
     assert_eq!(metric(&body, "depfs_conflicts "), Some(0.0));
+    assert_eq!(metric(&body, "depfs_fs_owed_files "), Some(0.0));
     assert_eq!(
         metric(&body, "depfs_peer_connected{peer=\"gw2\"} "),
         Some(1.0)

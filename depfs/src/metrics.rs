@@ -204,6 +204,13 @@ pub fn render(sources: &Sources) -> String {
     );
     let _ = writeln!(out, "# TYPE {name} counter");
     let _ = writeln!(out, "{name} {}", sources.fs.stats().passthrough_opens());
+    family(
+        &mut out,
+        "depfs_fs_owed_files",
+        "gauge",
+        "Large files closed here and not yet published (see docs/design.md, Owed files).",
+        &[(String::new(), sources.fs.owed_files() as f64)],
+    );
     let name = "depfs_fs_op_duration_seconds";
     let _ = writeln!(
         out,
