@@ -78,6 +78,16 @@ fn random(seed: u64, len: usize) -> Vec<u8> {
     data
 }
 
+/// `depfs verify` finds the node's store sound.
+fn assert_verifies(node: &Node) {
+    let verify = depfs(&["verify", "--config", node.config.to_str().unwrap()]);
+    assert!(
+        verify.status.success(),
+        "depfs verify after the kill: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
 #[test]
 fn kill_9_after_close_or_fsync_loses_nothing() {
     let node = Node::new("gw1");
@@ -100,12 +110,7 @@ fn kill_9_after_close_or_fsync_loses_nothing() {
     assert!(!node.path("synced.xml").exists());
     assert!(std::fs::read(node.path("large.war")).unwrap() == large_closed);
     assert!(std::fs::read(node.path("large-synced.war")).unwrap() == large_synced);
-    let verify = depfs(&["verify", "--config", node.config.to_str().unwrap()]);
-    assert!(
-        verify.status.success(),
-        "depfs verify after the kill: {}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    assert_verifies(&node);
 }
 
 #[test]
@@ -342,12 +347,7 @@ fn kill_9_while_a_closed_large_file_is_still_being_published_loses_nothing() {
     node.mount();
     assert!(std::fs::read(node.path("big.war")).unwrap() == data);
     assert_eq!(owed_notes(&node), Vec::<String>::new());
-    let verify = depfs(&["verify", "--config", node.config.to_str().unwrap()]);
-    assert!(
-        verify.status.success(),
-        "depfs verify after the kill: {}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    assert_verifies(&node);
 }
 
 #[test]

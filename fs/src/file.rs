@@ -202,25 +202,7 @@ impl OpenFile {
     /// A file created here and not yet published; `started_from` are the versions of
     /// the path (tombstones) when it was created.
     pub(crate) fn pending(meta: Meta, started_from: Vec<Dot>, writers: u32) -> Arc<OpenFile> {
-        Arc::new(OpenFile {
-            tag: parking_lot::Mutex::new(None),
-            data: RwLock::new(FileData {
-                base: ContentReader::new(Content::empty()),
-                _pin: PinGuard::none(),
-                staging: Some(Staging::empty()),
-                staged: Some(meta),
-                started_from,
-                committed_meta: None,
-                stamp: None,
-                writers,
-                explicit_mtime_at: None,
-                pages_dropped_to: 0,
-                from_empty: true,
-            }),
-            dirty: AtomicBool::new(true),
-            backing: None,
-            owed: AtomicBool::new(false),
-        })
+        Self::new_pending(meta, started_from, writers, Staging::empty(), None, None)
     }
 
     /// A file created here, staged from the start in `file` (empty) and served through
@@ -233,26 +215,45 @@ impl OpenFile {
         file: std::fs::File,
     ) -> std::io::Result<Arc<OpenFile>> {
         let stamp = Stamp::of(&file)?;
-        let backing = Backing::new(&file)?;
-        Ok(Arc::new(OpenFile {
+        let backing = Arc::new(Backing::new(&file)?);
+        let staging = Staging::on_disk(file, 0, None);
+        Ok(Self::new_pending(
+            meta,
+            started_from,
+            writers,
+            staging,
+            Some(stamp),
+            Some(backing),
+        ))
+    }
+
+    fn new_pending(
+        meta: Meta,
+        started_from: Vec<Dot>,
+        writers: u32,
+        staging: Staging,
+        stamp: Option<Stamp>,
+        backing: Option<Arc<Backing>>,
+    ) -> Arc<OpenFile> {
+        Arc::new(OpenFile {
             tag: parking_lot::Mutex::new(None),
             data: RwLock::new(FileData {
                 base: ContentReader::new(Content::empty()),
                 _pin: PinGuard::none(),
-                staging: Some(Staging::on_disk(file, 0, None)),
+                staging: Some(staging),
                 staged: Some(meta),
                 started_from,
                 committed_meta: None,
-                stamp: Some(stamp),
+                stamp,
                 writers,
                 explicit_mtime_at: None,
                 pages_dropped_to: 0,
                 from_empty: true,
             }),
             dirty: AtomicBool::new(true),
-            backing: Some(Arc::new(backing)),
+            backing,
             owed: AtomicBool::new(false),
-        }))
+        })
     }
 
     /// How the creator's handle is served: through the backing file if there is one.
@@ -598,14 +599,17 @@ impl DepFs {
     /// noted in the staging directory, its inode held open, and handed to the
     /// publishing thread. False if the caller publishes it now.
     fn owe_publish(&self, ino: u64, file: &Arc<OpenFile>) -> bool {
-        if !self.owed.enabled() || file.backing.is_none() {
+        let Some(source) = file.backing.clone().filter(|_| self.owed.enabled()) else {
+            return false;
+        };
+        let mut data = file.data.write();
+        if !data.from_empty {
             return false;
         }
-        let mut data = file.data.write();
         let (Some(staged), Some(mut written)) = (data.staged.clone(), data.kernel_written()) else {
             return false;
         };
-        if written.len < crate::owed::OWED_FROM || !data.from_empty {
+        if written.len < crate::owed::OWED_FROM {
             return false;
         }
         let mut tables = self.tables.lock();
@@ -662,6 +666,7 @@ impl DepFs {
         let job = crate::owed::Job {
             ino,
             file: file.clone(),
+            source,
             stamp: written,
             number,
         };
@@ -680,22 +685,18 @@ impl DepFs {
     pub(crate) fn publish_owed(&self, job: crate::owed::Job) {
         let span = tracing::info_span!("publish_owed", ino = job.ino, number = job.number);
         let _entered = span.enter();
-        let prepared = job.file.backing.as_ref().map(|backing| {
-            self.store
-                .write_content_with_threads(backing.file(), job.stamp.len, 1)
-                .map(|(content, pin)| Prepared {
+        let result = self
+            .store
+            .write_content_with_threads(job.source.file(), job.stamp.len, 1)
+            .map_err(Errno::from)
+            .and_then(|(content, pin)| {
+                let prepared = Prepared {
                     stamp: job.stamp,
                     content,
                     pin,
-                })
-        });
-        let result = match prepared {
-            Some(Ok(prepared)) => {
+                };
                 self.publish_prepared(job.ino, Durability::Process, Some(prepared))
-            }
-            Some(Err(e)) => Err(e.into()),
-            None => self.publish(job.ino, Durability::Process),
-        };
+            });
         job.file.owed.store(false, Ordering::Release);
         match result {
             Ok(()) => self.owed.forget(job.number),
@@ -1006,18 +1007,20 @@ impl DepFs {
             }
         };
         // Pages for the kernel: the writes went to the staging file, not its cache.
-        let fill = match &data.staging {
-            Some(staging)
-                if file.backing.is_some()
-                    && (1..=FILL_PAGES_UP_TO).contains(&content.size())
-                    && self.page_filler.lock().is_some() =>
+        // Inline content is at hand; larger is read back from the staging file.
+        let fill = match (&content, &data.staging) {
+            _ if file.backing.is_none()
+                || !(1..=FILL_PAGES_UP_TO).contains(&content.size())
+                || self.page_filler.get().is_none() =>
             {
-                staging
-                    .read(0, content.size() as usize)
-                    .ok()
-                    .filter(|bytes| bytes.len() as u64 == content.size())
+                None
             }
-            _ => None,
+            (Content::Inline(bytes), _) => Some(bytes.clone()),
+            (_, Some(staging)) => staging
+                .read(0, content.size() as usize)
+                .ok()
+                .filter(|bytes| bytes.len() as u64 == content.size()),
+            (_, None) => None,
         };
         let mut tx = self.store.transaction();
         let (path, pending) = {
@@ -1092,7 +1095,7 @@ impl DepFs {
     /// Stores `bytes` as the kernel's pages of `ino`; if that fails part-way, the pages
     /// are dropped instead.
     fn fill_pages(&self, ino: u64, bytes: &[u8]) {
-        let filled = match self.page_filler.lock().as_ref() {
+        let filled = match self.page_filler.get() {
             Some(fill) => fill(ino, bytes),
             None => return,
         };

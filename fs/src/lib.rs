@@ -99,7 +99,7 @@ pub struct DepFs {
     owed: owed::Owed,
     /// Hands the kernel the pages of a small file just published (see
     /// [`DepFs::fill_pages_with`]; a leaf lock).
-    page_filler: Mutex<Option<PageFiller>>,
+    page_filler: std::sync::OnceLock<PageFiller>,
 }
 
 /// The nice value of the thread publishing owed files (see [`owed`]).
@@ -172,7 +172,7 @@ impl DepFs {
             opens_waiting: std::sync::atomic::AtomicUsize::new(0),
             release_waits: std::sync::atomic::AtomicU64::new(0),
             owed: owed::Owed::new(&config.staging_dir),
-            page_filler: Mutex::new(None),
+            page_filler: std::sync::OnceLock::new(),
             config,
             tables: Mutex::new(Tables::new()),
             page_drops: Mutex::new(None),
@@ -182,6 +182,9 @@ impl DepFs {
     /// Starts the thread that publishes large files after their `close` has returned
     /// (see [`owed`]); until then they are published in `close`.
     pub fn start_publisher(self: &Arc<Self>) -> std::io::Result<()> {
+        if self.owed.enabled() {
+            return Ok(());
+        }
         let (tx, rx) = std::sync::mpsc::channel::<owed::Job>();
         let fs = Arc::downgrade(self);
         std::thread::Builder::new()
@@ -201,6 +204,7 @@ impl DepFs {
                     }
                 }
             })?;
+        // Only this call sets it (the check above): the thread ends if it is refused.
         self.owed.set_publisher(tx);
         Ok(())
     }
@@ -220,9 +224,10 @@ impl DepFs {
     /// cache, so without this the first read after the close would ask the daemon;
     /// through the daemon the kernel keeps the pages it wrote. `fill` is called under
     /// the inode table's lock, right after the commit, so that an invalidation for a
-    /// later change from a peer always comes after it.
+    /// later change from a peer always comes after it. Set once; later calls are
+    /// ignored.
     pub fn fill_pages_with(&self, fill: PageFiller) {
-        *self.page_filler.lock() = Some(fill);
+        let _ = self.page_filler.set(fill);
     }
 
     /// Sends the page ranges the kernel may drop to `to` (a thread that is not serving

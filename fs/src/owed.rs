@@ -26,7 +26,7 @@ use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::file::OpenFile;
-use crate::local_copy::Stamp;
+use crate::local_copy::{Backing, Stamp};
 
 /// Files of this size or more are published after their `close` returns (the size at
 /// which the store writes chunks in bulk, skipping its write-ahead log).
@@ -46,11 +46,13 @@ pub(crate) struct Note {
     pub(crate) len: u64,
 }
 
-/// A file to publish: its inode (kept open for the job), its open file, the state its
-/// staging file had at `close`, and the number of its note.
+/// A file to publish: its inode (kept open for the job), its open file and the
+/// staging file the content is read from, the state that file had at `close`, and the
+/// number of its note.
 pub(crate) struct Job {
     pub(crate) ino: u64,
     pub(crate) file: Arc<OpenFile>,
+    pub(crate) source: Arc<Backing>,
     pub(crate) stamp: Stamp,
     pub(crate) number: u64,
 }
@@ -63,7 +65,7 @@ pub(crate) struct Owed {
     count: Mutex<usize>,
     settled: Condvar,
     /// The publishing thread, once started (see `DepFs::start_publisher`).
-    to: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    to: std::sync::OnceLock<std::sync::mpsc::Sender<Job>>,
     next: std::sync::atomic::AtomicU64,
 }
 
@@ -73,7 +75,7 @@ impl Owed {
             dir: dir.to_path_buf(),
             count: Mutex::new(0),
             settled: Condvar::new(),
-            to: Mutex::new(None),
+            to: std::sync::OnceLock::new(),
             next: std::sync::atomic::AtomicU64::new(1),
         }
     }
@@ -81,11 +83,12 @@ impl Owed {
     /// True once a thread publishes owed files: without it every file is published in
     /// its `close`.
     pub(crate) fn enabled(&self) -> bool {
-        self.to.lock().is_some()
+        self.to.get().is_some()
     }
 
-    pub(crate) fn set_publisher(&self, to: std::sync::mpsc::Sender<Job>) {
-        *self.to.lock() = Some(to);
+    /// Sends jobs to `to` from now on; false if a publisher was set already.
+    pub(crate) fn set_publisher(&self, to: std::sync::mpsc::Sender<Job>) -> bool {
+        self.to.set(to).is_ok()
     }
 
     /// Waits until every owed file is published.
@@ -126,7 +129,7 @@ impl Owed {
 
     /// Hands `job` to the publishing thread; gives it back if there is none.
     pub(crate) fn send(&self, job: Job) -> Result<(), Job> {
-        match self.to.lock().as_ref() {
+        match self.to.get() {
             Some(to) => to.send(job).map_err(|e| e.0),
             None => Err(job),
         }

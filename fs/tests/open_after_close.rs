@@ -6,33 +6,15 @@
 
 use std::time::{Duration, Instant};
 
-use depfs_fs::{CacheMode, Caller, DepFs, FsConfig};
-use depfs_proto::{Kind, Meta, NodeName, Timespec};
-use depfs_store::{Store, StoreOptions};
+mod common;
+
+use depfs_fs::{CacheMode, Caller, DepFs};
 
 const ROOT_INO: u64 = 1;
 const T: Duration = Duration::from_secs(20);
 
 fn filesystem(dir: &std::path::Path) -> DepFs {
-    let root = Meta {
-        kind: Kind::Dir,
-        perm: 0o755,
-        uid: 0,
-        gid: 0,
-        mtime: Timespec::new(0, 0),
-        ctime: Timespec::new(0, 0),
-    };
-    let store = Store::open(
-        &dir.join("store"),
-        &NodeName::new("gw1").unwrap(),
-        &StoreOptions::new(root),
-    )
-    .unwrap();
-    let staging = dir.join("staging");
-    std::fs::create_dir_all(&staging).unwrap();
-    let mut config = FsConfig::new(staging);
-    config.spill_threshold = 64 << 10;
-    DepFs::new(store, config)
+    common::filesystem(dir, |config| config.spill_threshold = 64 << 10)
 }
 
 /// Writes `len` bytes through the daemon to a file `name` and flushes it (the

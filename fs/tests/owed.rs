@@ -2,37 +2,28 @@
 //! without a kernel: the publishing thread, the order of later changes, and the local
 //! copy an owed file leaves.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use depfs_fs::{CacheMode, Caller, DepFs, FsConfig};
-use depfs_proto::{Kind, Meta, NodeName, RelPath, Timespec};
-use depfs_store::{Store, StoreOptions};
+use depfs_fs::{CacheMode, Caller, DepFs};
+use depfs_proto::RelPath;
 
 const ROOT_INO: u64 = 1;
 const MIB: usize = 1 << 20;
 const CALLER: Caller = Caller { uid: 0, gid: 0 };
 
-fn filesystem(dir: &std::path::Path) -> Arc<DepFs> {
-    let root = Meta {
-        kind: Kind::Dir,
-        perm: 0o755,
-        uid: 0,
-        gid: 0,
-        mtime: Timespec::new(0, 0),
-        ctime: Timespec::new(0, 0),
-    };
-    let store = Store::open(
-        &dir.join("store"),
-        &NodeName::new("gw1").unwrap(),
-        &StoreOptions::new(root),
-    )
-    .unwrap();
-    let staging = dir.join("staging");
-    std::fs::create_dir_all(&staging).unwrap();
-    let fs = Arc::new(DepFs::new(store, FsConfig::new(staging)));
+/// A filesystem with its publishing thread, or `None` (and a line on stderr) where
+/// passthrough is off: without it nothing is owed.
+fn filesystem(dir: &std::path::Path) -> Option<Arc<DepFs>> {
+    let fs = Arc::new(common::filesystem(dir, |_| {}));
+    if !fs.passthrough_enabled() {
+        eprintln!("no fine-grained file times here: nothing is owed");
+        return None;
+    }
     fs.start_publisher().unwrap();
-    fs
+    Some(fs)
 }
 
 fn content(seed: u64, len: usize) -> Vec<u8> {
@@ -81,11 +72,9 @@ fn wait_until_published(fs: &DepFs) {
 #[test]
 fn a_large_closed_file_is_published_by_the_thread_and_leaves_a_local_copy() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = filesystem(dir.path());
-    if !fs.passthrough_enabled() {
-        eprintln!("no fine-grained file times here: nothing is owed");
+    let Some(fs) = filesystem(dir.path()) else {
         return;
-    }
+    };
     let data = content(1, 40 * MIB + 123);
     let (attr, fh, cache) = fs
         .create(ROOT_INO, b"app.war", 0o644, libc::O_WRONLY, CALLER)
@@ -149,11 +138,9 @@ fn a_large_closed_file_is_published_by_the_thread_and_leaves_a_local_copy() {
 #[test]
 fn a_change_after_an_owed_close_waits_for_its_publish() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = filesystem(dir.path());
-    if !fs.passthrough_enabled() {
-        eprintln!("no fine-grained file times here: nothing is owed");
+    let Some(fs) = filesystem(dir.path()) else {
         return;
-    }
+    };
     let data = content(3, 48 * MIB);
     let (attr, fh, _) = fs
         .create(ROOT_INO, b"app.war", 0o644, libc::O_WRONLY, CALLER)
