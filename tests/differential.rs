@@ -88,6 +88,13 @@ enum Op {
         path: String,
         create: bool,
     },
+    /// `open(O_RDONLY | O_CREAT [| O_EXCL])`, kept open: how flock(1) and Java's
+    /// `FileChannel.open(READ, CREATE)` make lock and marker files.
+    OpenReadOnly {
+        slot: usize,
+        path: String,
+        exclusive: bool,
+    },
     FdWrite {
         slot: usize,
         offset: u64,
@@ -134,6 +141,31 @@ struct Summary {
     perm: u32,
     nlink: Option<u64>,
     mtime: Option<(i64, i64)>,
+}
+
+/// An outcome for a failure message: data as its length and its distinct runs.
+fn brief(outcome: &Outcome) -> String {
+    let Outcome::Data(bytes) = outcome else {
+        return format!("{outcome:?}");
+    };
+    let mut runs: Vec<(usize, u8)> = Vec::new();
+    for &b in bytes {
+        match runs.last_mut() {
+            Some((n, last)) if *last == b => *n += 1,
+            _ => runs.push((1, b)),
+        }
+    }
+    let shown: Vec<String> = runs
+        .iter()
+        .take(8)
+        .map(|(n, b)| format!("{n}×{b}"))
+        .collect();
+    format!(
+        "Data({} bytes: {}{})",
+        bytes.len(),
+        shown.join(" "),
+        if runs.len() > 8 { " …" } else { "" }
+    )
 }
 
 /// Entries that exist now on the native side: (path, is_dir).
@@ -248,7 +280,12 @@ fn random_op(rng: &mut ChaCha8Rng, live: &[(String, bool)]) -> Op {
             path,
             create: rng.gen_bool(0.7),
         },
-        84..=88 => Op::FdWrite {
+        84..=85 => Op::OpenReadOnly {
+            slot,
+            path,
+            exclusive: rng.gen_bool(0.5),
+        },
+        86..=88 => Op::FdWrite {
             slot,
             offset,
             len,
@@ -456,6 +493,25 @@ impl Side {
                     Err(e) => errno(e),
                 }
             }
+            Op::OpenReadOnly {
+                slot,
+                path,
+                exclusive,
+            } => {
+                self.fds[*slot] = None;
+                match OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_CREAT | if *exclusive { libc::O_EXCL } else { 0 })
+                    .mode(0o644)
+                    .open(self.p(path))
+                {
+                    Ok(f) => {
+                        self.fds[*slot] = Some(f);
+                        Outcome::Ok
+                    }
+                    Err(e) => errno(e),
+                }
+            }
             Op::FdWrite {
                 slot,
                 offset,
@@ -570,7 +626,10 @@ impl MtimeModel {
                     }
                 }
             }
-            Op::FdWrite { .. } | Op::FdTruncate { .. } | Op::OpenKeep { .. } => self.exact.clear(),
+            Op::FdWrite { .. }
+            | Op::FdTruncate { .. }
+            | Op::OpenKeep { .. }
+            | Op::OpenReadOnly { .. } => self.exact.clear(),
             _ => {}
         }
     }
@@ -619,6 +678,18 @@ fn snapshot(root: &Path, model: &MtimeModel) -> BTreeMap<String, (Summary, Vec<u
 fn run_seed_with(seed: u64, ops: usize, config: &str, check: impl FnOnce(&Node)) {
     let node = Node::with_config("diff", config);
     node.mount();
+    run_seed_on(seed, ops, &node, None, check);
+}
+
+/// Runs one seed on the mounted `node`; with `mirror` (another mounted node of its
+/// cluster), the final tree must also reach the mirror, identical.
+fn run_seed_on(
+    seed: u64,
+    ops: usize,
+    node: &Node,
+    mirror: Option<&Node>,
+    check: impl FnOnce(&Node),
+) {
     let native_dir = tempfile::Builder::new()
         .prefix("depfs-native-")
         .tempdir()
@@ -640,7 +711,7 @@ fn run_seed_with(seed: u64, ops: usize, config: &str, check: impl FnOnce(&Node))
         };
         let expected = native.apply(&op, exact);
         let actual = depfs.apply(&op, exact);
-        history.push(format!("{i}: {op:?} -> {expected:?}"));
+        history.push(format!("{i}: {op:?} -> {}", brief(&expected)));
         let failed = matches!(expected, Outcome::Err(_));
         *counts.entry(if failed { "err" } else { "ok" }).or_default() += 1;
         if failed && std::env::var("DEPFS_DIFF_DEBUG").is_ok() {
@@ -650,9 +721,14 @@ fn run_seed_with(seed: u64, ops: usize, config: &str, check: impl FnOnce(&Node))
         }
         if expected != actual {
             let tail = history[history.len().saturating_sub(25)..].join("\n");
+            let full = std::env::temp_dir().join(format!("depfs-differential-{seed}.txt"));
+            let _ = std::fs::write(&full, history.join("\n"));
+            eprintln!("every operation of seed {seed}: {}", full.display());
             panic!(
-                "seed {seed}: operation {i} differs\n  op: {op:?}\n  native: {expected:?}\n  depfs:  {actual:?}\n\
-                 last operations:\n{tail}\nreproduce: DEPFS_SEED={seed} cargo test -p depfs --test differential"
+                "seed {seed}: operation {i} differs\n  op: {op:?}\n  native: {}\n  depfs:  {}\n\
+                 last operations:\n{tail}\nreproduce: DEPFS_SEED={seed} cargo test -p depfs --test differential",
+                brief(&expected),
+                brief(&actual)
             );
         }
         model.observe(&op, &expected, &native.root);
@@ -670,7 +746,18 @@ fn run_seed_with(seed: u64, ops: usize, config: &str, check: impl FnOnce(&Node))
     if !errors.is_empty() {
         eprintln!("seed {seed}: errors by operation: {errors:#?}");
     }
-    check(&node);
+    if let Some(mirror) = mirror {
+        let mirrored = || snapshot(&mirror.mountpoint, &model) == want;
+        if !common::wait_until(std::time::Duration::from_secs(60), mirrored) {
+            assert_eq!(
+                snapshot(&mirror.mountpoint, &model),
+                want,
+                "seed {seed}: the tree did not reach {} (reproduce: DEPFS_SEED={seed} cargo test -p depfs --test differential)",
+                mirror.name
+            );
+        }
+    }
+    check(node);
     assert!(
         counts.get("ok").copied().unwrap_or(0) > ops / 3,
         "seed {seed}: too few operations succeeded to mean anything: {counts:?}"
@@ -733,5 +820,23 @@ fn depfs_behaves_like_the_native_filesystem_through_passthrough() {
                 "seed {seed}: no open went through passthrough ({opens:?})"
             );
         });
+    }
+}
+
+/// The same sequence on node 1 of a two-node cluster: node 2 ends with the same tree
+/// (contents, kinds, modes, sizes and the mtimes the test set), read through its mount.
+#[test]
+fn what_a_sequence_leaves_on_one_node_is_identical_on_another() {
+    let (ops, seeds) = ops_and_seeds([201]);
+    for seed in seeds {
+        let cluster = common::Cluster::new(2);
+        cluster.mount_all();
+        run_seed_on(
+            seed,
+            ops,
+            &cluster.nodes[0],
+            Some(&cluster.nodes[1]),
+            |_| (),
+        );
     }
 }

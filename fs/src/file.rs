@@ -575,6 +575,10 @@ impl DepFs {
             if !self.owe_publish(ino, &file) {
                 self.publish(ino, Durability::Process)?;
             }
+        } else if self.is_pending(ino) {
+            // Created through a read-only handle (`O_CREAT|O_RDONLY`, as flock(1) and
+            // lock files do): nothing will be written, but the file exists from now on.
+            self.publish(ino, Durability::Process)?;
         }
         // Marked only once published: an open waiting for the release must not find
         // the file still dirty.
@@ -728,6 +732,11 @@ impl DepFs {
                     self.publish(ino, Durability::Process)
                 }
             }
+            // A file created through a read-only handle whose flush did not publish it
+            // (no flush reached us, or it failed): published now or never.
+            Ok((ino, false, file)) if self.is_pending(ino) || self.unpublished(&file) => {
+                self.publish(ino, Durability::Process)
+            }
             _ => Ok(()),
         };
         let removed = self.tables.lock().handles.remove(&fh);
@@ -735,6 +744,21 @@ impl DepFs {
             self.handle_closed(ino, flushed);
         }
         result
+    }
+
+    /// True if `file` has staged changes and no writer left to publish them.
+    fn unpublished(&self, file: &OpenFile) -> bool {
+        let data = file.data.read();
+        data.staged.is_some() && data.writers == 0 && !file.owed.load(Ordering::Acquire)
+    }
+
+    /// True if `ino` was created here and is not committed yet.
+    fn is_pending(&self, ino: u64) -> bool {
+        self.tables
+            .lock()
+            .inodes
+            .get(&ino)
+            .is_some_and(|i| i.pending)
     }
 
     /// A handle of `ino` is gone (released by the kernel, or an owed file's job done):
@@ -863,7 +887,13 @@ impl DepFs {
                 if changes.mtime.is_some() {
                     data.explicit_mtime_at = Some(now());
                 }
+                // Staged for a writer's close to publish with its writes; with no
+                // writer (the file is open only for reading) nobody would: now, then.
+                let no_writer = data.writers == 0;
                 drop(data);
+                if no_writer {
+                    self.publish(ino, Durability::Process)?;
+                }
                 return self.getattr(ino);
             }
         }
@@ -887,6 +917,68 @@ impl DepFs {
         tx.put(path, node);
         self.commit(tx, |_| ())?;
         self.getattr(ino)
+    }
+
+    /// `fallocate` through a writable handle. Every mode ext4 offers for regular files
+    /// that keeps the file's bytes meaningful is supported: depfs stores contents, not
+    /// blocks, so reserving space is a no-op beyond the size it sets.
+    /// - 0: the file grows to `offset + length` if it is shorter (zeros);
+    /// - `KEEP_SIZE`: nothing changes (no blocks to reserve);
+    /// - `PUNCH_HOLE | KEEP_SIZE`, `ZERO_RANGE [| KEEP_SIZE]`: the range reads as zeros
+    ///   (written as zeros: a stored content has no holes), growing the file unless
+    ///   `KEEP_SIZE`.
+    ///
+    /// Other modes (`COLLAPSE_RANGE`, `INSERT_RANGE`, `UNSHARE_RANGE`) give `EOPNOTSUPP`,
+    /// as on filesystems without them.
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        const ZEROING: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !(libc::FALLOC_FL_KEEP_SIZE | ZEROING) != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 && mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if length == 0 || mode & ZEROING == ZEROING {
+            return Err(Errno::EINVAL);
+        }
+        let (ino, writable, file) = self.handle_file(fh)?;
+        if !writable {
+            return Err(Errno::EBADF);
+        }
+        let end = offset
+            .checked_add(length)
+            .filter(|&end| end <= MAX_FILE_SIZE)
+            .ok_or(Errno::EFBIG)?;
+        let size = file.data.read().size();
+        if mode & ZEROING != 0 {
+            let zeroed_to = if mode & libc::FALLOC_FL_KEEP_SIZE != 0 {
+                end.min(size)
+            } else {
+                end
+            };
+            return self.write_zeros(fh, offset, zeroed_to);
+        }
+        if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > size {
+            let grow = SetAttr {
+                size: Some(end),
+                ..SetAttr::default()
+            };
+            self.setattr(ino, &grow)?;
+        }
+        Ok(())
+    }
+
+    /// Writes zeros over `from..to` through handle `fh`, a bounded piece at a time.
+    fn write_zeros(&self, fh: u64, from: u64, to: u64) -> FsResult<()> {
+        const PIECE: u64 = 1 << 20;
+        let zeros = vec![0u8; PIECE.min(to.saturating_sub(from)) as usize];
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(PIECE) as usize;
+            let piece = zeros.get(..n).ok_or(Errno::EIO)?;
+            at += u64::from(self.write(fh, at, piece)?);
+        }
+        Ok(())
     }
 
     /// `content` cut or extended (with zeros) to `size`.

@@ -188,7 +188,8 @@ impl DepFs {
     }
 
     /// `create`: a new regular file, open. It stays pending (visible only here) until
-    /// its first close or fsync publishes it with its content.
+    /// its first close or fsync publishes it with its content — whatever the handle's
+    /// access mode: a file created read-only is published, empty, at its close.
     pub fn create(
         &self,
         parent: u64,
