@@ -21,6 +21,8 @@ impl Errno {
     pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
     pub const ENOTEMPTY: Errno = Errno(libc::ENOTEMPTY);
     pub const ENOTSUP: Errno = Errno(libc::ENOTSUP);
+    pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
+    pub const ENOTTY: Errno = Errno(libc::ENOTTY);
     pub const EBUSY: Errno = Errno(libc::EBUSY);
     pub const ESTALE: Errno = Errno(libc::ESTALE);
 }

@@ -9,12 +9,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use depfs_proto::{Kind, Timespec};
 use fuser::{
     AccessFlags, BackingId, BsdFileFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::stats::FsOp;
+use crate::stats::{FsOp, FsStats};
 use crate::{Attr, Backing, CacheMode, Caller, DepFs, Errno, SetAttr};
 
 /// Largest write the kernel may send in one request.
@@ -29,6 +29,16 @@ impl FuseAdapter {
     /// Serves `fs`.
     pub fn new(fs: Arc<DepFs>) -> Self {
         FuseAdapter { fs }
+    }
+
+    /// Runs one request's handler, timed as `op`. A panic answers that request with
+    /// `EIO` and the mount keeps serving: the reply, dropped unsent while unwinding,
+    /// sends `EIO` itself (fuser's `Drop` for replies), and the panic is logged. A panic
+    /// is a bug; this is the last line of defence against a bug that would otherwise
+    /// end the session and take the directory away from the application.
+    fn serve(&self, op: FsOp, handler: impl FnOnce()) {
+        let _timer = self.fs.stats().timer(op);
+        contain_panic(self.fs.stats(), op, handler);
     }
 
     fn ttl(&self) -> Duration {
@@ -53,6 +63,30 @@ impl FuseAdapter {
             }
         }
         id
+    }
+}
+
+/// Runs `handler`; if it panics, the panic is counted and logged instead of unwinding
+/// further (see `FuseAdapter::serve`).
+fn contain_panic(stats: &FsStats, op: FsOp, handler: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(handler)) {
+        stats.panicked();
+        tracing::error!(
+            op = op.name(),
+            panic = panic_message(panic.as_ref()),
+            "a filesystem operation panicked; it was answered EIO and the mount goes on"
+        );
+    }
+}
+
+/// The message of a caught panic, if it has one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(no message)"
     }
 }
 
@@ -155,11 +189,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _timer = self.fs.stats().timer(FsOp::Lookup);
-        match self.fs.lookup(parent.0, name.as_bytes()) {
-            Ok(attr) => reply.entry(&self.ttl(), &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.serve(FsOp::Lookup, || {
+            match self.fs.lookup(parent.0, name.as_bytes()) {
+                Ok(attr) => reply.entry(&self.ttl(), &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -167,11 +202,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _timer = self.fs.stats().timer(FsOp::Getattr);
-        match self.fs.getattr(ino.0) {
+        self.serve(FsOp::Getattr, || match self.fs.getattr(ino.0) {
             Ok(attr) => reply.attr(&self.ttl(), &file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn setattr(
@@ -192,29 +226,29 @@ impl Filesystem for FuseAdapter {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _timer = self.fs.stats().timer(FsOp::Setattr);
-        let changes = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            mtime: mtime.map(|t| match t {
-                TimeOrNow::SpecificTime(t) => timespec(t),
-                TimeOrNow::Now => timespec(SystemTime::now()),
-            }),
-        };
-        match self.fs.setattr(ino.0, &changes) {
-            Ok(attr) => reply.attr(&self.ttl(), &file_attr(&attr)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.serve(FsOp::Setattr, || {
+            let changes = SetAttr {
+                mode,
+                uid,
+                gid,
+                size,
+                mtime: mtime.map(|t| match t {
+                    TimeOrNow::SpecificTime(t) => timespec(t),
+                    TimeOrNow::Now => timespec(SystemTime::now()),
+                }),
+            };
+            match self.fs.setattr(ino.0, &changes) {
+                Ok(attr) => reply.attr(&self.ttl(), &file_attr(&attr)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _timer = self.fs.stats().timer(FsOp::Readlink);
-        match self.fs.readlink(ino.0) {
+        self.serve(FsOp::Readlink, || match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn mknod(
@@ -227,14 +261,15 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _timer = self.fs.stats().timer(FsOp::Mknod);
-        match self
-            .fs
-            .mknod(parent.0, name.as_bytes(), mode & !umask, caller(req))
-        {
-            Ok(attr) => reply.entry(&self.ttl(), &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.serve(FsOp::Mknod, || {
+            match self
+                .fs
+                .mknod(parent.0, name.as_bytes(), mode & !umask, caller(req))
+            {
+                Ok(attr) => reply.entry(&self.ttl(), &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn mkdir(
@@ -246,30 +281,33 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let _timer = self.fs.stats().timer(FsOp::Mkdir);
-        match self
-            .fs
-            .mkdir(parent.0, name.as_bytes(), mode & !umask, caller(req))
-        {
-            Ok(attr) => reply.entry(&self.ttl(), &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.serve(FsOp::Mkdir, || {
+            match self
+                .fs
+                .mkdir(parent.0, name.as_bytes(), mode & !umask, caller(req))
+            {
+                Ok(attr) => reply.entry(&self.ttl(), &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _timer = self.fs.stats().timer(FsOp::Unlink);
-        match self.fs.unlink(parent.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.serve(FsOp::Unlink, || {
+            match self.fs.unlink(parent.0, name.as_bytes()) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _timer = self.fs.stats().timer(FsOp::Rmdir);
-        match self.fs.rmdir(parent.0, name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.serve(FsOp::Rmdir, || {
+            match self.fs.rmdir(parent.0, name.as_bytes()) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn symlink(
@@ -280,16 +318,17 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _timer = self.fs.stats().timer(FsOp::Symlink);
-        match self.fs.symlink(
-            parent.0,
-            link_name.as_bytes(),
-            target.as_os_str().as_bytes(),
-            caller(req),
-        ) {
-            Ok(attr) => reply.entry(&self.ttl(), &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.serve(FsOp::Symlink, || {
+            match self.fs.symlink(
+                parent.0,
+                link_name.as_bytes(),
+                target.as_os_str().as_bytes(),
+                caller(req),
+            ) {
+                Ok(attr) => reply.entry(&self.ttl(), &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     fn rename(
@@ -302,17 +341,18 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.fs.stats().timer(FsOp::Rename);
-        match self.fs.rename(
-            parent.0,
-            name.as_bytes(),
-            newparent.0,
-            newname.as_bytes(),
-            flags.bits(),
-        ) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.serve(FsOp::Rename, || {
+            match self.fs.rename(
+                parent.0,
+                name.as_bytes(),
+                newparent.0,
+                newname.as_bytes(),
+                flags.bits(),
+            ) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
     }
 
     /// Hard links would make one entry reachable by two paths, which path-identified
@@ -325,31 +365,35 @@ impl Filesystem for FuseAdapter {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _timer = self.fs.stats().timer(FsOp::Link);
-        reply.error(fuser::Errno::EPERM);
+        self.serve(FsOp::Link, || {
+            reply.error(fuser::Errno::EPERM);
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _timer = self.fs.stats().timer(FsOp::Open);
-        match self.fs.open(ino.0, flags.0) {
-            Ok((fh, CacheMode::Keep)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Ok((fh, CacheMode::Direct)) => {
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
-            }
-            Ok((fh, CacheMode::Passthrough(backing))) => {
-                let id = self.register(&backing, |file| reply.open_backing(file));
-                match id.as_ref() {
-                    Some(id) => {
-                        self.fs.stats().passthrough_opened();
-                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id)
-                    }
-                    // Served by the daemon from the same local copy; the page cache may
-                    // hold another version, so it is bypassed.
-                    None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+        self.serve(FsOp::Open, || {
+            match self.fs.open(ino.0, flags.0) {
+                Ok((fh, CacheMode::Keep)) => {
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
                 }
+                Ok((fh, CacheMode::Direct)) => {
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO)
+                }
+                Ok((fh, CacheMode::Passthrough(backing))) => {
+                    let id = self.register(&backing, |file| reply.open_backing(file));
+                    match id.as_ref() {
+                        Some(id) => {
+                            self.fs.stats().passthrough_opened();
+                            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id)
+                        }
+                        // Served by the daemon from the same local copy; the page cache may
+                        // hold another version, so it is bypassed.
+                        None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+                    }
+                }
+                Err(e) => reply.error(errno(e)),
             }
-            Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn read(
@@ -363,11 +407,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _timer = self.fs.stats().timer(FsOp::Read);
-        match self.fs.read(fh.0, offset, size) {
+        self.serve(FsOp::Read, || match self.fs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn write(
@@ -382,11 +425,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _timer = self.fs.stats().timer(FsOp::Write);
-        match self.fs.write(fh.0, offset, data) {
+        self.serve(FsOp::Write, || match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn flush(
@@ -397,11 +439,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.fs.stats().timer(FsOp::Flush);
-        match self.fs.flush(fh.0) {
+        self.serve(FsOp::Flush, || match self.fs.flush(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn release(
@@ -414,11 +455,10 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.fs.stats().timer(FsOp::Release);
-        match self.fs.release(fh.0) {
+        self.serve(FsOp::Release, || match self.fs.release(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn fsync(
@@ -429,19 +469,52 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.fs.stats().timer(FsOp::Fsync);
-        match self.fs.fsync(fh.0) {
+        self.serve(FsOp::Fsync, || match self.fs.fsync(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
-        }
+        });
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.serve(FsOp::Setattr, || {
+            match self.fs.fallocate(fh.0, offset, length, mode) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    /// No ioctl is a depfs operation. `ENOTTY` is what a regular file answers to a
+    /// terminal ioctl (`isatty()` sends `TCGETS`; Python's `open` calls it on every
+    /// file), so it is given quietly: fuser's default logs a warning for each.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(errno(Errno::ENOTTY));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _timer = self.fs.stats().timer(FsOp::Opendir);
-        match self.fs.opendir(ino.0) {
+        self.serve(FsOp::Opendir, || match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn readdir(
@@ -452,14 +525,15 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _timer = self.fs.stats().timer(FsOp::Readdir);
-        let result = self.fs.readdir(fh.0, offset, |ino, next, kind, name| {
-            reply.add(INodeNo(ino), next, file_type(kind), OsStr::from_bytes(name))
+        self.serve(FsOp::Readdir, || {
+            let result = self.fs.readdir(fh.0, offset, |ino, next, kind, name| {
+                reply.add(INodeNo(ino), next, file_type(kind), OsStr::from_bytes(name))
+            });
+            match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(e)),
+            }
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
     }
 
     fn releasedir(
@@ -489,13 +563,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _timer = self.fs.stats().timer(FsOp::Statfs);
-        match self.fs.statfs() {
+        self.serve(FsOp::Statfs, || match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
             ),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     /// Extended attributes are not replicated, so they are not supported at all rather
@@ -514,8 +587,9 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _timer = self.fs.stats().timer(FsOp::Xattr);
-        reply.error(fuser::Errno::from_i32(libc::ENOSYS));
+        self.serve(FsOp::Xattr, || {
+            reply.error(fuser::Errno::from_i32(libc::ENOSYS));
+        });
     }
 
     fn getxattr(
@@ -526,32 +600,34 @@ impl Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        let _timer = self.fs.stats().timer(FsOp::Xattr);
-        reply.error(fuser::Errno::from_i32(libc::ENOSYS));
+        self.serve(FsOp::Xattr, || {
+            reply.error(fuser::Errno::from_i32(libc::ENOSYS));
+        });
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _timer = self.fs.stats().timer(FsOp::Xattr);
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+        self.serve(FsOp::Xattr, || {
+            if size == 0 {
+                reply.size(0);
+            } else {
+                reply.data(&[]);
+            }
+        });
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        let _timer = self.fs.stats().timer(FsOp::Xattr);
-        reply.error(fuser::Errno::from_i32(libc::ENOSYS));
+        self.serve(FsOp::Xattr, || {
+            reply.error(fuser::Errno::from_i32(libc::ENOSYS));
+        });
     }
 
     /// Permission checks are the kernel's (`default_permissions`); this only answers
     /// whether the inode exists.
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        let _timer = self.fs.stats().timer(FsOp::Access);
-        match self.fs.getattr(ino.0) {
+        self.serve(FsOp::Access, || match self.fs.getattr(ino.0) {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn create(
@@ -564,42 +640,76 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _timer = self.fs.stats().timer(FsOp::Create);
-        match self
-            .fs
-            .create(parent.0, name.as_bytes(), mode & !umask, flags, caller(req))
-        {
-            Ok((attr, fh, CacheMode::Passthrough(backing))) => {
-                let id = self.register(&backing, |file| reply.open_backing(file));
-                match id.as_ref() {
-                    Some(id) => {
-                        self.fs.stats().passthrough_opened();
-                        reply.created_passthrough(
+        self.serve(FsOp::Create, || {
+            match self
+                .fs
+                .create(parent.0, name.as_bytes(), mode & !umask, flags, caller(req))
+            {
+                Ok((attr, fh, CacheMode::Passthrough(backing))) => {
+                    let id = self.register(&backing, |file| reply.open_backing(file));
+                    match id.as_ref() {
+                        Some(id) => {
+                            self.fs.stats().passthrough_opened();
+                            reply.created_passthrough(
+                                &self.ttl(),
+                                &file_attr(&attr),
+                                Generation(0),
+                                FileHandle(fh),
+                                FopenFlags::empty(),
+                                id,
+                            )
+                        }
+                        None => reply.created(
                             &self.ttl(),
                             &file_attr(&attr),
                             Generation(0),
                             FileHandle(fh),
-                            FopenFlags::empty(),
-                            id,
-                        )
+                            FopenFlags::FOPEN_DIRECT_IO,
+                        ),
                     }
-                    None => reply.created(
-                        &self.ttl(),
-                        &file_attr(&attr),
-                        Generation(0),
-                        FileHandle(fh),
-                        FopenFlags::FOPEN_DIRECT_IO,
-                    ),
                 }
+                Ok((attr, fh, _)) => reply.created(
+                    &self.ttl(),
+                    &file_attr(&attr),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno(e)),
             }
-            Ok((attr, fh, _)) => reply.created(
-                &self.ttl(),
-                &file_attr(&attr),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
-            Err(e) => reply.error(errno(e)),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Stands for a fuser reply: dropped unsent, it answers EIO.
+    struct Reply<'a>(&'a AtomicBool);
+
+    impl Drop for Reply<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
         }
+    }
+
+    #[test]
+    fn a_panicking_operation_is_answered_and_counted_and_the_caller_goes_on() {
+        let stats = FsStats::default();
+        let answered = AtomicBool::new(false);
+        let reply = Reply(&answered);
+        contain_panic(&stats, FsOp::Read, move || {
+            let _reply = reply;
+            panic!("a bug in read");
+        });
+        assert!(
+            answered.load(Ordering::SeqCst),
+            "the reply was dropped, so it answered"
+        );
+        assert_eq!(stats.panics(), 1);
+        contain_panic(&stats, FsOp::Read, || ());
+        assert_eq!(stats.panics(), 1, "an operation that returns is no panic");
     }
 }

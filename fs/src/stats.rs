@@ -113,6 +113,7 @@ struct OpCounters {
 pub struct FsStats {
     ops: [OpCounters; FsOp::ALL.len()],
     passthrough_opens: AtomicU64,
+    panics: AtomicU64,
 }
 
 /// One operation's figures: count, total seconds, and cumulative bucket counts.
@@ -134,6 +135,16 @@ impl FsStats {
     /// Opens served through FUSE passthrough so far.
     pub fn passthrough_opens(&self) -> u64 {
         self.passthrough_opens.load(Ordering::Relaxed)
+    }
+
+    /// Counts an operation that panicked (and was answered `EIO`).
+    pub fn panicked(&self) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Operations that panicked so far.
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
     }
 
     /// Records one call of `op` that took `ns` nanoseconds.
