@@ -6,6 +6,7 @@ mod common;
 use std::ffi::CString;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::Node;
@@ -257,4 +258,162 @@ fn a_new_file_is_visible_locally_before_its_first_close() {
     f.write_all(b"/>").unwrap();
     drop(f);
     assert_eq!(std::fs::read(node.path("new.xml")).unwrap(), b"<partial/>");
+}
+
+/// A file created through a read-only descriptor (`O_CREAT|O_RDONLY`, how flock(1),
+/// lock files and Java's `FileChannel.open(READ, CREATE)` make them) exists, empty,
+/// once that descriptor is closed, and stays after a remount.
+#[test]
+fn a_file_created_read_only_remains_after_its_close() {
+    let node = Node::new("gw1");
+    node.mount();
+    let lock = node.path("deploy.lock");
+    let out = std::process::Command::new("flock")
+        .arg(&lock)
+        .arg("true")
+        .output()
+        .expect("flock(1) from util-linux");
+    assert!(
+        out.status.success(),
+        "flock: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        lock.is_file(),
+        "flock(1)'s lock file is gone after the command"
+    );
+
+    // The same calls by hand: create exclusively read-only, lock, close.
+    let marker = c(&node.path("marker"));
+    let fd = unsafe {
+        libc::open(
+            marker.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDONLY,
+            0o640,
+        )
+    };
+    assert!(fd >= 0, "open: {}", std::io::Error::last_os_error());
+    assert_eq!(unsafe { libc::flock(fd, libc::LOCK_EX) }, 0);
+    assert_eq!(unsafe { libc::close(fd) }, 0);
+    let md = std::fs::metadata(node.path("marker")).unwrap();
+    assert_eq!((md.len(), md.permissions().mode() & 0o777), (0, 0o640));
+    std::fs::set_permissions(node.path("marker"), std::fs::Permissions::from_mode(0o600))
+        .expect("chmod of the marker");
+    node.unmount();
+    node.mount();
+    assert!(node.path("deploy.lock").is_file());
+    assert_eq!(
+        std::fs::metadata(node.path("marker"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    std::fs::remove_file(node.path("marker")).expect("unlink of the marker");
+}
+
+/// `fallocate` in every mode, on depfs and on the native filesystem: the same result,
+/// size and content.
+#[test]
+fn fallocate_gives_what_the_native_filesystem_gives() {
+    let node = Node::new("gw1");
+    node.mount();
+    let native = tempfile::tempdir().unwrap();
+    let modes = [
+        0,
+        libc::FALLOC_FL_KEEP_SIZE,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        libc::FALLOC_FL_ZERO_RANGE,
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+        libc::FALLOC_FL_PUNCH_HOLE,
+    ];
+    let ranges = [(0i64, 4096i64), (100, 50), (10_000, 100_000), (5000, 1)];
+    let run = |root: &Path, name: &str, mode: i32, (offset, len): (i64, i64)| {
+        let path = root.join(name);
+        std::fs::write(&path, vec![0xabu8; 8000]).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        use std::os::fd::AsRawFd;
+        let r = last_errno(unsafe { libc::fallocate(f.as_raw_fd(), mode, offset, len) });
+        drop(f);
+        (r, std::fs::read(&path).unwrap())
+    };
+    for (i, mode) in modes.iter().enumerate() {
+        for (j, range) in ranges.iter().enumerate() {
+            let name = format!("f{i}-{j}");
+            let want = run(native.path(), &name, *mode, *range);
+            let got = run(&node.mountpoint, &name, *mode, *range);
+            assert_eq!(
+                (got.0, got.1.len()),
+                (want.0, want.1.len()),
+                "mode {mode:#x}, range {range:?}: errno and size"
+            );
+            assert!(got.1 == want.1, "mode {mode:#x}, range {range:?}: content");
+        }
+    }
+    // A read-only descriptor cannot allocate.
+    let f = std::fs::File::open(node.path("f0-0")).unwrap();
+    use std::os::fd::AsRawFd;
+    assert_eq!(
+        last_errno(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) }),
+        libc::EBADF
+    );
+}
+
+/// `isatty()` on a file (Python's `open` asks it of every file) is answered ENOTTY,
+/// as a regular file answers it, and leaves nothing in the log.
+#[test]
+fn a_terminal_ioctl_on_a_file_is_refused_quietly() {
+    let node = Node::new("gw1");
+    node.mount();
+    std::fs::write(node.path("f"), b"x").unwrap();
+    let f = std::fs::File::open(node.path("f")).unwrap();
+    use std::os::fd::AsRawFd;
+    for _ in 0..100 {
+        assert_eq!(unsafe { libc::isatty(f.as_raw_fd()) }, 0);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOTTY)
+        );
+    }
+    drop(f);
+    node.unmount();
+    let log = std::fs::read_to_string(node.data_dir.join("depfs.log")).unwrap_or_default();
+    assert!(
+        !log.contains("ioctl"),
+        "ioctls were logged: {}",
+        log.lines().filter(|l| l.contains("ioctl")).count()
+    );
+}
+
+/// A truncate or chmod by path while the file is open only for reading is published at
+/// once: no writer's close would publish it, and the reader's close must not drop it.
+#[test]
+fn a_truncate_while_only_readers_hold_the_file_is_kept() {
+    for config in ["peers = []\n", "peers = []\nlocal_copy_min_kib = 16\n"] {
+        let node = Node::with_config("gw1", config);
+        node.mount();
+        std::fs::write(node.path("f"), vec![7u8; 20_001]).unwrap();
+        let reader = std::fs::File::open(node.path("f")).unwrap();
+        let f = c(&node.path("f"));
+        assert_eq!(last_errno(unsafe { libc::truncate(f.as_ptr(), 4145) }), 0);
+        assert_eq!(std::fs::metadata(node.path("f")).unwrap().len(), 4145);
+        drop(reader);
+        assert_eq!(
+            std::fs::read(node.path("f")).unwrap().len(),
+            4145,
+            "{config:?}: the truncate was lost at the reader's close"
+        );
+        node.unmount();
+        node.mount();
+        assert_eq!(
+            std::fs::metadata(node.path("f")).unwrap().len(),
+            4145,
+            "{config:?}"
+        );
+    }
 }
