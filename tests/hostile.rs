@@ -386,3 +386,43 @@ fn expired_foreign_and_borrowed_certificates_are_refused() {
         b"fine"
     );
 }
+
+/// A chunk reference that claims more bytes than its chunk has (a well-formed lie: the
+/// hash is right) is refused when the change is applied, so no node ever holds a file
+/// whose reads would come out short or shifted; the reader's own check is shown by the
+/// store's tests.
+#[test]
+fn chunk_references_that_lie_about_their_length_are_refused() {
+    let s = setup();
+    let data = b"forty-five bytes of a chunk that is not long.".to_vec();
+    assert_eq!(data.len(), 45);
+    let hash = ChunkHash::of(&data);
+    let lying = ChunkRef { hash, len: 60_000 };
+    let change = changes(
+        "evil",
+        "lying.war",
+        Content::Chunked(vec![lying, lying, lying]),
+    );
+    let chunk = frame(&Message::Chunks {
+        chunks: vec![ChunkData { hash, data }],
+        missing: Vec::new(),
+    });
+    let closed = s
+        .evil
+        .send(
+            s.victim,
+            [frame(&hello("evil")), frame(&change), chunk].concat(),
+        )
+        .unwrap()
+        .expect("connection not closed");
+    assert!(closed.contains("references chunk"), "closed with {closed}");
+    assert!(s.c.nodes[0].daemon_alive(), "the lie crashed the daemon");
+    for n in &s.c.nodes {
+        assert!(
+            !n.path("lying.war").exists(),
+            "{}: applied a lying change",
+            n.name
+        );
+    }
+    still_healthy(&s.c, "after-lying-lengths.xml");
+}

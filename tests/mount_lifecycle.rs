@@ -3,7 +3,7 @@
 mod common;
 
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use common::{depfs, is_mounted, wait_until, Node};
@@ -364,4 +364,43 @@ fn owed_files_are_published_before_unmount_returns() {
     assert_eq!(notes, Vec::<String>::new(), "owed at unmount");
     node.mount();
     assert!(std::fs::read(node.path("big.war")).unwrap() == data);
+}
+
+/// The store holds every replicated file in the clear: data_dir is private to the
+/// daemon's user (an existing looser one is tightened, with a log line), and nothing
+/// the daemon creates in it is readable by others.
+#[test]
+fn data_dir_and_everything_in_it_are_private_to_the_daemon() {
+    let node = Node::new("gw1");
+    std::fs::create_dir_all(&node.data_dir).unwrap();
+    std::fs::set_permissions(&node.data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    node.mount();
+    std::fs::write(node.path("secret.xml"), vec![b's'; 100_000]).unwrap();
+    node.unmount();
+    let mode = std::fs::metadata(&node.data_dir).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o700, "data_dir mode {mode:o}");
+    let mut stack = vec![node.data_dir.clone()];
+    let mut seen = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let md = entry.metadata().unwrap();
+            if md.file_type().is_socket() {
+                continue; // the control socket: connect needs write permission anyway
+            }
+            assert_eq!(
+                md.mode() & 0o077,
+                0,
+                "{} is mode {:o}",
+                entry.path().display(),
+                md.mode() & 0o777
+            );
+            if md.is_dir() {
+                stack.push(entry.path());
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen > 5, "only {seen} entries in data_dir");
+    let log = std::fs::read_to_string(node.data_dir.join("depfs.log")).unwrap();
+    assert!(log.contains("tightened to 700"), "{log}");
 }

@@ -255,6 +255,61 @@ fn the_metrics_endpoint_counts_operations_changes_and_peers() {
     assert!(body.contains("# TYPE depfs_fs_op_duration_seconds histogram"));
     let (status, _) = http_get(&addr, "/nothing");
     assert!(status.contains("404"), "{status}");
+    assert_eq!(metric(&body, "depfs_fs_panics_total "), Some(0.0));
+}
+
+/// The daemon's resident memory in bytes.
+fn rss_of(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// A request line with no end (a client that sends 64 MiB without a newline) and a
+/// client that sends a byte now and then neither grow the daemon's memory nor keep the
+/// endpoint from answering the next scrape.
+#[test]
+fn the_metrics_endpoint_bounds_what_a_client_sends() {
+    use std::io::Write;
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let node = common::Node::with_config("gw1", &format!("peers = []\nmetrics = \"{addr}\"\n"));
+    node.mount();
+    let pid = node.daemon_pid().expect("daemon pid");
+    let before = rss_of(pid);
+
+    let mut flood = std::net::TcpStream::connect(&addr).unwrap();
+    let block = vec![b'a'; 1 << 20];
+    let mut sent = 0usize;
+    for _ in 0..64 {
+        match flood.write_all(&block) {
+            Ok(()) => sent += block.len(),
+            Err(_) => break, // the endpoint stopped reading and closed: what it should do
+        }
+    }
+    drop(flood);
+    let after = rss_of(pid);
+    assert!(
+        after < before + (16 << 20),
+        "RSS grew from {before} to {after} bytes after {sent} bytes of request line"
+    );
+
+    // A slow client holds the endpoint for at most its deadline.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GE").unwrap();
+    let started = std::time::Instant::now();
+    let (status, body) = http_get(&addr, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert!(metric(&body, "depfs_changes_committed_total ").is_some());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a scrape waited {:?} behind a slow client",
+        started.elapsed()
+    );
+    drop(slow);
 }
 
 #[test]

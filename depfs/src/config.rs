@@ -63,6 +63,9 @@ struct RawConfig {
     /// Files written here from this size (KiB) are staged on disk and get a local copy.
     #[serde(default)]
     local_copy_min_kib: Option<u64>,
+    /// Changes stamped more than this many seconds ahead of the local clock are refused.
+    #[serde(default)]
+    max_clock_ahead_s: Option<u64>,
 }
 
 /// A validated node configuration.
@@ -86,7 +89,16 @@ pub struct Config {
     pub local_copies_bytes: u64,
     /// Staged content spills to disk, and gets a local copy, from this size in bytes.
     pub local_copy_min_bytes: u64,
+    /// A peer's change stamped further ahead of the local clock than this is refused.
+    pub max_clock_ahead_ms: u64,
 }
+
+/// Default of `max_clock_ahead_s`: an hour. Clocks minutes apart (a drifting NTP
+/// client) are followed; a clock set a day ahead, or a forged far-future stamp that
+/// would win every concurrent write, is not.
+pub const DEFAULT_MAX_CLOCK_AHEAD_S: u64 = 60 * 60;
+/// Largest `max_clock_ahead_s` accepted: a week.
+pub const MAX_CLOCK_AHEAD_S: u64 = 7 * 24 * 60 * 60;
 
 /// Default budget of idle local copies.
 pub const DEFAULT_LOCAL_COPIES_MIB: u64 = 1024;
@@ -157,6 +169,12 @@ impl Config {
                 anyhow::anyhow!("config {at}: metrics {text:?} is not an address:port")
             })?),
         };
+        let max_clock_ahead_s = raw.max_clock_ahead_s.unwrap_or(DEFAULT_MAX_CLOCK_AHEAD_S);
+        if !(1..=MAX_CLOCK_AHEAD_S).contains(&max_clock_ahead_s) {
+            bail!(
+                "config {at}: max_clock_ahead_s = {max_clock_ahead_s} is outside 1..={MAX_CLOCK_AHEAD_S}"
+            );
+        }
         let base = source.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| {
             if p.is_absolute() {
@@ -187,6 +205,7 @@ impl Config {
                 .local_copy_min_kib
                 .unwrap_or(DEFAULT_LOCAL_COPY_MIN_KIB)
                 .saturating_mul(1 << 10),
+            max_clock_ahead_ms: max_clock_ahead_s * 1000,
             tls: raw.tls.map(|t| TlsPaths {
                 ca: resolve(&t.ca),
                 cert: resolve(&t.cert),

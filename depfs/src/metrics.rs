@@ -4,10 +4,10 @@
 //! anyway (no scans of the store).
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use depfs_fs::stats::BUCKETS_S;
@@ -37,14 +37,22 @@ pub fn serve(addr: SocketAddr, sources: Arc<Sources>) -> Result<()> {
     Ok(())
 }
 
+/// Most bytes of a request's line and headers read; a scrape's are a few hundred. What
+/// follows is not read (the request is answered from what was).
+pub const MAX_REQUEST_HEAD: u64 = 8 * 1024;
+
+/// Longest a client may take to send its request, all reads together: one that sends
+/// a byte now and then cannot hold the endpoint (it serves one client at a time).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+
 fn answer(stream: TcpStream, sources: &Sources) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let mut reader = BufReader::new(stream.try_clone()?.take(MAX_REQUEST_HEAD));
     let mut request = String::new();
-    reader.read_line(&mut request)?;
+    read_line_before(&mut reader, &mut request, deadline)?;
     // Skip the headers.
     let mut line = String::new();
-    while reader.read_line(&mut line)? > 2 {
+    while read_line_before(&mut reader, &mut line, deadline)? > 2 {
         line.clear();
     }
     let mut stream = stream;
@@ -61,6 +69,20 @@ fn answer(stream: TcpStream, sources: &Sources) -> std::io::Result<()> {
             "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )
     }
+}
+
+/// `read_line`, failing with `TimedOut` once `deadline` has passed.
+fn read_line_before(
+    reader: &mut BufReader<std::io::Take<TcpStream>>,
+    line: &mut String,
+    deadline: Instant,
+) -> std::io::Result<usize> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(std::io::ErrorKind::TimedOut.into());
+    }
+    reader.get_ref().get_ref().set_read_timeout(Some(left))?;
+    reader.read_line(line)
 }
 
 /// One metric family: its help and type lines, then its samples.
@@ -126,6 +148,11 @@ pub fn render(sources: &Sources) -> String {
                 "depfs_changes_refused_total",
                 "Changes refused (one-way mode: not made by a manager).",
                 c.changes_refused,
+            ),
+            (
+                "depfs_changes_ahead_of_clock_total",
+                "Batches refused: a change stamped further ahead of this node's clock than max_clock_ahead_s.",
+                c.changes_from_the_future,
             ),
             (
                 "depfs_chunks_received_total",
@@ -204,6 +231,13 @@ pub fn render(sources: &Sources) -> String {
     );
     let _ = writeln!(out, "# TYPE {name} counter");
     let _ = writeln!(out, "{name} {}", sources.fs.stats().passthrough_opens());
+    family(
+        &mut out,
+        "depfs_fs_panics_total",
+        "counter",
+        "Filesystem operations that panicked (a bug) and were answered EIO; the mount went on.",
+        &[(String::new(), sources.fs.stats().panics() as f64)],
+    );
     family(
         &mut out,
         "depfs_fs_owed_files",

@@ -51,8 +51,22 @@ pub fn run(args: MountArgs) -> Result<()> {
     let config = Config::load(&args.config)?;
     let options = MountOptions::parse(args.options.iter().map(String::as_str))?;
     let mountpoint = check_mountpoint(&args.mountpoint)?;
+    let loosened = if args.foreground || args.daemon_child {
+        secure_data_dir(&config.data_dir)?
+    } else {
+        None
+    };
+    let report_loosened = || {
+        if let Some(mode) = loosened {
+            tracing::warn!(
+                data_dir = %config.data_dir.display(),
+                "data_dir was mode {mode:o}, readable by other users; tightened to 700"
+            );
+        }
+    };
     if args.foreground {
         crate::init_logging(None);
+        report_loosened();
         let tty = std::io::stderr().is_terminal();
         serve(
             &config,
@@ -67,9 +81,8 @@ pub fn run(args: MountArgs) -> Result<()> {
         )
     } else if args.daemon_child {
         let log = config.data_dir.join("depfs.log");
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
         crate::init_logging(Some(&log));
+        report_loosened();
         // Progress goes to the waiting parent, which shows it on its terminal.
         let mut progress = |line: &str| {
             let mut out = std::io::stdout();
@@ -90,6 +103,36 @@ pub fn run(args: MountArgs) -> Result<()> {
     } else {
         spawn_daemon(&args)
     }
+}
+
+/// Makes everything the daemon creates private to its user (umask 077) and data_dir
+/// mode 700: the store holds every replicated file in the clear, and the mount's own
+/// permission checks mean nothing if a local user can read the store. A looser
+/// data_dir is tightened (and its former mode returned, for a log line); so is a log
+/// file left readable by an older version.
+fn secure_data_dir(dir: &Path) -> Result<Option<u32>> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    // SAFETY: umask only sets the process's file mode creation mask.
+    unsafe { libc::umask(0o077) };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data_dir {}", dir.display()))?;
+    let tighten = |path: &Path, mode: u32| -> Result<Option<u32>> {
+        let Ok(md) = std::fs::symlink_metadata(path) else {
+            return Ok(None);
+        };
+        let was = md.permissions().mode() & 0o7777;
+        if was & 0o077 == 0 {
+            return Ok(None);
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot make {} private (mode {mode:o})", path.display()))?;
+        Ok(Some(was))
+    };
+    tighten(&dir.join("depfs.log"), 0o600)?;
+    tighten(dir, 0o700)
 }
 
 fn check_mountpoint(path: &Path) -> Result<PathBuf> {
@@ -565,6 +608,7 @@ fn open_store(config: &Config, root: &std::fs::Metadata) -> Result<Store> {
     };
     let mut options = StoreOptions::new(root);
     options.min_free_bytes = config.min_free_bytes;
+    options.max_clock_drift_ms = config.max_clock_ahead_ms;
     Store::open(&config.data_dir, &config.node, &options).map_err(|e| anyhow!("{e}"))
 }
 

@@ -124,10 +124,17 @@ impl HlcClock {
         }
     }
 
+    /// The next time after `last`. At the very end of time (`u64::MAX` ms, which only
+    /// a forged remote stamp can bring) it stays there rather than wrapping around to
+    /// the epoch.
     fn successor_of_last(&self) -> Hlc {
-        match self.last.logical.checked_add(1) {
-            Some(logical) => Hlc::new(self.last.wall_ms, logical),
-            None => Hlc::new(self.last.wall_ms + 1, 0),
+        match (
+            self.last.logical.checked_add(1),
+            self.last.wall_ms.checked_add(1),
+        ) {
+            (Some(logical), _) => Hlc::new(self.last.wall_ms, logical),
+            (None, Some(wall_ms)) => Hlc::new(wall_ms, 0),
+            (None, None) => self.last,
         }
     }
 }
@@ -171,6 +178,18 @@ mod tests {
         // Ten minutes behind is harmless: the clock keeps its own time.
         clock.observe(Hlc::new(1, 0), 100_002).unwrap();
         assert_eq!(clock.tick(100_002), Hlc::new(100_002, 0));
+    }
+
+    #[test]
+    fn the_end_of_time_does_not_wrap_around() {
+        let end = Hlc::new(u64::MAX, u32::MAX);
+        let mut clock = HlcClock::new(Hlc::ZERO, HlcClock::DEFAULT_MAX_DRIFT_MS);
+        assert!(clock.observe(end, 1_000).is_err(), "far ahead: refused");
+        assert_eq!(clock.last(), Hlc::ZERO);
+        clock.advance_past(end);
+        assert_eq!(clock.tick(0), end, "saturates instead of overflowing");
+        let mut near = HlcClock::new(Hlc::new(u64::MAX, 7), u64::MAX);
+        assert_eq!(near.tick(u64::MAX), Hlc::new(u64::MAX, 8));
     }
 
     #[test]

@@ -224,6 +224,9 @@ pub struct Counters {
     pub versions_obsolete: u64,
     /// Changes refused (one-way mode: not made by a manager).
     pub changes_refused: u64,
+    /// Batches refused because a change was stamped too far ahead of the local clock
+    /// (the peer is disconnected; it retries when it reconnects).
+    pub changes_from_the_future: u64,
     /// Chunks received from peers and stored.
     pub chunks_received: u64,
     /// Chunks sent to peers.
@@ -806,10 +809,20 @@ impl Replica {
                         what,
                     })
                 }
+                Err(e @ StoreError::AheadOfClock { .. }) => {
+                    self.counters.changes_from_the_future += 1;
+                    return Err(ReplicaError::Protocol {
+                        peer: from.clone(),
+                        what: format!(
+                            "{e}; its clock, or the clock of the node that made it, is wrong"
+                        ),
+                    });
+                }
                 Err(e) => return Err(store_err(e)),
             };
-            for drift in &applied.drift {
-                tracing::warn!(peer = %from, %drift, "peer clock ahead of ours; not followed");
+            if let Some(first) = applied.not_made_here.first() {
+                self.counters.changes_refused += applied.not_made_here.len() as u64;
+                tracing::error!(peer = %from, changes = applied.not_made_here.len(), %first, own_seq = self.store.own_seq(), "refused changes under this node's name that it did not make (forged, or lost with this store's last writes)");
             }
             if let Some(p) = self.peers.get_mut(from) {
                 if p.waiting.is_empty() {

@@ -319,6 +319,20 @@ impl Store {
         }
     }
 
+    /// Reads the chunk `chunk` names, checked against its hash (see
+    /// [`Store::read_chunk`]) and against the length the reference claims.
+    pub fn read_chunk_ref(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
+        let bytes = self.read_chunk(&chunk.hash)?;
+        if bytes.len() != chunk.len as usize {
+            return Err(StoreError::ChunkLength {
+                hash: chunk.hash,
+                claimed: chunk.len,
+                stored: bytes.len(),
+            });
+        }
+        Ok(bytes)
+    }
+
     /// Overwrites a stored chunk's bytes without any check: fault injection for tests
     /// and recovery drills (depfs itself never calls it).
     #[doc(hidden)]
@@ -561,19 +575,34 @@ impl ContentReader {
         }
         let end = size.min(offset.saturating_add(len as u64));
         match &self.content {
-            Content::Inline(bytes) => Ok(bytes[offset as usize..end as usize].to_vec()),
+            Content::Inline(bytes) => Ok(bytes
+                .get(offset as usize..end as usize)
+                .unwrap_or_default()
+                .to_vec()),
             Content::Chunked(chunks) => {
                 let mut out = Vec::with_capacity((end - offset) as usize);
                 // The chunk containing `offset`: the last start <= offset.
-                let mut i = self.offsets.partition_point(|&start| start <= offset) - 1;
-                while i < chunks.len() && self.offsets[i] < end {
-                    let data = store.read_chunk(&chunks[i].hash)?;
-                    let start = self.offsets[i];
+                let first = self.offsets.partition_point(|&start| start <= offset);
+                for (chunk, &start) in chunks
+                    .iter()
+                    .zip(&self.offsets)
+                    .skip(first.saturating_sub(1))
+                {
+                    if start >= end {
+                        break;
+                    }
+                    // Its length is checked against the reference: the offsets above
+                    // were computed from the claimed lengths.
+                    let data = store.read_chunk_ref(chunk)?;
                     let from = offset.saturating_sub(start) as usize;
                     let to = ((end - start) as usize).min(data.len());
-                    out.extend_from_slice(&data[from..to]);
-                    i += 1;
+                    out.extend_from_slice(data.get(from..to).unwrap_or_default());
                 }
+                debug_assert_eq!(
+                    out.len() as u64,
+                    end - offset,
+                    "a read returns what it spans"
+                );
                 Ok(out)
             }
         }

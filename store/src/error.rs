@@ -49,6 +49,27 @@ pub enum StoreError {
     /// A chunk's bytes do not match its hash (bit rot or tampering).
     #[error("chunk {0:?} is corrupt: its content does not match its blake3 hash")]
     BadChunk(ChunkHash),
+    /// A file's chunk reference claims another length than the chunk has: the version
+    /// that references it is a lie (no honest node makes one), never read as data.
+    #[error("chunk {hash:?} is {stored} bytes, but a reference to it claims {claimed}")]
+    ChunkLength {
+        /// The chunk.
+        hash: ChunkHash,
+        /// The length the reference claims.
+        claimed: u32,
+        /// The length of the stored chunk.
+        stored: usize,
+    },
+    /// A peer's change is stamped further ahead of the local clock than accepted.
+    /// Applied, it would win every concurrent write until real time caught up with it;
+    /// refused, it is accepted once the local clock is within the bound of its stamp.
+    #[error("change {dot} is stamped {drift}")]
+    AheadOfClock {
+        /// The change.
+        dot: depfs_proto::Dot,
+        /// How far ahead, and the bound.
+        drift: depfs_proto::ClockDrift,
+    },
     /// A referenced chunk is not in the store.
     #[error("chunk {0:?} is missing")]
     MissingChunk(ChunkHash),

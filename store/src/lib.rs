@@ -53,7 +53,8 @@ pub struct StoreOptions {
     pub root: Meta,
     /// RocksDB block cache size in bytes.
     pub block_cache_bytes: usize,
-    /// How far ahead of the local clock a peer's clock is followed.
+    /// How far ahead of the local clock a peer's change may be stamped: one stamped
+    /// further ahead is refused (see [`StoreError::AheadOfClock`]).
     pub max_clock_drift_ms: u64,
     /// Free space kept on the store's filesystem: a write that would leave less fails
     /// with `ENOSPC` before RocksDB sees it. RocksDB stops all writes until it is

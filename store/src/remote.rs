@@ -27,8 +27,9 @@ pub struct Applied {
     pub changed: Vec<RelPath>,
     /// True if the node's progress moved to the sender's (see [`Store::apply_remote`]).
     pub progressed: bool,
-    /// HLC drift warnings: remote times too far ahead of the local clock.
-    pub drift: Vec<depfs_proto::ClockDrift>,
+    /// Changes under this node's name beyond its own sequence: it did not make them (or
+    /// lost them with its store's last writes). They are not applied.
+    pub not_made_here: Vec<Dot>,
     /// Paths that received versions an old manager wrote while cut off (one-way mode):
     /// the current manager re-asserts them (see [`Store::reassert`]).
     pub cut_off: Vec<RelPath>,
@@ -69,11 +70,22 @@ impl Store {
         let mut writer = self.inner.writer.lock();
         let mut batch = Batch::new(self);
         let mut applied = Applied::default();
+        let own = self.node().clone();
         for change in changes {
             validate(change)?;
-            if let Err(drift) = writer.clock.observe(change.hlc, wall_ms) {
-                applied.drift.push(drift);
+            if change.dot.node == own && change.dot.seq > writer.seq {
+                // Not made here (forged), or made here and lost with the store's last
+                // writes: never applied under this node's name either way.
+                applied.not_made_here.push(change.dot.clone());
+                continue;
             }
+            // Nothing of the batch is written when one change is refused.
+            writer.clock.observe(change.hlc, wall_ms).map_err(|drift| {
+                StoreError::AheadOfClock {
+                    dot: change.dot.clone(),
+                    drift,
+                }
+            })?;
             let mut admitted_paths = Vec::new();
             for op in &change.ops {
                 let version = change.version(op);
@@ -103,6 +115,7 @@ impl Store {
                 if cut_off {
                     applied.cut_off.push(op.path.clone());
                 }
+                self.check_chunk_lengths(change, op)?;
                 batch.admit(&op.path, version)?;
                 admitted_paths.push(op.path.clone());
             }
@@ -138,7 +151,11 @@ impl Store {
         batch.release_log_records()?;
         if let Some((base, upto)) = progress {
             if writer.vv.dominates(base) {
-                writer.vv.merge(upto);
+                // Progress for this node's own changes is its own sequence, whatever a
+                // peer claims: adopting more would make its next changes look known.
+                let mut upto = upto.clone();
+                upto.cap(&own, writer.seq);
+                writer.vv.merge(&upto);
                 applied.progressed = true;
             }
         }
@@ -146,6 +163,31 @@ impl Store {
         applied.changed = batch.changed.iter().cloned().collect();
         self.write_batch(batch, Durability::Process)?;
         Ok(applied)
+    }
+
+    /// Refuses a file version whose chunk references claim other lengths than the
+    /// stored chunks have: reading it would return short or shifted data (see
+    /// [`ContentReader::read`](crate::ContentReader::read), which checks again).
+    fn check_chunk_lengths(&self, change: &Change, op: &ChangeOp) -> Result<()> {
+        let State::Live(node) = &op.state else {
+            return Ok(());
+        };
+        let db = &self.inner.db;
+        for chunk in node.content.chunks() {
+            if let Some(bytes) = db.get_pinned_cf(cf(db, CF_CHUNKS), chunk.hash.0)? {
+                if bytes.len() != chunk.len as usize {
+                    return Err(malformed(format!(
+                        "change {}: {} references chunk {:?} as {} bytes; it has {}",
+                        change.dot,
+                        op.path,
+                        chunk.hash,
+                        chunk.len,
+                        bytes.len()
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Chunks that `changes` reference and this store lacks. The chunks it has are pinned

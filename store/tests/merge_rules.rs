@@ -3,7 +3,7 @@
 //! `missing_chunks` + `put_chunks` + `apply_remote` on the other.
 
 use depfs_proto::{Change, Content, Kind, Meta, Node, NodeName, RelPath, Timespec, VersionVector};
-use depfs_store::{Durability, Store, StoreOptions};
+use depfs_store::{Durability, Store, StoreError, StoreOptions};
 
 struct Cluster {
     _dir: tempfile::TempDir,
@@ -519,22 +519,40 @@ fn the_store_stays_bounded_under_endless_overwrites() {
 }
 
 #[test]
-fn a_peer_clock_far_ahead_is_not_followed_but_still_converges() {
+fn a_change_stamped_far_ahead_is_refused_until_the_clock_reaches_it() {
     let c = cluster(2);
     let hour = 3_600_000;
-    put(
-        &c.stores[1],
-        "f",
-        file(b"future"),
-        1_700_000_000_000 + 2 * hour,
+    let now = 1_700_000_000_000;
+    put(&c.stores[0], "f", file(b"old"), now);
+    sync(&c.stores[0], &c.stores[1], now);
+    put(&c.stores[1], "f", file(b"future"), now + 2 * hour);
+    let before = c.stores[0].tree_digest().unwrap();
+    let (changes, base, upto) = delta(&c.stores[1], &c.stores[0]);
+    let refused = c.stores[0].apply_remote(&changes, Some((&base, &upto)), now);
+    assert!(
+        matches!(refused, Err(StoreError::AheadOfClock { drift, .. }) if drift.ahead_ms == 2 * hour),
+        "{refused:?}"
     );
-    let applied = sync(&c.stores[1], &c.stores[0], 1_700_000_000_000);
-    assert_eq!(applied.drift.len(), 1, "the drift is reported for logging");
-    // A later local write still wins locally and everywhere: it descends from what it saw.
-    put(&c.stores[0], "f", file(b"now"), 1_700_000_001_000);
-    sync_all(&c);
-    assert_converged(&c);
-    assert_eq!(shows(&c.stores[1], "f").unwrap(), b"now");
+    assert_eq!(
+        c.stores[0].tree_digest().unwrap(),
+        before,
+        "nothing applied"
+    );
+    assert!(
+        !c.stores[0].version_vector().dominates(&upto),
+        "progress did not move past the refused change"
+    );
+    // Within the bound of the local clock, the same change is an ordinary one.
+    let applied = sync(&c.stores[1], &c.stores[0], now + hour + hour / 2);
+    assert_eq!(applied.admitted, 1);
+    assert_eq!(shows(&c.stores[0], "f").unwrap(), b"future");
+    // A stamp at the end of time is refused too, without overflowing anything.
+    let mut forged = changes.clone();
+    forged[0].hlc = depfs_proto::Hlc::new(u64::MAX, u32::MAX);
+    assert!(matches!(
+        c.stores[0].apply_remote(&forged, None, now),
+        Err(StoreError::AheadOfClock { .. })
+    ));
 }
 
 #[test]

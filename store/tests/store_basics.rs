@@ -161,6 +161,33 @@ fn a_corrupt_chunk_is_an_error_never_wrong_bytes() {
 }
 
 #[test]
+fn a_chunk_reference_that_lies_about_its_length_reads_as_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (content, _pin) = store.write_content(&data(100_000, 6)).unwrap();
+    let Content::Chunked(chunks) = &content else {
+        panic!("not chunked")
+    };
+    for claimed in [chunks[0].len + 20_000, chunks[0].len / 2] {
+        let mut lying = chunks.clone();
+        lying[0].len = claimed;
+        let reader = ContentReader::new(Content::Chunked(lying));
+        for offset in [0, 4096, u64::from(claimed) - 1] {
+            assert!(
+                matches!(
+                    reader.read(&store, offset, 4096),
+                    Err(StoreError::ChunkLength { .. })
+                ),
+                "claimed {claimed}, read at {offset}"
+            );
+        }
+    }
+    // The honest reference reads in full.
+    let honest = ContentReader::new(content.clone());
+    assert_eq!(honest.read(&store, 0, 200_000).unwrap(), data(100_000, 6));
+}
+
+#[test]
 fn the_tree_survives_reopening_and_the_clock_never_goes_back() {
     let dir = tempfile::tempdir().unwrap();
     let (digest, last_hlc) = {
