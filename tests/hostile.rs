@@ -426,3 +426,132 @@ fn chunk_references_that_lie_about_their_length_are_refused() {
     }
     still_healthy(&s.c, "after-lying-lengths.xml");
 }
+
+/// The daemon's resident memory in bytes.
+fn rss_of(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// A member that asks for chunks again and again and never reads the answers: the
+/// victim stops answering while its queue towards it is full, keeps the requests only
+/// up to a bound, then disconnects it; its memory stays bounded and it keeps serving.
+#[test]
+fn a_peer_that_asks_for_chunks_and_never_reads_is_bounded_then_disconnected() {
+    let s = setup();
+    // A file whose chunks the victim holds, and their hashes (same chunking here).
+    let data: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(s.c.nodes[0].path("big.war"), &data).unwrap();
+    assert!(s.c.nodes[1].wait_for("big.war", &data, T));
+    let scratch = tempfile::tempdir().unwrap();
+    let hashes: Vec<ChunkHash> = {
+        let root = meta(Kind::Dir);
+        let store = depfs_store::Store::open(
+            scratch.path(),
+            &node("scratch"),
+            &depfs_store::StoreOptions::new(root),
+        )
+        .unwrap();
+        let (content, _pin) = store.write_content(&data).unwrap();
+        content.chunks().iter().map(|c| c.hash).collect()
+    };
+    assert!(hashes.len() > 16, "{} chunks", hashes.len());
+    let request: Vec<ChunkHash> = hashes.iter().copied().cycle().take(256).collect();
+    let ask = frame(&Message::GetChunks { hashes: request });
+    let pid = s.c.nodes[0].daemon_pid().unwrap();
+    let before = rss_of(pid);
+    let limit = before + (400 << 20);
+
+    let outcome: Result<String, String> = s.evil.rt.block_on(async {
+        let conn = s
+            .evil
+            .endpoint
+            .connect(s.victim, "depfs")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, _never_read) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(&frame(&hello("evil")))
+            .await
+            .map_err(|e| e.to_string())?;
+        // 6,000 requests of 256 chunks (1.5 M chunks, some 6 GiB of answers), checking
+        // the victim's memory as they go.
+        for round in 0..60 {
+            for _ in 0..100 {
+                if send.write_all(&ask).await.is_err() {
+                    break;
+                }
+            }
+            if let Some(reason) = conn.close_reason() {
+                return Ok(reason.to_string());
+            }
+            let rss = rss_of(pid);
+            if rss > limit {
+                return Err(format!(
+                    "after {} requests the victim's RSS is {rss} bytes (from {before})",
+                    (round + 1) * 100
+                ));
+            }
+        }
+        match tokio::time::timeout(T, conn.closed()).await {
+            Ok(reason) => Ok(reason.to_string()),
+            Err(_) => Err("not disconnected".to_string()),
+        }
+    });
+    let reason = outcome.unwrap_or_else(|e| {
+        let log = log_of(&s.c.nodes[0]);
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        panic!("{e}; the victim's log ends with:\n{}", tail.join("\n"))
+    });
+    assert!(reason.contains("without reading"), "closed with {reason}");
+    assert!(s.c.nodes[0].daemon_alive());
+    assert!(
+        rss_of(pid) < limit,
+        "RSS {} from {before} bytes",
+        rss_of(pid)
+    );
+    still_healthy(&s.c, "after-unread-chunks.xml");
+}
+
+/// A member claims progress it cannot back — every change of both real nodes up to a
+/// million — in an empty `Changes`: the victim adopts none of it, so the real nodes'
+/// later writes still reach it, and its own still reach the others.
+#[test]
+fn forged_progress_claims_are_not_adopted() {
+    let s = setup();
+    let mut upto = VersionVector::new();
+    upto.raise(&node("gw1"), 1_000_000);
+    upto.raise(&node("gw2"), 1_000_000);
+    for i in 0..50 {
+        upto.raise(&node(&format!("invented{i}")), 5);
+    }
+    let lie = frame(&Message::Changes {
+        batch: 1,
+        part: 0,
+        last: true,
+        base: VersionVector::new(),
+        changes: Vec::new(),
+        upto: Some(upto),
+    });
+    // The victim applies nothing and stays connected: it has nothing to object to.
+    let _ = s.evil.send(s.victim, [frame(&hello("evil")), lie].concat());
+    assert!(s.c.nodes[0].daemon_alive());
+    let progress = &s.c.nodes[0].status()["progress"];
+    let text = progress.to_string();
+    assert!(
+        !text.contains("1000000") && !text.contains("invented"),
+        "adopted a forged claim: {text}"
+    );
+    std::fs::write(s.c.nodes[1].path("from-gw2.xml"), b"gw2").unwrap();
+    assert!(
+        s.c.nodes[0].wait_for("from-gw2.xml", b"gw2", T),
+        "gw2's write no longer reaches gw1"
+    );
+    still_healthy(&s.c, "after-forged-progress.xml");
+}

@@ -127,6 +127,13 @@ pub fn render(sources: &Sources) -> String {
     );
     if let Some(service) = &sources.service {
         let status = service.status();
+        family(
+            &mut out,
+            "depfs_peers_disconnected_slow_total",
+            "counter",
+            "Peers disconnected for asking for more chunks than they read.",
+            &[(String::new(), status.slow_readers_disconnected as f64)],
+        );
         let c = status.counters;
         for (name, help, value) in [
             (
@@ -153,6 +160,11 @@ pub fn render(sources: &Sources) -> String {
                 "depfs_changes_ahead_of_clock_total",
                 "Batches refused: a change stamped further ahead of this node's clock than max_clock_ahead_s.",
                 c.changes_from_the_future,
+            ),
+            (
+                "depfs_progress_claims_cut_total",
+                "Progress claims from peers cut to what they backed with changes.",
+                c.progress_claims_cut,
             ),
             (
                 "depfs_chunks_received_total",

@@ -36,3 +36,7 @@ pub const MAX_SYMLINK_LEN: usize = 4095;
 /// Largest message frame on the network. `Changes` and `Chunks` messages are built well
 /// below it (a few MiB); anything larger is refused before it is read.
 pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
+
+/// Most members a cluster may have: the most nodes a version vector names. Bounds every
+/// progress claim a peer sends (a gateway cluster has a handful of nodes).
+pub const MAX_MEMBERS: usize = 1024;

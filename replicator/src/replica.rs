@@ -227,6 +227,8 @@ pub struct Counters {
     /// Batches refused because a change was stamped too far ahead of the local clock
     /// (the peer is disconnected; it retries when it reconnects).
     pub changes_from_the_future: u64,
+    /// Progress claims cut to what their sender backed with changes.
+    pub progress_claims_cut: u64,
     /// Chunks received from peers and stored.
     pub chunks_received: u64,
     /// Chunks sent to peers.
@@ -820,6 +822,10 @@ impl Replica {
                 }
                 Err(e) => return Err(store_err(e)),
             };
+            if applied.unproven {
+                self.counters.progress_claims_cut += 1;
+                tracing::warn!(peer = %from, "the peer claimed progress it did not back with changes; adopted only what it backed");
+            }
             if let Some(first) = applied.not_made_here.first() {
                 self.counters.changes_refused += applied.not_made_here.len() as u64;
                 tracing::error!(peer = %from, changes = applied.not_made_here.len(), %first, own_seq = self.store.own_seq(), "refused changes under this node's name that it did not make (forged, or lost with this store's last writes)");

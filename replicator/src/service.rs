@@ -91,6 +91,8 @@ pub struct ServiceStatus {
     pub progress: VersionVector,
     /// Running totals of the replica.
     pub counters: crate::replica::Counters,
+    /// Peers disconnected for asking for chunks faster than they read them.
+    pub slow_readers_disconnected: u64,
 }
 
 /// The role this node plays after a change of manager (one-way mode).
@@ -112,12 +114,62 @@ pub struct Callbacks {
     pub on_role: Box<dyn Fn(RoleChange) + Send>,
 }
 
+/// Bytes of frames queued towards one peer beyond which its chunk requests wait: a peer
+/// that asks for chunks and does not read the answers is served no faster than it
+/// reads (an honest peer fetching a large file is only slowed to its own pace).
+pub const SEND_QUEUE_BYTES: usize = 64 << 20;
+
+/// Chunk hashes a peer may have asked for and be waiting for while its send queue is
+/// full (32 MiB of hashes, the chunk lists of several of the largest files a frame can
+/// carry); a peer that asks for more is disconnected.
+pub const DEFERRED_CHUNK_HASHES: usize = 1 << 20;
+
+/// Bytes of frames received from one connection and not yet handled by the replica
+/// thread; past it the connection is not read (QUIC flow control then holds the peer).
+pub const RECEIVE_QUEUE_BYTES: usize = 64 << 20;
+
+/// The replica thread's side of a connection.
+struct Link {
+    conn: u64,
+    /// The connection itself, to close it at once (a close sent through `tx` would wait
+    /// behind everything queued for a peer that does not read).
+    connection: quinn::Connection,
+    tx: tmpsc::UnboundedSender<Outgoing>,
+    /// Bytes handed to the connection's writer and not written yet.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set while chunk requests wait: the writer then reports when it has drained.
+    waiting: Arc<std::sync::atomic::AtomicBool>,
+    /// Chunk requests waiting for the send queue to drain, in arrival order.
+    deferred: std::collections::VecDeque<Message>,
+    deferred_hashes: usize,
+}
+
+impl Link {
+    fn send(&self, msg: &Message) {
+        let bytes = frame::encode(msg);
+        self.queued.fetch_add(bytes.len(), Ordering::AcqRel);
+        let _ = self.tx.send(Outgoing::Frame(bytes));
+    }
+
+    fn full(&self) -> bool {
+        self.queued.load(Ordering::Acquire) > SEND_QUEUE_BYTES
+    }
+}
+
 enum Event {
     Connected {
         peer: NodeName,
         conn: u64,
         role: Option<CertRole>,
+        connection: quinn::Connection,
         tx: tmpsc::UnboundedSender<Outgoing>,
+        queued: Arc<std::sync::atomic::AtomicUsize>,
+        waiting: Arc<std::sync::atomic::AtomicBool>,
+    },
+    /// The writer of a connection whose chunk requests wait has drained its queue.
+    Drained {
+        peer: NodeName,
+        conn: u64,
     },
     Disconnected {
         peer: NodeName,
@@ -127,6 +179,8 @@ enum Event {
         peer: NodeName,
         conn: u64,
         msg: Message,
+        /// Its share of the connection's receive budget, returned when handled.
+        _budget: tokio::sync::OwnedSemaphorePermit,
     },
     LocalCommit,
     Status(mpsc::Sender<ServiceStatus>),
@@ -163,6 +217,8 @@ struct Shared {
     /// Which node answered at which dialled address.
     addr_names: Mutex<HashMap<String, NodeName>>,
     next_conn: AtomicU64,
+    /// Peers disconnected for asking for chunks faster than they read them.
+    refused_slow_readers: AtomicU64,
 }
 
 /// The running replicator.
@@ -238,6 +294,7 @@ impl Service {
             peers: Mutex::new(BTreeMap::new()),
             addr_names: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            refused_slow_readers: AtomicU64::new(0),
         });
 
         let replica = Replica::new(store, Vec::new(), config.replica.clone())
@@ -339,7 +396,7 @@ fn replica_loop(
     callbacks: Callbacks,
     tick: Duration,
 ) {
-    let mut senders: BTreeMap<NodeName, (u64, tmpsc::UnboundedSender<Outgoing>)> = BTreeMap::new();
+    let mut links: BTreeMap<NodeName, Link> = BTreeMap::new();
     let mut backlog: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
     let mut next_tick = Instant::now() + tick;
     loop {
@@ -355,31 +412,61 @@ fn replica_loop(
                 peer,
                 conn,
                 role,
+                connection,
                 tx,
+                queued,
+                waiting,
             }) => {
-                senders.insert(peer.clone(), (conn, tx));
+                links.insert(
+                    peer.clone(),
+                    Link {
+                        conn,
+                        connection,
+                        tx,
+                        queued,
+                        waiting,
+                        deferred: Default::default(),
+                        deferred_hashes: 0,
+                    },
+                );
                 replica.set_peer_role(&peer, role);
                 outputs = replica.connected(&peer, now_ms());
             }
             Ok(Event::Disconnected { peer, conn }) => {
-                if senders.get(&peer).is_some_and(|(c, _)| *c == conn) {
-                    senders.remove(&peer);
+                if links.get(&peer).is_some_and(|l| l.conn == conn) {
+                    links.remove(&peer);
                     replica.disconnected(&peer);
                 }
             }
-            Ok(Event::Received { peer, conn, msg }) => {
-                if senders.get(&peer).is_some_and(|(c, _)| *c == conn) {
-                    match replica.receive(&peer, msg, now_ms()) {
-                        Ok(out) => outputs = out,
-                        Err(e) => {
-                            tracing::warn!(%peer, error = %e, "closing the connection to a peer that sent bad data");
-                            if let Some((_, tx)) = senders.remove(&peer) {
-                                let _ = tx.send(Outgoing::Close(e.to_string()));
-                            }
-                            replica.disconnected(&peer);
+            Ok(Event::Drained { peer, conn }) => {
+                if links.get(&peer).is_some_and(|l| l.conn == conn) {
+                    serve_deferred(&mut replica, &mut links, &peer, &callbacks);
+                }
+            }
+            Ok(Event::Received {
+                peer, conn, msg, ..
+            }) => {
+                let Some(link) = links.get_mut(&peer).filter(|l| l.conn == conn) else {
+                    continue;
+                };
+                if let Message::GetChunks { hashes } = &msg {
+                    if link.full() || !link.deferred.is_empty() {
+                        link.deferred_hashes += hashes.len();
+                        if link.deferred_hashes > DEFERRED_CHUNK_HASHES {
+                            shared.refused_slow_readers.fetch_add(1, Ordering::Relaxed);
+                            let why = format!(
+                                "asked for more than {DEFERRED_CHUNK_HASHES} chunks without reading the answers"
+                            );
+                            tracing::warn!(%peer, "closing the connection to a peer that {why}");
+                            close_link(&mut replica, &mut links, &peer, &why);
+                        } else {
+                            link.deferred.push_back(msg);
+                            link.waiting.store(true, Ordering::Release);
                         }
+                        continue;
                     }
                 }
+                outputs = handle(&mut replica, &mut links, &peer, msg);
             }
             Ok(Event::LocalCommit) => {
                 // Many commits may be queued: one push covers them all. Other events
@@ -413,28 +500,88 @@ fn replica_loop(
                 Err(e) => tracing::error!(error = %e, "periodic replication work failed"),
             }
         }
-        for output in outputs {
-            match output {
-                Output::Send { to, msg } => {
-                    if let Some((_, tx)) = senders.get(&to) {
-                        let _ = tx.send(Outgoing::Frame(frame::encode(&msg)));
-                    }
-                }
-                Output::Changed(paths) => (callbacks.on_changed)(paths),
-                Output::Role {
-                    manager,
-                    term,
-                    manages,
-                } => (callbacks.on_role)(RoleChange {
-                    manager,
-                    term,
-                    manages,
-                }),
-            }
+        deliver(outputs, &links, &callbacks);
+    }
+    for (_, link) in links {
+        let _ = link.tx.send(Outgoing::Close("shutting down".into()));
+    }
+}
+
+/// Hands `msg` from `peer` to the replica; a peer that sent bad data is disconnected.
+fn handle(
+    replica: &mut Replica,
+    links: &mut BTreeMap<NodeName, Link>,
+    peer: &NodeName,
+    msg: Message,
+) -> Vec<Output> {
+    match replica.receive(peer, msg, now_ms()) {
+        Ok(out) => out,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "closing the connection to a peer that sent bad data");
+            close_link(replica, links, peer, &e.to_string());
+            Vec::new()
         }
     }
-    for (_, (_, tx)) in senders {
-        let _ = tx.send(Outgoing::Close("shutting down".into()));
+}
+
+fn close_link(
+    replica: &mut Replica,
+    links: &mut BTreeMap<NodeName, Link>,
+    peer: &NodeName,
+    reason: &str,
+) {
+    if let Some(link) = links.remove(peer) {
+        link.connection.close(3u32.into(), reason.as_bytes());
+    }
+    replica.disconnected(peer);
+}
+
+/// Answers `peer`'s waiting chunk requests while its send queue has room.
+fn serve_deferred(
+    replica: &mut Replica,
+    links: &mut BTreeMap<NodeName, Link>,
+    peer: &NodeName,
+    callbacks: &Callbacks,
+) {
+    loop {
+        let Some(link) = links.get_mut(peer) else {
+            return;
+        };
+        if link.full() {
+            link.waiting.store(true, Ordering::Release);
+            return;
+        }
+        let Some(msg) = link.deferred.pop_front() else {
+            return;
+        };
+        if let Message::GetChunks { hashes } = &msg {
+            link.deferred_hashes = link.deferred_hashes.saturating_sub(hashes.len());
+        }
+        let outputs = handle(replica, links, peer, msg);
+        deliver(outputs, links, callbacks);
+    }
+}
+
+/// Carries out what the replica asked for.
+fn deliver(outputs: Vec<Output>, links: &BTreeMap<NodeName, Link>, callbacks: &Callbacks) {
+    for output in outputs {
+        match output {
+            Output::Send { to, msg } => {
+                if let Some(link) = links.get(&to) {
+                    link.send(&msg);
+                }
+            }
+            Output::Changed(paths) => (callbacks.on_changed)(paths),
+            Output::Role {
+                manager,
+                term,
+                manages,
+            } => (callbacks.on_role)(RoleChange {
+                manager,
+                term,
+                manages,
+            }),
+        }
     }
 }
 
@@ -474,6 +621,7 @@ fn status(replica: &Replica, shared: &Shared) -> ServiceStatus {
         pending_transfers: replica.pending_transfers(),
         progress,
         counters: replica.counters(),
+        slow_readers_disconnected: shared.refused_slow_readers.load(Ordering::Relaxed),
     }
 }
 
@@ -590,13 +738,19 @@ async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>, dialled_by
     };
     if let Ok((mut send, mut recv)) = streams {
         let (tx, mut rx) = tmpsc::unbounded_channel();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let waiting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let _ = shared.events.send(Event::Connected {
             peer: peer.clone(),
             conn: id,
             role: tls::peer_role(&conn),
+            connection: conn.clone(),
             tx,
+            queued: queued.clone(),
+            waiting: waiting.clone(),
         });
         let writer_conn = conn.clone();
+        let (writer_peer, writer_events) = (peer.clone(), shared.events.clone());
         let writer = tokio::spawn(async move {
             while let Some(out) = rx.recv().await {
                 match out {
@@ -605,6 +759,13 @@ async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>, dialled_by
                             break;
                         }
                         bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        let left = queued.fetch_sub(bytes.len(), Ordering::AcqRel) - bytes.len();
+                        if left <= SEND_QUEUE_BYTES / 2 && waiting.swap(false, Ordering::AcqRel) {
+                            let _ = writer_events.send(Event::Drained {
+                                peer: writer_peer.clone(),
+                                conn: id,
+                            });
+                        }
                     }
                     Outgoing::Close(reason) => {
                         let _ = send.finish();
@@ -614,6 +775,7 @@ async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>, dialled_by
                 }
             }
         });
+        let budget = Arc::new(tokio::sync::Semaphore::new(RECEIVE_QUEUE_BYTES));
         loop {
             match frame::read(&mut recv).await {
                 Ok((msg, size)) => {
@@ -621,10 +783,17 @@ async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>, dialled_by
                     if let Some(info) = shared.peers.lock().get_mut(&peer) {
                         info.rtt_ms = conn.rtt().as_secs_f64() * 1000.0;
                     }
+                    // Wait (not reading the next frame) while the replica thread holds
+                    // too many of this connection's frames.
+                    let share = size.clamp(1, RECEIVE_QUEUE_BYTES) as u32;
+                    let Ok(permit) = budget.clone().acquire_many_owned(share).await else {
+                        break;
+                    };
                     let _ = shared.events.send(Event::Received {
                         peer: peer.clone(),
                         conn: id,
                         msg,
+                        _budget: permit,
                     });
                 }
                 Err(frame::FrameError::Stream(_)) => break,

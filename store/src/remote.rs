@@ -27,6 +27,9 @@ pub struct Applied {
     pub changed: Vec<RelPath>,
     /// True if the node's progress moved to the sender's (see [`Store::apply_remote`]).
     pub progressed: bool,
+    /// The sender's progress claim named more than it could back (see
+    /// `Store::provable`); only the part it backs was adopted.
+    pub unproven: bool,
     /// Changes under this node's name beyond its own sequence: it did not make them (or
     /// lost them with its store's last writes). They are not applied.
     pub not_made_here: Vec<Dot>,
@@ -151,11 +154,9 @@ impl Store {
         batch.release_log_records()?;
         if let Some((base, upto)) = progress {
             if writer.vv.dominates(base) {
-                // Progress for this node's own changes is its own sequence, whatever a
-                // peer claims: adopting more would make its next changes look known.
-                let mut upto = upto.clone();
-                upto.cap(&own, writer.seq);
-                writer.vv.merge(&upto);
+                let provable = self.provable(upto, changes, &writer.vv, &own, writer.seq)?;
+                applied.unproven = provable != *upto;
+                writer.vv.merge(&provable);
                 applied.progressed = true;
             }
         }
@@ -163,6 +164,58 @@ impl Store {
         applied.changed = batch.changed.iter().cloned().collect();
         self.write_batch(batch, Durability::Process)?;
         Ok(applied)
+    }
+
+    /// The part of a peer's progress claim `upto` that it can back: for each node, no
+    /// more than this node already covers, the batch's changes and contexts name, or
+    /// its log holds (earlier parts of the batch); for this node itself, no more than
+    /// its own sequence `own_seq`. A peer that claims more (a forged `mgr:1000000`)
+    /// would otherwise make this node, and every node it talks to, take the named
+    /// node's next changes for known ones. An honest claim is cut only for changes
+    /// of which nothing is left anywhere (collected tombstones, on a node that joined
+    /// after); the entry then catches up with that node's next change.
+    fn provable(
+        &self,
+        upto: &VersionVector,
+        changes: &[Change],
+        covered: &VersionVector,
+        own: &NodeName,
+        own_seq: u64,
+    ) -> Result<VersionVector> {
+        let mut evidence = covered.clone();
+        for change in changes {
+            evidence.raise(&change.dot.node, change.dot.seq);
+            for op in &change.ops {
+                evidence.merge(&op.ctx);
+            }
+        }
+        let mut provable = VersionVector::new();
+        for (node, seq) in upto.iter() {
+            let bound = if node == own {
+                own_seq
+            } else if evidence.get(node) >= seq {
+                seq
+            } else {
+                evidence.get(node).max(self.highest_logged(node)?)
+            };
+            provable.raise(node, seq.min(bound));
+        }
+        debug_assert!(upto.dominates(&provable), "a claim is only ever cut");
+        Ok(provable)
+    }
+
+    /// The highest sequence number of `node`'s changes this store has a log record of.
+    fn highest_logged(&self, node: &NodeName) -> Result<u64> {
+        let db = &self.inner.db;
+        let mut iter = db.raw_iterator_cf(cf(db, CF_LOG));
+        iter.seek_for_prev(log_key(&Dot::new(node.clone(), u64::MAX)));
+        let found = iter
+            .key()
+            .and_then(parse_log_key)
+            .filter(|dot| &dot.node == node)
+            .map_or(0, |dot| dot.seq);
+        iter.status()?;
+        Ok(found)
     }
 
     /// Refuses a file version whose chunk references claim other lengths than the
