@@ -555,3 +555,25 @@ fn forged_progress_claims_are_not_adopted() {
     );
     still_healthy(&s.c, "after-forged-progress.xml");
 }
+
+/// A node whose private key other users can read does not start: whoever reads it can
+/// act as the node.
+#[test]
+fn a_private_key_readable_by_others_is_refused_at_mount() {
+    use std::os::unix::fs::PermissionsExt;
+    let ca = common::Ca::new();
+    let rest = format!(
+        "listen = \"127.0.0.1:{}\"\npeers = []\n{}",
+        common::free_port(),
+        ca.issue("gw1")
+    );
+    let key = ca.dir.path().join("certs").join("gw1.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let node = Node::with_config("gw1", &rest);
+    let out = node.try_mount(&[]);
+    assert!(!out.status.success(), "mounted with a key of mode 644");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("readable by other users"), "{err}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    node.mount();
+}

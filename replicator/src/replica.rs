@@ -186,6 +186,9 @@ pub enum PromoteError {
     /// Nothing to do.
     #[error("this node already is the manager (term {0})")]
     AlreadyManager(u64),
+    /// The history holds the most terms a peer accepts.
+    #[error("the leadership history already holds {0} terms, the most a peer accepts")]
+    HistoryFull(usize),
     /// The store could not record the new term.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -344,10 +347,8 @@ impl Replica {
         let Some(term) = claimed.current().cloned() else {
             return Ok(());
         };
-        if &term.manager == from
-            && self.roles.get(from).copied().flatten() == Some(CertRole::Worker)
-        {
-            tracing::warn!(peer = %from, term = term.number, "peer claims to be the manager but holds a worker's certificate; not followed");
+        if let Err(why) = self.may_manage(&term.manager) {
+            tracing::warn!(peer = %from, manager = %term.manager, term = term.number, "a new term is not followed: {why}");
             return Ok(());
         }
         let was_manager = self.is_manager();
@@ -376,6 +377,22 @@ impl Replica {
         Ok(())
     }
 
+    /// Whether a term naming `manager` can be followed: never one naming this node (it
+    /// knows its own promotions) or a node whose certificate this node has seen allow
+    /// only the worker role, whoever relays it. A term naming a node never met here is
+    /// followed: workers relay terms to workers the manager does not reach
+    /// (docs/operations.md). Terms are not signed yet, so a member can still relay a
+    /// term for a made-up manager (docs/reliability.md, "Threat model").
+    fn may_manage(&self, manager: &NodeName) -> Result<(), &'static str> {
+        if manager == self.store.node() {
+            return Err("it names this node, which was not promoted");
+        }
+        match self.roles.get(manager) {
+            Some(Some(CertRole::Worker)) => Err("its manager holds a worker's certificate"),
+            _ => Ok(()),
+        }
+    }
+
     fn role_output(&self) -> Output {
         let lead = self.store.leadership();
         Output::Role {
@@ -393,6 +410,10 @@ impl Replica {
         }
         if self.is_manager() {
             return Err(PromoteError::AlreadyManager(self.store.leadership().term()));
+        }
+        if self.store.leadership().terms().len() >= depfs_proto::lead::MAX_TERMS {
+            // One more term would make a history every peer refuses.
+            return Err(PromoteError::HistoryFull(depfs_proto::lead::MAX_TERMS));
         }
         let lead = self
             .store

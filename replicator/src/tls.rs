@@ -107,6 +107,29 @@ pub fn peer_role(conn: &quinn::Connection) -> Option<crate::pki::CertRole> {
     role_of(certs.first()?)
 }
 
+/// Refuses a private key file that users other than its owner may read: whoever reads
+/// it can act as this node (`depfs ca issue` writes keys mode 600).
+fn refuse_shared_key(key: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(key)
+        .map_err(|e| TlsError::File {
+            path: key.display().to_string(),
+            detail: e.to_string(),
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(TlsError::File {
+            path: key.display().to_string(),
+            detail: format!(
+                "the private key is readable by other users (mode {:o}); run chmod 600 on it",
+                mode & 0o777
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Loads the CA, the node's certificate and key, checks that the certificate is for
 /// `node` and signed by the CA and valid now, and builds the TLS configurations.
 pub fn load(ca: &Path, cert: &Path, key: &Path, node: &NodeName) -> Result<TlsConfig, TlsError> {
@@ -130,6 +153,7 @@ pub fn load(ca: &Path, cert: &Path, key: &Path, node: &NodeName) -> Result<TlsCo
             detail: "no certificate in file".into(),
         });
     };
+    refuse_shared_key(key)?;
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(file_err(key))?;
     match node_name_of(leaf) {
         Some(name) if &name == node => {}

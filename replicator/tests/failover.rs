@@ -78,6 +78,9 @@ impl Net {
     fn connect(&mut self, a: usize, b: usize) {
         self.links.insert((a.min(b), a.max(b)));
         let (na, nb) = (self.name(a), self.name(b));
+        // Certificates that allow any role, as the transport would report them.
+        self.nodes[a].set_peer_role(&nb, None);
+        self.nodes[b].set_peer_role(&na, None);
         let out = self.nodes[a].connected(&nb, self.now);
         self.route(a, out);
         let out = self.nodes[b].connected(&na, self.now);

@@ -142,3 +142,77 @@ fn multi_writer_accepts_every_member() {
         .unwrap()
         .is_some());
 }
+
+/// A member relays a history whose new term names a node whose certificate allows
+/// only the worker role, or names the receiving node itself: neither is followed, and
+/// the relayed changes are refused like any non-manager's.
+#[test]
+fn a_relayed_term_for_a_worker_or_for_the_receiver_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let m_name = NodeName::new("m").unwrap();
+    let mut manager = replica(dir.path(), "m", Mode::OneWay, true);
+    let mut worker = replica(dir.path(), "w1", Mode::OneWay, false);
+    connect(
+        &mut worker,
+        Some(CertRole::Worker),
+        &mut manager,
+        Some(CertRole::Manager),
+    );
+    assert_eq!(worker.manager(), Some(m_name.clone()));
+    // w9 holds a worker certificate, as w1 has seen.
+    let mut w9 = replica(dir.path(), "w9", Mode::OneWay, false);
+    connect(
+        &mut worker,
+        Some(CertRole::Worker),
+        &mut w9,
+        Some(CertRole::Worker),
+    );
+
+    for named in ["w9", "w1"] {
+        // A relaying worker whose store holds the forged history.
+        let liar_name = format!("liar-{named}");
+        let mut liar = replica(dir.path(), &liar_name, Mode::OneWay, false);
+        let forged = Leadership::first(m_name.clone(), VersionVector::new())
+            .promote(NodeName::new(named).unwrap(), VersionVector::new());
+        liar.store().set_leadership(forged).unwrap();
+        write(&liar, &format!("{named}.xml"), b"forged");
+        connect(
+            &mut worker,
+            Some(CertRole::Worker),
+            &mut liar,
+            Some(CertRole::Worker),
+        );
+        assert_eq!(
+            worker.manager(),
+            Some(m_name.clone()),
+            "followed a term naming {named}"
+        );
+        assert_eq!(worker.store().leadership().term(), 1);
+        assert!(worker
+            .store()
+            .get(&RelPath::parse(format!("{named}.xml").as_bytes()).unwrap())
+            .unwrap()
+            .is_none());
+    }
+}
+
+/// `promote` refuses to make a history longer than any peer accepts, instead of
+/// making one every peer then drops the connection over.
+#[test]
+fn promote_stops_at_the_longest_history_a_peer_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = replica(dir.path(), "w1", Mode::OneWay, false);
+    let other = NodeName::new("m").unwrap();
+    let mut lead = Leadership::first(other.clone(), VersionVector::new());
+    while lead.terms().len() < depfs_proto::lead::MAX_TERMS {
+        lead = lead.promote(other.clone(), VersionVector::new());
+    }
+    node.store().set_leadership(lead).unwrap();
+    let refused = node.promote(3000);
+    assert!(
+        matches!(refused, Err(depfs_replicator::PromoteError::HistoryFull(_))),
+        "{:?}",
+        refused.map(|(t, _)| t)
+    );
+    assert!(node.store().leadership().validate().is_ok());
+}
