@@ -1,7 +1,8 @@
 //! The Prometheus metrics endpoint, when the node config has `metrics = "ADDR:PORT"`:
 //! `GET /metrics` in the text exposition format, from a small HTTP/1.1 responder on a
 //! thread of its own. Everything it reports is read from counters the daemon keeps
-//! anyway (no scans of the store).
+//! anyway, except each peer's lag, which scans the change log on this thread (never on
+//! the replica thread).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -224,6 +224,8 @@ struct Shared {
 /// The running replicator.
 pub struct Service {
     shared: Arc<Shared>,
+    /// For the parts of `status` that read the store (lag), on the caller's thread.
+    store: Store,
     runtime: Option<tokio::runtime::Runtime>,
     endpoint: quinn::Endpoint,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -297,6 +299,7 @@ impl Service {
             refused_slow_readers: AtomicU64::new(0),
         });
 
+        let status_store = store.clone();
         let replica = Replica::new(store, Vec::new(), config.replica.clone())
             .expecting_peers(config.peers.len())
             .with_mode(config.mode);
@@ -319,6 +322,7 @@ impl Service {
         tracing::info!(listen = %local_addr, "replicator listening");
         Ok(Service {
             shared,
+            store: status_store,
             runtime: Some(runtime),
             endpoint,
             thread: Some(thread),
@@ -350,7 +354,9 @@ impl Service {
         if self.shared.events.send(Event::Status(tx)).is_err() {
             return ServiceStatus::default();
         }
-        rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default()
+        let mut status = rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default();
+        add_lag(&self.store, &mut status);
+        status
     }
 
     /// `depfs promote`: makes this node the manager of its one-way cluster in a new
@@ -585,22 +591,33 @@ fn deliver(outputs: Vec<Output>, links: &BTreeMap<NodeName, Link>, callbacks: &C
     }
 }
 
-fn status(replica: &Replica, shared: &Shared) -> ServiceStatus {
-    let store = replica.store();
-    let progress = store.version_vector();
+/// Each peer's lag: the changes it has not acknowledged, and how old the oldest is. It
+/// scans the change log, so it runs on the thread asking (`depfs status`, a metrics
+/// scrape), never on the replica thread, which would stop replicating meanwhile.
+fn add_lag(store: &Store, status: &mut ServiceStatus) {
     let now = now_ms();
+    for peer in &mut status.peers {
+        let Ok(name) = NodeName::new(&peer.name) else {
+            continue;
+        };
+        let acked = store.peer_acked(&name).unwrap_or_default();
+        let missing = store.dots_since(&acked).unwrap_or_default();
+        peer.lag_changes = missing.len() as u64;
+        peer.lag_ms = missing
+            .first()
+            .and_then(|d| store.log_record(d).ok().flatten())
+            .map(|r| now.saturating_sub(r.hlc.wall_ms))
+            .unwrap_or(0);
+    }
+}
+
+fn status(replica: &Replica, shared: &Shared) -> ServiceStatus {
+    let progress = replica.store().version_vector();
     let peers = shared
         .peers
         .lock()
         .iter()
         .map(|(name, info)| {
-            let acked = store.peer_acked(name).unwrap_or_default();
-            let missing = store.dots_since(&acked).unwrap_or_default();
-            let lag_ms = missing
-                .first()
-                .and_then(|d| store.log_record(d).ok().flatten())
-                .map(|r| now.saturating_sub(r.hlc.wall_ms))
-                .unwrap_or(0);
             PeerStatus {
                 name: name.to_string(),
                 addr: info.addr.clone(),
@@ -609,8 +626,9 @@ fn status(replica: &Replica, shared: &Shared) -> ServiceStatus {
                 rtt_ms: info.rtt_ms,
                 bytes_sent: info.bytes_sent.load(Ordering::Relaxed),
                 bytes_received: info.bytes_received.load(Ordering::Relaxed),
-                lag_changes: missing.len() as u64,
-                lag_ms,
+                // Filled in by `add_lag`, off this thread.
+                lag_changes: 0,
+                lag_ms: 0,
                 behind_changes: replica.behind(name),
             }
         })
