@@ -427,16 +427,6 @@ fn chunk_references_that_lie_about_their_length_are_refused() {
     still_healthy(&s.c, "after-lying-lengths.xml");
 }
 
-/// The daemon's resident memory in bytes.
-fn rss_of(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
-}
-
 /// A member that asks for chunks again and again and never reads the answers: the
 /// victim stops answering while its queue towards it is full, keeps the requests only
 /// up to a bound, then disconnects it; its memory stays bounded and it keeps serving.
@@ -465,7 +455,7 @@ fn a_peer_that_asks_for_chunks_and_never_reads_is_bounded_then_disconnected() {
     let request: Vec<ChunkHash> = hashes.iter().copied().cycle().take(256).collect();
     let ask = frame(&Message::GetChunks { hashes: request });
     let pid = s.c.nodes[0].daemon_pid().unwrap();
-    let before = rss_of(pid);
+    let before = common::rss_of(pid);
     let limit = before + (400 << 20);
 
     let outcome: Result<String, String> = s.evil.rt.block_on(async {
@@ -491,7 +481,7 @@ fn a_peer_that_asks_for_chunks_and_never_reads_is_bounded_then_disconnected() {
             if let Some(reason) = conn.close_reason() {
                 return Ok(reason.to_string());
             }
-            let rss = rss_of(pid);
+            let rss = common::rss_of(pid);
             if rss > limit {
                 return Err(format!(
                     "after {} requests the victim's RSS is {rss} bytes (from {before})",
@@ -512,9 +502,9 @@ fn a_peer_that_asks_for_chunks_and_never_reads_is_bounded_then_disconnected() {
     assert!(reason.contains("without reading"), "closed with {reason}");
     assert!(s.c.nodes[0].daemon_alive());
     assert!(
-        rss_of(pid) < limit,
+        common::rss_of(pid) < limit,
         "RSS {} from {before} bytes",
-        rss_of(pid)
+        common::rss_of(pid)
     );
     still_healthy(&s.c, "after-unread-chunks.xml");
 }

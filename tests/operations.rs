@@ -258,17 +258,6 @@ fn the_metrics_endpoint_counts_operations_changes_and_peers() {
     assert_eq!(metric(&body, "depfs_fs_panics_total "), Some(0.0));
 }
 
-/// The daemon's resident memory in bytes.
-fn rss_of(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
 /// A request line with no end (a client that sends 64 MiB without a newline) and a
 /// client that sends a byte now and then neither grow the daemon's memory nor keep the
 /// endpoint from answering the next scrape.
@@ -279,7 +268,7 @@ fn the_metrics_endpoint_bounds_what_a_client_sends() {
     let node = common::Node::with_config("gw1", &format!("peers = []\nmetrics = \"{addr}\"\n"));
     node.mount();
     let pid = node.daemon_pid().expect("daemon pid");
-    let before = rss_of(pid);
+    let before = common::rss_of(pid);
 
     let mut flood = std::net::TcpStream::connect(&addr).unwrap();
     let block = vec![b'a'; 1 << 20];
@@ -291,7 +280,7 @@ fn the_metrics_endpoint_bounds_what_a_client_sends() {
         }
     }
     drop(flood);
-    let after = rss_of(pid);
+    let after = common::rss_of(pid);
     assert!(
         after < before + (16 << 20),
         "RSS grew from {before} to {after} bytes after {sent} bytes of request line"
