@@ -348,6 +348,18 @@ impl Side {
         }
     }
 
+    /// Opens `path` with `options` into `slot` (closing what the slot held).
+    fn keep_open(&mut self, slot: usize, path: &str, options: &OpenOptions) -> Outcome {
+        self.fds[slot] = None;
+        match options.open(self.p(path)) {
+            Ok(f) => {
+                self.fds[slot] = Some(f);
+                Outcome::Ok
+            }
+            Err(e) => errno(e),
+        }
+    }
+
     fn apply(&mut self, op: &Op, exact_mtime: bool) -> Outcome {
         match op {
             Op::Create { path, mode } => match OpenOptions::new()
@@ -477,41 +489,27 @@ impl Side {
                 }
                 Err(e) => errno(e),
             },
-            Op::OpenKeep { slot, path, create } => {
-                self.fds[*slot] = None;
-                match OpenOptions::new()
+            Op::OpenKeep { slot, path, create } => self.keep_open(
+                *slot,
+                path,
+                OpenOptions::new()
                     .read(true)
                     .write(true)
                     .create(*create)
-                    .mode(0o644)
-                    .open(self.p(path))
-                {
-                    Ok(f) => {
-                        self.fds[*slot] = Some(f);
-                        Outcome::Ok
-                    }
-                    Err(e) => errno(e),
-                }
-            }
+                    .mode(0o644),
+            ),
             Op::OpenReadOnly {
                 slot,
                 path,
                 exclusive,
-            } => {
-                self.fds[*slot] = None;
-                match OpenOptions::new()
+            } => self.keep_open(
+                *slot,
+                path,
+                OpenOptions::new()
                     .read(true)
                     .custom_flags(libc::O_CREAT | if *exclusive { libc::O_EXCL } else { 0 })
-                    .mode(0o644)
-                    .open(self.p(path))
-                {
-                    Ok(f) => {
-                        self.fds[*slot] = Some(f);
-                        Outcome::Ok
-                    }
-                    Err(e) => errno(e),
-                }
-            }
+                    .mode(0o644),
+            ),
             Op::FdWrite {
                 slot,
                 offset,

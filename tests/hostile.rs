@@ -199,6 +199,24 @@ fn still_healthy(c: &Cluster, marker: &str) {
     }
 }
 
+/// Evil sends `change` and then `chunks` (the frame answering the victim's request):
+/// the victim closes the connection with `reason`, stays up, and no node has `path`.
+fn refused_everywhere(s: &Setup, change: &Message, chunks: Vec<u8>, reason: &str, path: &str) {
+    let closed = s
+        .evil
+        .send(
+            s.victim,
+            [frame(&hello("evil")), frame(change), chunks].concat(),
+        )
+        .unwrap()
+        .expect("connection not closed");
+    assert!(closed.contains(reason), "closed with {closed}");
+    assert!(s.c.nodes[0].daemon_alive(), "the lie crashed the daemon");
+    for n in &s.c.nodes {
+        assert!(!n.path(path).exists(), "{}: applied a lying change", n.name);
+    }
+}
+
 #[test]
 fn garbage_oversized_frames_and_lies_are_refused_and_nothing_crashes() {
     let s = setup();
@@ -294,23 +312,7 @@ fn chunks_that_do_not_match_their_hash_are_refused() {
         }],
         missing: Vec::new(),
     });
-    let closed = s
-        .evil
-        .send(
-            s.victim,
-            [frame(&hello("evil")), frame(&change), lie].concat(),
-        )
-        .unwrap()
-        .expect("connection not closed");
-    assert!(closed.contains("corrupt"), "closed with {closed}");
-    assert!(s.c.nodes[0].daemon_alive());
-    for n in &s.c.nodes {
-        assert!(
-            !n.path("big.war").exists(),
-            "{}: applied a lying change",
-            n.name
-        );
-    }
+    refused_everywhere(&s, &change, lie, "corrupt", "big.war");
     still_healthy(&s.c, "after-chunks.xml");
 }
 
@@ -407,23 +409,7 @@ fn chunk_references_that_lie_about_their_length_are_refused() {
         chunks: vec![ChunkData { hash, data }],
         missing: Vec::new(),
     });
-    let closed = s
-        .evil
-        .send(
-            s.victim,
-            [frame(&hello("evil")), frame(&change), chunk].concat(),
-        )
-        .unwrap()
-        .expect("connection not closed");
-    assert!(closed.contains("references chunk"), "closed with {closed}");
-    assert!(s.c.nodes[0].daemon_alive(), "the lie crashed the daemon");
-    for n in &s.c.nodes {
-        assert!(
-            !n.path("lying.war").exists(),
-            "{}: applied a lying change",
-            n.name
-        );
-    }
+    refused_everywhere(&s, &change, chunk, "references chunk", "lying.war");
     still_healthy(&s.c, "after-lying-lengths.xml");
 }
 

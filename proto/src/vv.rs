@@ -88,18 +88,6 @@ impl VersionVector {
         }
     }
 
-    /// Lowers the entry of `node` to at most `seq`.
-    pub fn cap(&mut self, node: &NodeName, seq: u64) {
-        if self.get(node) > seq {
-            self.0.insert(node.clone(), seq);
-        }
-    }
-
-    /// The number of nodes with an entry.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     /// True if every entry of `other` is covered by `self`.
     pub fn dominates(&self, other: &VersionVector) -> bool {
         other.0.iter().all(|(node, &seq)| self.get(node) >= seq)

@@ -139,8 +139,9 @@ struct Link {
     queued: Arc<std::sync::atomic::AtomicUsize>,
     /// Set while chunk requests wait: the writer then reports when it has drained.
     waiting: Arc<std::sync::atomic::AtomicBool>,
-    /// Chunk requests waiting for the send queue to drain, in arrival order.
-    deferred: std::collections::VecDeque<Message>,
+    /// Chunk requests waiting for the send queue to drain, in arrival order, and how
+    /// many hashes they hold (changed only by `defer` and `next_deferred`).
+    deferred: std::collections::VecDeque<Vec<depfs_proto::ChunkHash>>,
     deferred_hashes: usize,
 }
 
@@ -154,17 +155,36 @@ impl Link {
     fn full(&self) -> bool {
         self.queued.load(Ordering::Acquire) > SEND_QUEUE_BYTES
     }
+
+    /// Keeps a chunk request until the send queue drains; false if that would be more
+    /// than [`DEFERRED_CHUNK_HASHES`] hashes.
+    fn defer(&mut self, hashes: Vec<depfs_proto::ChunkHash>) -> bool {
+        if self.deferred_hashes + hashes.len() > DEFERRED_CHUNK_HASHES {
+            return false;
+        }
+        self.deferred_hashes += hashes.len();
+        self.deferred.push_back(hashes);
+        self.waiting.store(true, Ordering::Release);
+        true
+    }
+
+    /// The oldest waiting chunk request, if the send queue has room for its answer.
+    fn next_deferred(&mut self) -> Option<Message> {
+        if self.full() {
+            self.waiting.store(true, Ordering::Release);
+            return None;
+        }
+        let hashes = self.deferred.pop_front()?;
+        self.deferred_hashes -= hashes.len();
+        Some(Message::GetChunks { hashes })
+    }
 }
 
 enum Event {
     Connected {
         peer: NodeName,
-        conn: u64,
         role: Option<CertRole>,
-        connection: quinn::Connection,
-        tx: tmpsc::UnboundedSender<Outgoing>,
-        queued: Arc<std::sync::atomic::AtomicUsize>,
-        waiting: Arc<std::sync::atomic::AtomicBool>,
+        link: Link,
     },
     /// The writer of a connection whose chunk requests wait has drained its queue.
     Drained {
@@ -414,27 +434,8 @@ fn replica_loop(
         };
         match event {
             Ok(Event::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Ok(Event::Connected {
-                peer,
-                conn,
-                role,
-                connection,
-                tx,
-                queued,
-                waiting,
-            }) => {
-                links.insert(
-                    peer.clone(),
-                    Link {
-                        conn,
-                        connection,
-                        tx,
-                        queued,
-                        waiting,
-                        deferred: Default::default(),
-                        deferred_hashes: 0,
-                    },
-                );
+            Ok(Event::Connected { peer, role, link }) => {
+                links.insert(peer.clone(), link);
                 replica.set_peer_role(&peer, role);
                 outputs = replica.connected(&peer, now_ms());
             }
@@ -455,23 +456,20 @@ fn replica_loop(
                 let Some(link) = links.get_mut(&peer).filter(|l| l.conn == conn) else {
                     continue;
                 };
-                if let Message::GetChunks { hashes } = &msg {
-                    if link.full() || !link.deferred.is_empty() {
-                        link.deferred_hashes += hashes.len();
-                        if link.deferred_hashes > DEFERRED_CHUNK_HASHES {
+                let msg = match msg {
+                    Message::GetChunks { hashes } if link.full() || !link.deferred.is_empty() => {
+                        if !link.defer(hashes) {
                             shared.refused_slow_readers.fetch_add(1, Ordering::Relaxed);
                             let why = format!(
                                 "asked for more than {DEFERRED_CHUNK_HASHES} chunks without reading the answers"
                             );
                             tracing::warn!(%peer, "closing the connection to a peer that {why}");
                             close_link(&mut replica, &mut links, &peer, &why);
-                        } else {
-                            link.deferred.push_back(msg);
-                            link.waiting.store(true, Ordering::Release);
                         }
                         continue;
                     }
-                }
+                    msg => msg,
+                };
                 outputs = handle(&mut replica, &mut links, &peer, msg);
             }
             Ok(Event::LocalCommit) => {
@@ -549,20 +547,7 @@ fn serve_deferred(
     peer: &NodeName,
     callbacks: &Callbacks,
 ) {
-    loop {
-        let Some(link) = links.get_mut(peer) else {
-            return;
-        };
-        if link.full() {
-            link.waiting.store(true, Ordering::Release);
-            return;
-        }
-        let Some(msg) = link.deferred.pop_front() else {
-            return;
-        };
-        if let Message::GetChunks { hashes } = &msg {
-            link.deferred_hashes = link.deferred_hashes.saturating_sub(hashes.len());
-        }
+    while let Some(msg) = links.get_mut(peer).and_then(Link::next_deferred) {
         let outputs = handle(replica, links, peer, msg);
         deliver(outputs, links, callbacks);
     }
@@ -760,12 +745,16 @@ async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>, dialled_by
         let waiting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let _ = shared.events.send(Event::Connected {
             peer: peer.clone(),
-            conn: id,
             role: tls::peer_role(&conn),
-            connection: conn.clone(),
-            tx,
-            queued: queued.clone(),
-            waiting: waiting.clone(),
+            link: Link {
+                conn: id,
+                connection: conn.clone(),
+                tx,
+                queued: queued.clone(),
+                waiting: waiting.clone(),
+                deferred: Default::default(),
+                deferred_hashes: 0,
+            },
         });
         let writer_conn = conn.clone();
         let (writer_peer, writer_events) = (peer.clone(), shared.events.clone());

@@ -43,6 +43,14 @@ fn write(r: &Replica, path: &str, bytes: &[u8]) {
     tx.commit(1000, Durability::Process).unwrap();
 }
 
+/// True if `r`'s tree has an entry at `path`.
+fn holds(r: &Replica, path: &[u8]) -> bool {
+    r.store()
+        .get(&RelPath::parse(path).unwrap())
+        .unwrap()
+        .is_some()
+}
+
 /// Delivers messages between `a` and `b` until they fall silent.
 fn exchange(a: &mut Replica, b: &mut Replica, mut from_a: Vec<Output>, mut from_b: Vec<Output>) {
     let (na, nb) = (a.store().node().clone(), b.store().node().clone());
@@ -90,11 +98,7 @@ fn a_worker_follows_the_manager_and_not_a_worker_certificate_claiming_the_role()
         Some(CertRole::Worker),
     );
     assert_eq!(worker.manager(), None, "followed a worker certificate");
-    assert!(worker
-        .store()
-        .get(&RelPath::parse(b"evil.xml").unwrap())
-        .unwrap()
-        .is_none());
+    assert!(!holds(&worker, b"evil.xml"));
 
     let m_name = NodeName::new("m").unwrap();
     let mut manager = replica(dir.path(), "m", Mode::OneWay, true);
@@ -106,11 +110,7 @@ fn a_worker_follows_the_manager_and_not_a_worker_certificate_claiming_the_role()
         Some(CertRole::Manager),
     );
     assert_eq!(worker.manager(), Some(m_name.clone()));
-    assert!(worker
-        .store()
-        .get(&RelPath::parse(b"api.xml").unwrap())
-        .unwrap()
-        .is_some());
+    assert!(holds(&worker, b"api.xml"));
 
     // Now that it follows a manager, the forged node's changes are refused, not applied.
     worker.disconnected(forged.store().node());
@@ -121,11 +121,7 @@ fn a_worker_follows_the_manager_and_not_a_worker_certificate_claiming_the_role()
         &mut forged,
         Some(CertRole::Worker),
     );
-    assert!(worker
-        .store()
-        .get(&RelPath::parse(b"evil.xml").unwrap())
-        .unwrap()
-        .is_none());
+    assert!(!holds(&worker, b"evil.xml"));
     assert_eq!(worker.store().leadership().manager(), Some(&m_name));
 }
 
@@ -136,11 +132,7 @@ fn multi_writer_accepts_every_member() {
     let mut b = replica(dir.path(), "b", Mode::MultiWriter, false);
     write(&b, "x", b"from b");
     connect(&mut a, None, &mut b, None);
-    assert!(a
-        .store()
-        .get(&RelPath::parse(b"x").unwrap())
-        .unwrap()
-        .is_some());
+    assert!(holds(&a, b"x"));
 }
 
 /// A member relays a history whose new term names a node whose certificate allows
@@ -188,11 +180,7 @@ fn a_relayed_term_for_a_worker_or_for_the_receiver_is_not_followed() {
             "followed a term naming {named}"
         );
         assert_eq!(worker.store().leadership().term(), 1);
-        assert!(worker
-            .store()
-            .get(&RelPath::parse(format!("{named}.xml").as_bytes()).unwrap())
-            .unwrap()
-            .is_none());
+        assert!(!holds(&worker, format!("{named}.xml").as_bytes()));
     }
 }
 

@@ -154,7 +154,7 @@ impl Store {
         batch.release_log_records()?;
         if let Some((base, upto)) = progress {
             if writer.vv.dominates(base) {
-                let provable = self.provable(upto, changes, &writer.vv, &own, writer.seq)?;
+                let provable = self.provable(upto, changes, &writer.vv, writer.seq)?;
                 applied.unproven = provable != *upto;
                 writer.vv.merge(&provable);
                 applied.progressed = true;
@@ -179,9 +179,9 @@ impl Store {
         upto: &VersionVector,
         changes: &[Change],
         covered: &VersionVector,
-        own: &NodeName,
         own_seq: u64,
     ) -> Result<VersionVector> {
+        let own = self.node();
         let mut evidence = covered.clone();
         for change in changes {
             evidence.raise(&change.dot.node, change.dot.seq);
