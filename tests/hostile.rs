@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::{wait_until, Cluster, Node};
+use depfs_proto::seal::op_digest;
 use depfs_proto::{
     Change, ChangeOp, ChunkData, ChunkHash, ChunkRef, Content, Dot, Hlc, Kind, Message, Meta,
-    NodeName, RelPath, State, Timespec, VersionVector,
+    NodeName, RelPath, Seal, SignChanges, State, Timespec, VersionVector,
 };
 
 const T: Duration = Duration::from_secs(30);
@@ -37,6 +38,8 @@ fn peer_names(node: &Node) -> Vec<String> {
 struct Hostile {
     rt: tokio::runtime::Runtime,
     endpoint: quinn::Endpoint,
+    /// Its key, which it signs its own changes with (it is a member).
+    identity: depfs_replicator::tls::Identity,
 }
 
 impl Hostile {
@@ -56,7 +59,11 @@ impl Hostile {
             e.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
             e
         };
-        Hostile { rt, endpoint }
+        Hostile {
+            rt,
+            endpoint,
+            identity: tls.identity,
+        }
     }
 
     /// Connects and sends `bytes` on a stream; returns how the daemon ended the
@@ -115,32 +122,61 @@ fn node(n: &str) -> NodeName {
     NodeName::new(n).unwrap()
 }
 
-/// A `Changes` message from `origin` writing `path` with `content`.
-fn changes(origin: &str, path: &str, content: Content) -> Message {
-    let dot = Dot::new(node(origin), 1);
+/// Change `seq` of `origin`, writing `path` with `content`, sealed by `signer`.
+fn change(
+    origin: &str,
+    seq: u64,
+    path: &str,
+    content: Content,
+    signer: &dyn SignChanges,
+) -> Change {
+    let dot = Dot::new(node(origin), seq);
     let mut ctx = VersionVector::new();
-    ctx.raise(&node(origin), 1);
+    ctx.raise(&node(origin), seq);
+    let op = ChangeOp {
+        path: RelPath::parse(path.as_bytes()).unwrap(),
+        ctx,
+        state: State::Live(depfs_proto::Node {
+            meta: meta(Kind::File),
+            content,
+        }),
+    };
+    let hlc = Hlc::new(1, 0);
+    let seal = Seal::new(
+        &dot,
+        hlc,
+        vec![op_digest(&op.path, &op.ctx, &op.state)],
+        signer,
+    );
+    Change {
+        dot,
+        hlc,
+        ops: vec![op],
+        seal,
+    }
+}
+
+/// A `Changes` message carrying `changes`, claiming progress up to the last of them.
+fn changes_message(changes: Vec<Change>) -> Message {
     let mut upto = VersionVector::new();
-    upto.raise(&node(origin), 1);
+    for c in &changes {
+        upto.raise(&c.dot.node, c.dot.seq);
+    }
     Message::Changes {
         batch: 1,
         part: 0,
         last: true,
         base: VersionVector::new(),
-        changes: vec![Change {
-            dot,
-            hlc: Hlc::new(1, 0),
-            ops: vec![ChangeOp {
-                path: RelPath::parse(path.as_bytes()).unwrap(),
-                ctx,
-                state: State::Live(depfs_proto::Node {
-                    meta: meta(Kind::File),
-                    content,
-                }),
-            }],
-        }],
+        certificates: Vec::new(),
+        changes,
         upto: Some(upto),
     }
+}
+
+/// A `Changes` message from evil, honestly signed, writing `path` with `content`.
+fn changes(evil: &Hostile, path: &str, content: Content) -> Message {
+    let signer = evil.identity.signer.as_ref();
+    changes_message(vec![change("evil", 1, path, content, signer)])
 }
 
 fn hello(name: &str) -> Message {
@@ -148,6 +184,7 @@ fn hello(name: &str) -> Message {
         node: node(name),
         vv: VersionVector::new(),
         lead: Default::default(),
+        certificates: Vec::new(),
     }
 }
 
@@ -258,7 +295,7 @@ fn garbage_oversized_frames_and_lies_are_refused_and_nothing_crashes() {
 #[test]
 fn paths_that_escape_or_break_the_tree_are_refused() {
     let s = setup();
-    let valid = |p: &str| frame(&changes("evil", p, Content::Inline(b"pwned".to_vec())));
+    let valid = |p: &str| frame(&changes(&s.evil, p, Content::Inline(b"pwned".to_vec())));
     let long_ok = format!("{}/{}", "a".repeat(150), "b".repeat(149));
     let long_bad = format!("{}{}{}", "a".repeat(150), "a", "b".repeat(149));
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -297,7 +334,7 @@ fn chunks_that_do_not_match_their_hash_are_refused() {
     let data = vec![7u8; 40_000];
     let hash = ChunkHash::of(&data);
     let change = changes(
-        "evil",
+        &s.evil,
         "big.war",
         Content::Chunked(vec![ChunkRef {
             hash,
@@ -401,7 +438,7 @@ fn chunk_references_that_lie_about_their_length_are_refused() {
     let hash = ChunkHash::of(&data);
     let lying = ChunkRef { hash, len: 60_000 };
     let change = changes(
-        "evil",
+        &s.evil,
         "lying.war",
         Content::Chunked(vec![lying, lying, lying]),
     );
@@ -411,6 +448,87 @@ fn chunk_references_that_lie_about_their_length_are_refused() {
     });
     refused_everywhere(&s, &change, chunk, "references chunk", "lying.war");
     still_healthy(&s.c, "after-lying-lengths.xml");
+}
+
+/// A member writes under other members' names: a change stamped as gw1's (signed with
+/// its own key, or not signed at all) and one stamped as gw2's sent to gw1. Each is
+/// refused as not made by its origin, the liar is disconnected, no node holds the path,
+/// and neither node's progress moves (docs/reliability.md, "Threat model").
+#[test]
+fn changes_under_another_members_name_are_refused() {
+    let s = setup();
+    let gw1_seq = |c: &Cluster| c.nodes[0].status()["progress"]["gw1"].as_u64();
+    let before = (
+        gw1_seq(&s.c),
+        s.c.nodes[0].status()["progress"]["gw2"].as_u64(),
+    );
+    let own = s.evil.identity.signer.as_ref();
+    let unsigned = {
+        let mut c = change(
+            "gw1",
+            1_000,
+            "unsigned.xml",
+            Content::Inline(b"x".to_vec()),
+            own,
+        );
+        c.seal.signature.clear();
+        c
+    };
+    let cases = [
+        (
+            "a change as gw1 signed by evil",
+            change(
+                "gw1",
+                1_000,
+                "as-gw1.xml",
+                Content::Inline(b"x".to_vec()),
+                own,
+            ),
+            "as-gw1.xml",
+        ),
+        (
+            "a change as gw2 signed by evil",
+            change(
+                "gw2",
+                1_000,
+                "as-gw2.xml",
+                Content::Inline(b"x".to_vec()),
+                own,
+            ),
+            "as-gw2.xml",
+        ),
+        ("an unsigned change as gw1", unsigned, "unsigned.xml"),
+    ];
+    for (what, forged, path) in cases {
+        let closed = s
+            .evil
+            .send(
+                s.victim,
+                [frame(&hello("evil")), frame(&changes_message(vec![forged]))].concat(),
+            )
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what}: connection not closed"));
+        assert!(
+            closed.contains("not made by its origin"),
+            "{what}: closed with {closed}"
+        );
+        assert!(s.c.nodes[0].daemon_alive(), "{what} crashed the daemon");
+        for n in &s.c.nodes {
+            assert!(!n.path(path).exists(), "{}: applied {what}", n.name);
+        }
+    }
+    // The real gw1 and gw2 go on writing under their names, and nobody's progress
+    // went where the forgeries pointed.
+    still_healthy(&s.c, "after-forged-origins.xml");
+    let after = (
+        gw1_seq(&s.c),
+        s.c.nodes[0].status()["progress"]["gw2"].as_u64(),
+    );
+    assert!(
+        after.0.unwrap_or(0) < 1_000 && after.1.unwrap_or(0) < 1_000,
+        "{before:?} -> {after:?}"
+    );
+    assert!(log_of(&s.c.nodes[0]).contains("not made by its origin"));
 }
 
 /// A member that asks for chunks again and again and never reads the answers: the
@@ -512,6 +630,7 @@ fn forged_progress_claims_are_not_adopted() {
         part: 0,
         last: true,
         base: VersionVector::new(),
+        certificates: Vec::new(),
         changes: Vec::new(),
         upto: Some(upto),
     });
@@ -530,6 +649,52 @@ fn forged_progress_claims_are_not_adopted() {
         "gw2's write no longer reaches gw1"
     );
     still_healthy(&s.c, "after-forged-progress.xml");
+}
+
+/// A member is revoked while connected: `depfs ca revoke` adds its certificate to the
+/// deny list the nodes read, and without a restart the victim disconnects it, refuses
+/// its handshakes, and takes nothing more from it; the revoked node's own writes stay
+/// local. Another member revoked by name cannot even complete a handshake.
+#[test]
+fn a_revoked_member_is_cut_off_without_a_restart() {
+    let s = setup();
+    let (gw1, gw2) = (&s.c.nodes[0], &s.c.nodes[1]);
+    assert!(wait_until(T, || peer_names(gw1).contains(&"gw2".to_string())));
+    assert!(
+        s.evil.handshake(s.victim).is_ok(),
+        "evil could not connect before"
+    );
+
+    s.c.ca
+        .revoke(&["--cert", s.c.ca.cert_of("gw2").to_str().unwrap()]);
+    s.c.ca.revoke(&["--node", "evil"]);
+    assert!(
+        wait_until(T, || !peer_names(gw1).contains(&"gw2".to_string())
+            && peer_names(gw2).is_empty()),
+        "gw2 is still connected: gw1 sees {:?}, gw2 sees {:?}",
+        peer_names(gw1),
+        peer_names(gw2)
+    );
+    let refused = s.evil.handshake(s.victim);
+    assert!(
+        refused.is_err(),
+        "a revoked certificate completed a handshake"
+    );
+    assert!(log_of(gw1).contains("certificate was revoked"));
+
+    // gw2 keeps serving its own mount, but nothing it writes reaches gw1 any more;
+    // gw1 still serves and writes.
+    std::fs::write(gw2.path("after-revocation.xml"), b"gw2").unwrap();
+    std::fs::write(gw1.path("gw1-still-writes.xml"), b"gw1").unwrap();
+    assert!(gw1.wait_for("gw1-still-writes.xml", b"gw1", T));
+    assert!(
+        !wait_until(Duration::from_secs(3), || gw1
+            .path("after-revocation.xml")
+            .exists()),
+        "a write of the revoked node reached gw1"
+    );
+    assert!(peer_names(gw1).is_empty(), "{:?}", peer_names(gw1));
+    assert!(gw1.daemon_alive() && gw2.daemon_alive());
 }
 
 /// A node whose private key other users can read does not start: whoever reads it can

@@ -189,10 +189,11 @@ fn is_read_only_mount(node: &Node) -> bool {
 
 #[test]
 fn a_promoted_worker_takes_over_and_the_old_manager_steps_down() {
-    // gw2's certificate allows any role, so it can be promoted; gw3's does not.
+    // gw2's certificate allows the manager role, so it can be promoted; gw3's is what
+    // `depfs ca issue` gives without `--role`, a worker's (least privilege).
     let c = Cluster::one_way_with_certs(
         &["manager", "worker", "worker"],
-        &[Some("manager"), None, Some("worker")],
+        &[Some("manager"), Some("manager"), None],
     );
     c.mount_all();
     let (m, w1, w2) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);

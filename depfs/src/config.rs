@@ -32,6 +32,10 @@ pub struct TlsPaths {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The deny list `depfs ca revoke` writes: certificates refused from then on. Read
+    /// at start and again whenever the file changes; a missing file revokes nothing.
+    #[serde(default)]
+    pub revoked: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -210,6 +214,7 @@ impl Config {
                 ca: resolve(&t.ca),
                 cert: resolve(&t.cert),
                 key: resolve(&t.key),
+                revoked: t.revoked.as_deref().map(resolve),
             }),
         })
     }

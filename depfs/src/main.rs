@@ -161,10 +161,26 @@ enum CaCommand {
         /// Validity in days.
         #[arg(long, default_value_t = depfs_replicator::pki::NODE_VALID_DAYS)]
         days: u64,
-        /// One-way mode: the role the certificate allows, `manager` or `worker`
-        /// (default: any role, for multi-writer clusters).
+        /// One-way mode: the role the certificate allows. `worker` (the default) can
+        /// never manage: it cannot start as the manager, be promoted, or be followed as
+        /// one. `manager` allows both roles; give it only to the nodes that may manage.
+        /// Multi-writer clusters ignore roles.
+        #[arg(long, default_value = "worker")]
+        role: String,
+    },
+    /// Revoke a certificate: append it to the CA's deny list, DIR/revoked. Copy that
+    /// file to the path every node's config names in `[tls] revoked`: running nodes
+    /// re-read it within a second, refuse the certificate and disconnect its node.
+    Revoke {
+        /// Directory of the CA (the deny list is written there).
         #[arg(long)]
-        role: Option<String>,
+        ca: PathBuf,
+        /// The certificate to revoke (its fingerprint is listed).
+        #[arg(long, conflicts_with = "node", required_unless_present = "node")]
+        cert: Option<PathBuf>,
+        /// Revoke every certificate of this node instead (when its file is lost).
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 
@@ -289,17 +305,33 @@ fn ca(command: CaCommand) -> Result<()> {
             role,
         } => {
             let name = NodeName::new(&node).map_err(|e| anyhow::anyhow!("node {node:?}: {e}"))?;
-            let role = match role.as_deref() {
-                None => None,
-                Some(r) => {
-                    Some(depfs_replicator::pki::CertRole::parse(r).ok_or_else(|| {
-                        anyhow::anyhow!("--role {r:?}: expected manager or worker")
-                    })?)
-                }
-            };
-            let (cert, key) =
-                depfs_replicator::pki::issue_node(&ca, &name, &out, SystemTime::now(), days, role)?;
+            let role = depfs_replicator::pki::CertRole::parse(&role)
+                .ok_or_else(|| anyhow::anyhow!("--role {role:?}: expected manager or worker"))?;
+            let (cert, key) = depfs_replicator::pki::issue_node(
+                &ca,
+                &name,
+                &out,
+                SystemTime::now(),
+                days,
+                Some(role),
+            )?;
             println!("created {} and {}", cert.display(), key.display());
+        }
+        CaCommand::Revoke { ca, cert, node } => {
+            use depfs_replicator::revoked::{self, Entry};
+            let entry = match (cert, node) {
+                (Some(cert), _) => Entry::certificate_file(&cert)?,
+                (None, Some(node)) => Entry::Node(
+                    NodeName::new(&node).map_err(|e| anyhow::anyhow!("node {node:?}: {e}"))?,
+                ),
+                (None, None) => bail!("name a certificate (--cert) or a node (--node)"),
+            };
+            let list = ca.join("revoked");
+            revoked::append(&list, &entry, SystemTime::now())?;
+            println!(
+                "revoked {entry}: {} now lists it; copy it to every node's `[tls] revoked` path",
+                list.display()
+            );
         }
     }
     Ok(())

@@ -158,6 +158,16 @@ pub fn render(sources: &Sources) -> String {
                 c.changes_refused,
             ),
             (
+                "depfs_changes_forged_total",
+                "Changes refused because their origin's signature did not fit them (the sender is disconnected).",
+                c.changes_forged,
+            ),
+            (
+                "depfs_terms_refused_total",
+                "Manager histories not followed: a term not signed by the manager it names under a manager-capable certificate.",
+                c.terms_refused,
+            ),
+            (
                 "depfs_changes_ahead_of_clock_total",
                 "Batches refused: a change stamped further ahead of this node's clock than max_clock_ahead_s.",
                 c.changes_from_the_future,

@@ -223,6 +223,20 @@ fn serve(
     raise_open_file_limit();
     let root_md = std::fs::metadata(mountpoint)?;
     let store = open_store(config, &root_md)?;
+    // Every change this node makes is signed with its key, its import included: peers
+    // refuse unsigned changes (docs/reliability.md, "Threat model").
+    let tls = load_tls(config)?;
+    if let Some(tls) = &tls {
+        let sealed = store
+            .set_signer(tls.identity.signer.clone())
+            .map_err(|e| anyhow!("cannot sign this node's earlier changes: {e}"))?;
+        if sealed > 0 {
+            tracing::info!(
+                changes = sealed,
+                "signed this node's changes made before it had a key"
+            );
+        }
+    }
     check_mode(config, &store)?;
     if !store.is_initialized()? {
         let non_empty = std::fs::read_dir(mountpoint)?.next().is_some();
@@ -262,7 +276,7 @@ fn serve(
     // restoring a conflict) go to one invalidation thread, started with the session.
     let (changed_tx, changed_rx) = std::sync::mpsc::channel();
     let (role_tx, role_rx) = std::sync::mpsc::channel();
-    let service = start_replicator(config, &store, changed_tx.clone(), role_tx)?;
+    let service = start_replicator(config, tls, &store, changed_tx.clone(), role_tx)?;
     let read_only = options.read_only || !may_write(config, &store);
 
     let staging = config.data_dir.join("staging");
@@ -511,23 +525,36 @@ fn remount(mountpoint: &Path, read_only: bool) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Starts replication when the node has peers (or a TLS identity to accept them).
+/// The node's TLS configuration and identity, when it has one.
+fn load_tls(config: &Config) -> Result<Option<depfs_replicator::tls::TlsConfig>> {
+    let Some(paths) = &config.tls else {
+        return Ok(None);
+    };
+    Ok(Some(depfs_replicator::tls::load(
+        &paths.ca,
+        &paths.cert,
+        &paths.key,
+        &config.node,
+    )?))
+}
+
+/// Starts replication when the node has a TLS identity (to reach peers or accept them).
 fn start_replicator(
     config: &Config,
+    tls: Option<depfs_replicator::tls::TlsConfig>,
     store: &Store,
     changed: std::sync::mpsc::Sender<Vec<depfs_proto::RelPath>>,
     roles: std::sync::mpsc::Sender<RoleChange>,
 ) -> Result<Option<Arc<Service>>> {
-    let Some(tls_paths) = &config.tls else {
+    let Some(tls) = tls else {
         return Ok(None);
     };
-    let tls =
-        depfs_replicator::tls::load(&tls_paths.ca, &tls_paths.cert, &tls_paths.key, &config.node)?;
     let service = Service::start(
         ServiceConfig {
             listen: config.listen,
             peers: config.peers.clone(),
             tls,
+            revoked: config.tls.as_ref().and_then(|t| t.revoked.clone()),
             replica: ReplicaConfig::default(),
             mode: match config.mode {
                 Mode::MultiWriter => ReplicationMode::MultiWriter,

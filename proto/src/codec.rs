@@ -30,7 +30,12 @@ pub enum DecodeError {
 
 /// Encodes `value` with the format-version byte.
 pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
-    let out = vec![FORMAT_VERSION];
+    encode_after(vec![FORMAT_VERSION], value)
+}
+
+/// Appends `value`'s postcard encoding to `out`. Equal values always encode to equal
+/// bytes, which is what lets a signature cover a value (see [`crate::seal`]).
+pub(crate) fn encode_after<T: Serialize>(out: Vec<u8>, value: &T) -> Vec<u8> {
     // Serializing our own types into a Vec cannot fail: postcard only errors on
     // unsupported serde features, which these types do not use.
     match postcard::to_extend(value, out) {

@@ -12,10 +12,16 @@
 //! Which leadership a node follows is decided by [`Leadership::supersedes`]: the later
 //! term wins, ties (two nodes promoted at once) are broken by node name, so every node
 //! ends up following the same one.
+//!
+//! Each term is signed by the manager it names ([`Term::signature`], over
+//! [`term_digest`]): a member can relay a term, never make one up for another node
+//! (`docs/reliability.md`, "Threat model"). Checking signatures is the replicator's.
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::encode_after;
 use crate::name::NodeName;
+use crate::seal::{Digest, SignChanges};
 use crate::version::Dot;
 use crate::vv::VersionVector;
 
@@ -34,6 +40,33 @@ pub struct Term {
     /// ones beyond `start`, and the previous manager's changes covered by `start` are the
     /// ones the promoted node had received.
     pub start: VersionVector,
+    /// The manager's signature of [`term_digest`] (empty: not signed yet).
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+/// The digest a term's manager signs: its number, manager and start, domain-separated
+/// from every other use of blake3 in depfs.
+pub fn term_digest(number: u64, manager: &NodeName, start: &VersionVector) -> Digest {
+    let bytes = encode_after(Vec::new(), &(number, manager, start));
+    Digest(blake3::derive_key("depfs 2026-12 manager term", &bytes))
+}
+
+impl Term {
+    /// The digest its manager signs.
+    pub fn digest(&self) -> Digest {
+        term_digest(self.number, &self.manager, &self.start)
+    }
+
+    /// True if the term carries a signature.
+    pub fn is_signed(&self) -> bool {
+        !self.signature.is_empty()
+    }
+
+    /// True if both say the same, whether signed or not.
+    pub fn same_as(&self, other: &Term) -> bool {
+        self.number == other.number && self.manager == other.manager && self.start == other.start
+    }
 }
 
 /// How a change relates to the leadership history.
@@ -79,8 +112,14 @@ impl Leadership {
                 number: 1,
                 manager,
                 start,
+                signature: Vec::new(),
             }],
         }
+    }
+
+    /// A history of these terms, as they are (see [`Leadership::validate`]).
+    pub fn from_terms(terms: Vec<Term>) -> Self {
+        Leadership { terms }
     }
 
     /// True if no manager is known.
@@ -115,8 +154,49 @@ impl Leadership {
             number: self.term() + 1,
             manager: node,
             start,
+            signature: Vec::new(),
         });
         Leadership { terms }
+    }
+
+    /// Signs every term of `node` that is not signed yet; returns how many.
+    pub fn sign_terms_of(&mut self, node: &NodeName, signer: &dyn SignChanges) -> usize {
+        let mut signed = 0;
+        for term in &mut self.terms {
+            if &term.manager == node && !term.is_signed() {
+                term.signature = signer.sign(&term.digest());
+                signed += 1;
+            }
+        }
+        signed
+    }
+
+    /// The terms of `self` that `known` does not hold as they are (same place, same
+    /// content, same signature): the ones a receiver must check before following `self`.
+    pub fn unknown_terms<'a>(&'a self, known: &'a Leadership) -> impl Iterator<Item = &'a Term> {
+        self.terms
+            .iter()
+            .enumerate()
+            .filter(move |(i, t)| known.terms.get(*i) != Some(*t))
+            .map(|(_, t)| t)
+    }
+
+    /// True if `self` says what `other` says, term by term, and carries signatures
+    /// where `other` has none: a history from before terms were signed, signed since.
+    pub fn signs_more_of(&self, other: &Leadership) -> bool {
+        let signed = |l: &Leadership| l.terms.iter().filter(|t| t.is_signed()).count();
+        self.terms.len() == other.terms.len()
+            && self
+                .terms
+                .iter()
+                .zip(&other.terms)
+                .all(|(a, b)| a.same_as(b))
+            && signed(self) > signed(other)
+    }
+
+    /// Every node the history names as a manager, once each.
+    pub fn managers(&self) -> std::collections::BTreeSet<&NodeName> {
+        self.terms.iter().map(|t| &t.manager).collect()
     }
 
     /// Checks a history received from a peer.

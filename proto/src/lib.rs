@@ -11,6 +11,7 @@
 //! * [`entry`]: what a path holds: kind, attributes and content reference.
 //! * [`version`]: one version of one path, as the change log and the merge rules see it.
 //! * [`wire`]: changes and the messages of the synchronisation protocol.
+//! * [`seal`]: the origin's signature over a change, checkable on any part of it.
 //! * [`codec`]: the versioned `postcard` encoding of stored values and bounded frames.
 //! * [`limits`]: every size bound in one place.
 
@@ -22,6 +23,7 @@ pub mod limits;
 pub mod name;
 pub mod node_codec;
 pub mod path;
+pub mod seal;
 pub mod version;
 pub mod vv;
 pub mod wire;
@@ -34,6 +36,7 @@ pub use hlc::{ClockDrift, Hlc, HlcClock};
 pub use lead::{Authority, Leadership, Term};
 pub use name::{FileName, NameError, NodeName};
 pub use path::RelPath;
+pub use seal::{Digest, Seal, SealError, SignChanges};
 pub use version::{Dot, Stamp, State, Version};
 pub use vv::VersionVector;
-pub use wire::{Change, ChangeOp, ChunkData, Message};
+pub use wire::{Certificate, Change, ChangeOp, ChunkData, Message};

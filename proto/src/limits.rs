@@ -40,3 +40,7 @@ pub const MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 /// Most members a cluster may have: the most nodes a version vector names. Bounds every
 /// progress claim a peer sends (a gateway cluster has a handful of nodes).
 pub const MAX_MEMBERS: usize = 1024;
+
+/// Longest change signature accepted (an ECDSA P-384 signature in DER is at most 104
+/// bytes, Ed25519 64, RSA-4096 512).
+pub const MAX_SIGNATURE_LEN: usize = 512;

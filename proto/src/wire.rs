@@ -9,6 +9,7 @@ use crate::hlc::Hlc;
 use crate::lead::Leadership;
 use crate::name::NodeName;
 use crate::path::RelPath;
+use crate::seal::Seal;
 use crate::version::{Dot, State, Version};
 use crate::vv::VersionVector;
 
@@ -34,6 +35,8 @@ pub struct Change {
     pub hlc: Hlc,
     /// The versions, one per path.
     pub ops: Vec<ChangeOp>,
+    /// The origin's signature, which fits any subset of the versions it made.
+    pub seal: Seal,
 }
 
 impl Change {
@@ -58,6 +61,17 @@ pub struct ChunkData {
     pub data: Vec<u8>,
 }
 
+/// A member's X.509 certificate (DER), signed by the cluster CA: the key its changes are
+/// signed with, under the name its changes carry.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+impl std::fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Certificate({} bytes)", self.0.len())
+    }
+}
+
 /// The synchronisation protocol between two nodes (see `docs/design.md`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -71,6 +85,9 @@ pub enum Message {
         /// One-way mode: the manager terms the sender follows (empty in multi-writer
         /// mode and before a worker has heard of a manager).
         lead: Leadership,
+        /// One-way mode: the certificates of the current term's manager, which a node
+        /// must know before it follows the term.
+        certificates: Vec<Certificate>,
     },
     /// One part of a batch of changes the receiver lacks. `base` is the progress the
     /// sender assumed the receiver had; `upto`, on the last part, is the sender's
@@ -85,6 +102,9 @@ pub enum Message {
         last: bool,
         /// What the sender assumed the receiver had.
         base: VersionVector,
+        /// The certificates of the changes' origins that the sender has not yet sent in
+        /// this session: the receiver checks every change's seal against its origin's.
+        certificates: Vec<Certificate>,
         /// The changes, oldest first per origin.
         changes: Vec<Change>,
         /// The sender's progress, on the last part.

@@ -77,9 +77,9 @@ use depfs_proto::limits::{
 use depfs_proto::name::check_file_name;
 use depfs_proto::node_codec::decode_node;
 use depfs_proto::{
-    decode_value, encode_value, Change, ChangeOp, ChunkData, ChunkHash, ChunkRef, Content,
-    DecodeError, Dot, FileName, Hlc, Kind, Leadership, Message, Meta, Node, NodeName, RelPath,
-    State, Timespec, Version, VersionVector,
+    decode_value, encode_value, Certificate, Change, ChangeOp, ChunkData, ChunkHash, ChunkRef,
+    Content, DecodeError, Digest, Dot, FileName, Hlc, Kind, Leadership, Message, Meta, Node,
+    NodeName, RelPath, Seal, State, Timespec, Version, VersionVector,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -450,6 +450,8 @@ fn check_change(c: &Change) {
         check_op(op);
         check_version(&c.version(op));
     }
+    // Whatever a peer sent, checking its seal answers (it is refused later if it lies).
+    let _ = c.sealed_digest();
 }
 
 fn check_leadership(l: &Leadership) {
@@ -470,7 +472,12 @@ fn check_leadership(l: &Leadership) {
 
 fn check_message(m: &Message) {
     match m {
-        Message::Hello { node, vv, lead } => {
+        Message::Hello {
+            node,
+            vv,
+            lead,
+            certificates: _,
+        } => {
             check_node_name(node);
             check_vv(vv);
             check_leadership(lead);
@@ -660,7 +667,23 @@ fn change_op() -> impl Strategy<Value = ChangeOp> {
 }
 
 fn change() -> impl Strategy<Value = Change> {
-    (dot(), hlc(), vec(change_op(), 0..4)).prop_map(|(dot, hlc, ops)| Change { dot, hlc, ops })
+    (dot(), hlc(), vec(change_op(), 0..4), seal()).prop_map(|(dot, hlc, ops, seal)| Change {
+        dot,
+        hlc,
+        ops,
+        seal,
+    })
+}
+
+fn seal() -> impl Strategy<Value = Seal> {
+    (vec(any::<[u8; 32]>(), 0..3), bytes_upto(80)).prop_map(|(ops, signature)| Seal {
+        ops: ops.into_iter().map(Digest).collect(),
+        signature,
+    })
+}
+
+fn certificates() -> impl Strategy<Value = Vec<Certificate>> {
+    vec(bytes_upto(64).prop_map(Certificate), 0..2)
 }
 
 /// Valid histories: a first term and a few promotions.
@@ -687,29 +710,34 @@ fn chunk_data() -> impl Strategy<Value = ChunkData> {
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (node_name(), vv(), leadership()).prop_map(|(node, vv, lead)| Message::Hello {
-            node,
-            vv,
-            lead
-        }),
+        (node_name(), vv(), leadership(), certificates()).prop_map(
+            |(node, vv, lead, certificates)| Message::Hello {
+                node,
+                vv,
+                lead,
+                certificates,
+            }
+        ),
         (
             any::<u64>(),
             any::<u32>(),
             any::<bool>(),
             vv(),
+            certificates(),
             vec(change(), 0..4),
             proptest::option::of(vv()),
         )
-            .prop_map(
-                |(batch, part, last, base, changes, upto)| Message::Changes {
+            .prop_map(|(batch, part, last, base, certificates, changes, upto)| {
+                Message::Changes {
                     batch,
                     part,
                     last,
                     base,
+                    certificates,
                     changes,
                     upto,
                 }
-            ),
+            }),
         vv().prop_map(|vv| Message::Ack { vv }),
         vv().prop_map(|vv| Message::Progress { vv }),
         vec(chunk_hash(), 0..8).prop_map(|hashes| Message::GetChunks { hashes }),
@@ -901,6 +929,7 @@ mod raw {
         pub dot: Dot,
         pub hlc: depfs_proto::Hlc,
         pub ops: Vec<ChangeOp>,
+        pub seal: depfs_proto::Seal,
     }
 
     #[derive(Serialize)]
@@ -908,6 +937,7 @@ mod raw {
         pub number: u64,
         pub manager: Name,
         pub start: Vv,
+        pub signature: ByteBuf,
     }
 
     #[derive(Serialize, Default)]
@@ -922,12 +952,14 @@ mod raw {
             node: Name,
             vv: Vv,
             lead: Leadership,
+            certificates: Vec<ByteBuf>,
         },
         Changes {
             batch: u64,
             part: u32,
             last: bool,
             base: Vv,
+            certificates: Vec<ByteBuf>,
             changes: Vec<Change>,
             upto: Option<Vv>,
         },
@@ -966,6 +998,7 @@ fn raw_change(c: &Change) -> raw::Change {
         dot: raw_dot(&c.dot),
         hlc: c.hlc,
         ops: c.ops.iter().map(raw_op).collect(),
+        seal: c.seal.clone(),
     }
 }
 
@@ -978,6 +1011,7 @@ fn raw_leadership(l: &Leadership) -> raw::Leadership {
                 number: t.number,
                 manager: raw_name(&t.manager),
                 start: raw_vv(&t.start),
+                signature: serde_bytes::ByteBuf::from(t.signature.clone()),
             })
             .collect(),
     }
@@ -989,6 +1023,7 @@ fn raw_changes_message(changes: Vec<raw::Change>) -> raw::Message {
         part: 0,
         last: true,
         base: raw::Vv::default(),
+        certificates: Vec::new(),
         changes,
         upto: None,
     }
@@ -1214,11 +1249,13 @@ proptest! {
             node: node.clone(),
             vv: v.clone(),
             lead: l.clone(),
+            certificates: Vec::new(),
         };
         let raw_hello = raw::Message::Hello {
             node: raw_name(&node),
             vv: raw_vv(&v),
             lead: raw_leadership(&l),
+            certificates: Vec::new(),
         };
         prop_assert_eq!(encode_value(&raw_hello), encode_value(&hello));
         let changes = Message::Changes {
@@ -1226,6 +1263,7 @@ proptest! {
             part: 0,
             last: true,
             base: VersionVector::new(),
+            certificates: Vec::new(),
             changes: vec![c.clone()],
             upto: None,
         };
@@ -1338,11 +1376,13 @@ fn with_node_name(
             number: next_term,
             manager: name,
             start: raw::Vv::default(),
+            signature: serde_bytes::ByteBuf::new(),
         }),
         _ => lead.terms.push(raw::Term {
             number: next_term,
             manager: raw::name(b"m"),
             start: raw::Vv(vec![(name, 7)]),
+            signature: serde_bytes::ByteBuf::new(),
         }),
     }
     match place {
@@ -1352,15 +1392,30 @@ fn with_node_name(
         ),
         2 => (
             Some(decode_value::<VersionVector>(&encode_value(&vv)).map(drop)),
-            decode_value(&encode_value(&raw::Message::Hello { node, vv, lead })),
+            decode_value(&encode_value(&raw::Message::Hello {
+                node,
+                vv,
+                lead,
+                certificates: Vec::new(),
+            })),
         ),
         3 => (
             None,
-            decode_value(&encode_value(&raw::Message::Hello { node, vv, lead })),
+            decode_value(&encode_value(&raw::Message::Hello {
+                node,
+                vv,
+                lead,
+                certificates: Vec::new(),
+            })),
         ),
         _ => (
             Some(decode_value::<Leadership>(&encode_value(&lead)).map(drop)),
-            decode_value(&encode_value(&raw::Message::Hello { node, vv, lead })),
+            decode_value(&encode_value(&raw::Message::Hello {
+                node,
+                vv,
+                lead,
+                certificates: Vec::new(),
+            })),
         ),
     }
 }
@@ -1398,6 +1453,7 @@ fn sample_change() -> Change {
                 content: Content::Inline(b"hello".to_vec()),
             }),
         }],
+        seal: Seal::default(),
     }
 }
 
@@ -1419,6 +1475,7 @@ fn empty_and_every_version_byte() {
         part: 0,
         last: true,
         base: VersionVector::new(),
+        certificates: Vec::new(),
         changes: vec![sample_change()],
         upto: None,
     });
@@ -1458,6 +1515,7 @@ fn huge_length_prefixes_at_every_offset() {
             part: 1,
             last: false,
             base: sample_change().ops[0].ctx.clone(),
+            certificates: vec![Certificate(vec![1, 2, 3])],
             changes: vec![sample_change(), sample_change()],
             upto: Some(VersionVector::new()),
         },
@@ -1466,6 +1524,7 @@ fn huge_length_prefixes_at_every_offset() {
             vv: sample_change().ops[0].ctx.clone(),
             lead: Leadership::first(n("m"), VersionVector::new())
                 .promote(n("w"), VersionVector::new()),
+            certificates: vec![Certificate(vec![4, 5])],
         },
         Message::Chunks {
             chunks: vec![ChunkData {
@@ -1510,7 +1569,9 @@ fn memory_amplification_is_bounded() {
                 part: 0,
                 last: false,
                 base: VersionVector::new(),
+                certificates: Vec::new(),
                 changes: vec![Change {
+                    seal: Seal::default(),
                     dot: Dot::new(n("a"), 1),
                     hlc: Hlc::ZERO,
                     ops: (0..count)
@@ -1532,11 +1593,13 @@ fn memory_amplification_is_bounded() {
                 part: 0,
                 last: false,
                 base: VersionVector::new(),
+                certificates: Vec::new(),
                 changes: (0..count)
                     .map(|_| Change {
                         dot: Dot::new(n("a"), 1),
                         hlc: Hlc::ZERO,
                         ops: vec![],
+                        seal: Seal::default(),
                     })
                     .collect(),
                 upto: None,
@@ -1551,6 +1614,7 @@ fn memory_amplification_is_bounded() {
                         number: 1,
                         manager: raw::name(b"m"),
                         start: raw::Vv(vec![(raw::name(format!("n{}", i % 10).as_bytes()), 1)]),
+                        signature: serde_bytes::ByteBuf::new(),
                     })
                     .collect(),
             }),
@@ -1598,6 +1662,7 @@ fn checks_left_to_later_stages_pass_decoding() {
                 number,
                 manager: raw::name(b"m"),
                 start: raw::Vv::default(),
+                signature: serde_bytes::ByteBuf::new(),
             })
             .collect(),
     };
@@ -1608,6 +1673,7 @@ fn checks_left_to_later_stages_pass_decoding() {
             number: u64::MAX,
             manager: raw::name(b"m"),
             start: raw::Vv::default(),
+            signature: serde_bytes::ByteBuf::new(),
         }],
     };
     let l = decode_value::<Leadership>(&encode_value(&misnumbered)).expect("decodes");
@@ -1684,6 +1750,7 @@ fn checks_left_to_later_stages_pass_decoding() {
     ];
     for (path, state) in odd_states {
         let change = Change {
+            seal: Seal::default(),
             dot: Dot::new(n("gw1"), 0),
             hlc: Hlc::ZERO,
             ops: vec![

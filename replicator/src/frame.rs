@@ -66,6 +66,7 @@ mod tests {
             node: NodeName::new("gw1").unwrap(),
             vv: VersionVector::new(),
             lead: Default::default(),
+            certificates: Vec::new(),
         };
         let frame = encode(&msg);
         let len = body_len(frame[..4].try_into().unwrap()).unwrap();

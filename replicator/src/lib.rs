@@ -1,5 +1,7 @@
 //! depfs replication: the synchronisation protocol ([`replica`]), certificates
-//! ([`pki`]), mutual TLS ([`tls`]), framing ([`frame`]) and the QUIC service that carries
+//! ([`pki`]), the members' certificates that changes are checked against ([`members`])
+//! and the certificates no longer trusted ([`revoked`]),
+//! mutual TLS ([`tls`]), framing ([`frame`]) and the QUIC service that carries
 //! it ([`service`]).
 //!
 //! The protocol logic is a deterministic state machine with no sockets and no clock
@@ -7,8 +9,10 @@
 //! simulation in `tests/simulation.rs` runs exactly the code the daemon runs.
 
 pub mod frame;
+pub mod members;
 pub mod pki;
 pub mod replica;
+pub mod revoked;
 pub mod service;
 pub mod tls;
 

@@ -13,6 +13,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
+use rustls::pki_types::CertificateDer;
 
 /// Why a certificate operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -196,4 +197,34 @@ pub fn issue_node(
     write_new(&key_path, &key.serialize_pem(), true)?;
     write_new(&cert_path, &cert.pem(), false)?;
     Ok((cert_path, key_path))
+}
+
+/// The node name a certificate was issued for (its first DNS subject alternative name).
+pub fn node_name_of(cert: &CertificateDer<'_>) -> Option<NodeName> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::DNSName(name) => NodeName::new(name).ok(),
+        _ => None,
+    })
+}
+
+/// The one-way role a certificate allows (`None`: any role).
+pub fn role_of(cert: &CertificateDer<'_>) -> Option<CertRole> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let wanted = ROLE_OID
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(".");
+    let ext = parsed
+        .extensions()
+        .iter()
+        .find(|e| e.oid.to_id_string() == wanted)?;
+    match ext.value {
+        [0x0c, len, text @ ..] if *len as usize == text.len() => {
+            CertRole::parse(std::str::from_utf8(text).ok()?)
+        }
+        _ => None,
+    }
 }

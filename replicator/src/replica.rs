@@ -13,12 +13,13 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use depfs_proto::{
-    Authority, Change, ChunkData, ChunkHash, Dot, Leadership, Message, NodeName, RelPath,
-    VersionVector,
+    Authority, Certificate, Change, ChunkData, ChunkHash, Dot, Leadership, Message, NodeName,
+    RelPath, VersionVector,
 };
 use depfs_store::{PinGuard, Store, StoreError};
 
-use crate::pki::CertRole;
+use crate::members::{self, Learned, Members, TermRefusal};
+use crate::tls::Identity;
 
 /// Tunables, with defaults suited to a LAN cluster.
 #[derive(Debug, Clone)]
@@ -97,6 +98,9 @@ pub enum ReplicaError {
         /// What was wrong.
         what: String,
     },
+    /// A certificate was not accepted.
+    #[error("certificate: {0}")]
+    Certificate(String),
     /// The store failed (disk full, I/O error) or refused the peer's data.
     #[error("peer {peer}: {source}")]
     Store {
@@ -162,6 +166,11 @@ struct Peer {
     /// Changes sent in this session that `known` does not cover (held here beyond our
     /// own progress): not sent again until the peer's next `Hello`.
     sent_beyond: BTreeSet<Dot>,
+    /// Origins whose certificates were sent in this session (sent again after the
+    /// peer's next `Hello`, which may follow lost messages).
+    certificates_sent: BTreeSet<NodeName>,
+    /// The certificate the peer authenticated this session with.
+    certificate: Option<Certificate>,
 }
 
 /// Who may write.
@@ -209,8 +218,8 @@ pub struct Replica {
     expected_peers: usize,
     last_gc_ms: u64,
     mode: Mode,
-    /// The role each connected peer's certificate allows.
-    roles: BTreeMap<NodeName, Option<CertRole>>,
+    /// The members' certificates, which every change received is checked against.
+    members: Members,
     /// Which peer is asked for damaged chunks next.
     repair_turn: usize,
     counters: Counters,
@@ -227,6 +236,12 @@ pub struct Counters {
     pub versions_obsolete: u64,
     /// Changes refused (one-way mode: not made by a manager).
     pub changes_refused: u64,
+    /// Changes whose seal did not verify with their origin's certificate (the peer is
+    /// disconnected).
+    pub changes_forged: u64,
+    /// Manager histories not followed because a term was not signed by the manager it
+    /// names under a manager-capable certificate (a forged signature disconnects).
+    pub terms_refused: u64,
     /// Batches refused because a change was stamped too far ahead of the local clock
     /// (the peer is disconnected; it retries when it reconnects).
     pub changes_from_the_future: u64,
@@ -240,9 +255,52 @@ pub struct Counters {
 
 impl Replica {
     /// A replica over `store` whose configured peers are `configured` (tombstones are
-    /// kept until all of them have acknowledged).
-    pub fn new(store: Store, configured: Vec<NodeName>, config: ReplicaConfig) -> Self {
-        Replica {
+    /// kept until all of them have acknowledged), for the node `identity` names: from
+    /// now on every change committed to `store` is signed with its key, and every change
+    /// received is checked against the certificates of its origin — this node's own,
+    /// those the store kept from earlier runs, and those learned from peers.
+    pub fn new(
+        store: Store,
+        configured: Vec<NodeName>,
+        config: ReplicaConfig,
+        identity: &Identity,
+    ) -> Result<Self, ReplicaError> {
+        let mut members = Members::new(identity.ca.clone(), identity.revoked.clone());
+        let own = members
+            .learn(&identity.certificate)
+            .map_err(|e| ReplicaError::Certificate(format!("this node's own: {e}")))?;
+        if &own.node != store.node() {
+            return Err(ReplicaError::Certificate(format!(
+                "this node's own names {}, the store belongs to {}",
+                own.node,
+                store.node()
+            )));
+        }
+        let sealed = store
+            .set_signer(identity.signer.clone())
+            .map_err(|source| ReplicaError::Store {
+                peer: own.node.clone(),
+                source,
+            })?;
+        if sealed > 0 {
+            tracing::info!(
+                changes = sealed,
+                "signed this node's changes made before it had a key"
+            );
+        }
+        match store.app_meta_under(members::STORE_PREFIX) {
+            Ok(kept) => {
+                for (key, der) in kept {
+                    if let Err(e) = members.learn(&Certificate(der)) {
+                        tracing::warn!(%key, error = %e, "a member certificate kept in the store is not accepted any more");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the member certificates kept in the store")
+            }
+        }
+        Ok(Replica {
             store,
             config,
             peers: BTreeMap::new(),
@@ -250,10 +308,10 @@ impl Replica {
             configured,
             last_gc_ms: 0,
             mode: Mode::MultiWriter,
-            roles: BTreeMap::new(),
+            members,
             repair_turn: 0,
             counters: Counters::default(),
-        }
+        })
     }
 
     /// The configuration lists `n` peers, whose names are not known yet: no tombstone
@@ -275,9 +333,26 @@ impl Replica {
         &self.mode
     }
 
-    /// Records the role `peer`'s certificate allows (`None`: any).
-    pub fn set_peer_role(&mut self, peer: &NodeName, role: Option<CertRole>) {
-        self.roles.insert(peer.clone(), role);
+    /// Accepts a member's certificate (a peer's, from its TLS handshake, or one a peer
+    /// sent) and keeps a new one in the store.
+    pub fn learn_certificate(
+        &mut self,
+        certificate: &Certificate,
+    ) -> Result<Learned, ReplicaError> {
+        let learned = self
+            .members
+            .learn(certificate)
+            .map_err(|e| ReplicaError::Certificate(e.to_string()))?;
+        if learned.new {
+            tracing::info!(node = %learned.node, "learned a member certificate");
+            self.store
+                .set_app_meta(&Members::store_key(certificate), &certificate.0)
+                .map_err(|source| ReplicaError::Store {
+                    peer: learned.node.clone(),
+                    source,
+                })?;
+        }
+        Ok(learned)
     }
 
     /// The manager followed, in one-way mode.
@@ -341,15 +416,48 @@ impl Replica {
             what: format!("leadership history: {e}"),
         })?;
         let ours = self.store.leadership();
-        if !claimed.supersedes(&ours) {
+        let later = claimed.supersedes(&ours);
+        if !later && !claimed.signs_more_of(&ours) {
+            return Ok(());
+        }
+        for term in claimed.unknown_terms(&ours) {
+            match self.members.verify_term(term) {
+                Ok(()) => {}
+                Err(refusal @ TermRefusal::Forged { .. }) => {
+                    self.counters.terms_refused += 1;
+                    return Err(ReplicaError::Protocol {
+                        peer: from.clone(),
+                        what: format!("sent a manager term its manager did not make: {refusal}"),
+                    });
+                }
+                Err(refusal) => {
+                    self.counters.terms_refused += 1;
+                    tracing::warn!(peer = %from, "a manager history is not followed: {refusal}");
+                    return Ok(());
+                }
+            }
+        }
+        if !later {
+            // The same terms, signed since this node stored them: keep the signed copy.
+            self.store
+                .set_leadership(claimed)
+                .map_err(|source| ReplicaError::Store {
+                    peer: from.clone(),
+                    source,
+                })?;
             return Ok(());
         }
         let Some(term) = claimed.current().cloned() else {
             return Ok(());
         };
-        if let Err(why) = self.may_manage(&term.manager) {
-            tracing::warn!(peer = %from, manager = %term.manager, term = term.number, "a new term is not followed: {why}");
+        if &term.manager == self.store.node() {
+            // Only this node signs its own terms, and it holds every one it made.
+            self.counters.terms_refused += 1;
+            tracing::warn!(peer = %from, term = term.number, "a term naming this node, which it does not hold, is not followed");
             return Ok(());
+        }
+        if let Some(rival) = ours.current().filter(|t| t.number == term.number) {
+            tracing::warn!(term = term.number, followed = %term.manager, other = %rival.manager, "two nodes were promoted to the same term: the greater name is followed everywhere, the other steps down");
         }
         let was_manager = self.is_manager();
         let changed = self
@@ -375,22 +483,6 @@ impl Replica {
             }
         }
         Ok(())
-    }
-
-    /// Whether a term naming `manager` can be followed: never one naming this node (it
-    /// knows its own promotions) or a node whose certificate this node has seen allow
-    /// only the worker role, whoever relays it. A term naming a node never met here is
-    /// followed: workers relay terms to workers the manager does not reach
-    /// (docs/operations.md). Terms are not signed yet, so a member can still relay a
-    /// term for a made-up manager (docs/reliability.md, "Threat model").
-    fn may_manage(&self, manager: &NodeName) -> Result<(), &'static str> {
-        if manager == self.store.node() {
-            return Err("it names this node, which was not promoted");
-        }
-        match self.roles.get(manager) {
-            Some(Some(CertRole::Worker)) => Err("its manager holds a worker's certificate"),
-            _ => Ok(()),
-        }
     }
 
     fn role_output(&self) -> Output {
@@ -447,15 +539,50 @@ impl Replica {
             .collect()
     }
 
-    /// A connection to `peer` is up: say what we have.
-    pub fn connected(&mut self, peer: &NodeName, now_ms: u64) -> Vec<Output> {
+    /// A connection to `peer`, authenticated by `certificate`, is up: say what we have.
+    /// A certificate the cluster CA did not issue for `peer` is refused (the transport
+    /// checked it already; this keeps the replica from trusting a driver that did not).
+    pub fn connected(
+        &mut self,
+        peer: &NodeName,
+        certificate: &Certificate,
+        now_ms: u64,
+    ) -> Result<Vec<Output>, ReplicaError> {
+        let learned = self.learn_certificate(certificate)?;
+        if &learned.node != peer {
+            return Err(ReplicaError::Protocol {
+                peer: peer.clone(),
+                what: format!("its certificate names {}", learned.node),
+            });
+        }
         let p = self.peers.entry(peer.clone()).or_default();
         *p = Peer {
             connected: true,
             last_progress_ms: now_ms,
+            certificate: Some(certificate.clone()),
             ..Peer::default()
         };
-        vec![self.hello(peer, now_ms)]
+        Ok(vec![self.hello(peer, now_ms)])
+    }
+
+    /// The deny list was reloaded: the certificates it names are forgotten (changes and
+    /// terms they sign are refused from now on). Returns the connected peers whose
+    /// session certificate it names: the driver disconnects them.
+    pub fn revocations_changed(&mut self) -> Vec<NodeName> {
+        let lost = self.members.forget_revoked();
+        if !lost.is_empty() {
+            tracing::warn!(nodes = ?lost.iter().map(|n| n.to_string()).collect::<Vec<_>>(), "certificates revoked: what they sign is refused from now on");
+        }
+        self.peers
+            .iter()
+            .filter(|(_, p)| {
+                p.connected
+                    && p.certificate
+                        .as_ref()
+                        .is_some_and(|c| self.members.is_revoked(c))
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// The connection to `peer` is gone: forget the session (progress is in the store).
@@ -469,15 +596,22 @@ impl Replica {
         if let Some(p) = self.peers.get_mut(peer) {
             p.last_hello_ms = Some(now_ms);
         }
+        let lead = match self.mode {
+            Mode::MultiWriter => Leadership::default(),
+            Mode::OneWay => self.store.leadership(),
+        };
+        let certificates = lead
+            .managers()
+            .into_iter()
+            .flat_map(|m| self.members.certificates(m))
+            .collect();
         Output::Send {
             to: peer.clone(),
             msg: Message::Hello {
                 node: self.store.node().clone(),
                 vv: self.store.version_vector(),
-                lead: match self.mode {
-                    Mode::MultiWriter => Leadership::default(),
-                    Mode::OneWay => self.store.leadership(),
-                },
+                lead,
+                certificates,
             },
         }
     }
@@ -611,7 +745,12 @@ impl Replica {
         }
         let mut out = Vec::new();
         match msg {
-            Message::Hello { node, vv, lead } => {
+            Message::Hello {
+                node,
+                vv,
+                lead,
+                certificates,
+            } => {
                 tracing::debug!(peer = %from, ?vv, "hello received");
                 if &node != from {
                     return Err(ReplicaError::Protocol {
@@ -619,6 +758,7 @@ impl Replica {
                         what: format!("claims to be {node}"),
                     });
                 }
+                self.learn_sent(from, &certificates)?;
                 self.leadership_claim(from, lead, now_ms, &mut out)?;
                 let own = self.store.node().clone();
                 let (theirs, ours) = (vv.get(&own), self.store.own_seq());
@@ -631,6 +771,7 @@ impl Replica {
                     p.outgoing = None;
                     p.in_flight = 0;
                     p.sent_beyond.clear();
+                    p.certificates_sent.clear();
                     p.last_progress_ms = now_ms;
                 }
                 self.push(from, now_ms, &mut out).map_err(store_err)?;
@@ -651,9 +792,12 @@ impl Replica {
                 part,
                 last,
                 base,
+                certificates,
                 changes,
                 upto,
             } => {
+                self.learn_sent(from, &certificates)?;
+                self.verify(from, &changes)?;
                 if last != upto.is_some() {
                     return Err(ReplicaError::Protocol {
                         peer: from.clone(),
@@ -959,6 +1103,10 @@ impl Replica {
                 // `upto` now covers it: the claim "you have everything up to `upto`"
                 // must hold even if the earlier message was lost.
                 .filter(|d| upto.covers(d) || !p.sent_beyond.contains(d))
+                // Only changes whose origin's certificate is trusted here: the peer
+                // checks each against it. A revoked member's earlier changes stay where
+                // they are and spread no further (docs/reliability.md, "Revocation").
+                .filter(|d| self.members.knows(&d.node))
                 .collect();
             if dots.is_empty() {
                 return Ok(());
@@ -990,6 +1138,12 @@ impl Replica {
                 }
             }
             self.counters.changes_sent += changes.len() as u64;
+            let mut certificates = Vec::new();
+            for change in &changes {
+                if p.certificates_sent.insert(change.dot.node.clone()) {
+                    certificates.extend(self.members.certificates(&change.dot.node));
+                }
+            }
             let last = outgoing.dots.is_empty();
             let part = outgoing.next_part;
             outgoing.next_part += 1;
@@ -998,6 +1152,7 @@ impl Replica {
                 part,
                 last,
                 base: outgoing.base.clone(),
+                certificates,
                 changes,
                 upto: last.then(|| outgoing.upto.clone()),
             };
@@ -1046,6 +1201,39 @@ impl Replica {
     /// The progress `peer` last acknowledged.
     pub fn peer_acked(&self, peer: &NodeName) -> Result<VersionVector, StoreError> {
         self.store.peer_acked(peer)
+    }
+
+    /// Learns the certificates `from` sent; one the CA did not issue ends the session.
+    fn learn_sent(
+        &mut self,
+        from: &NodeName,
+        certificates: &[Certificate],
+    ) -> Result<(), ReplicaError> {
+        for certificate in certificates {
+            self.learn_certificate(certificate)
+                .map_err(|e| ReplicaError::Protocol {
+                    peer: from.clone(),
+                    what: format!("sent a certificate that is not accepted: {e}"),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Checks that every change `from` sent is what its origin signed: one that is not
+    /// ends the session and nothing of the message is applied. Changes this node's
+    /// progress covers are skipped (old news is never applied, so need not be checked).
+    fn verify(&mut self, from: &NodeName, changes: &[Change]) -> Result<(), ReplicaError> {
+        let vv = self.store.version_vector();
+        for change in changes.iter().filter(|c| !vv.covers(&c.dot)) {
+            if let Err(forgery) = self.members.verify(change) {
+                self.counters.changes_forged += 1;
+                return Err(ReplicaError::Protocol {
+                    peer: from.clone(),
+                    what: format!("refused a change not made by its origin: {forgery}"),
+                });
+            }
+        }
+        Ok(())
     }
 }
 

@@ -13,14 +13,14 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use depfs_proto::{Message, NodeName, RelPath, VersionVector};
+use depfs_proto::{Certificate, Message, NodeName, RelPath, VersionVector};
 use depfs_store::Store;
 use parking_lot::Mutex;
 use tokio::sync::mpsc as tmpsc;
 
 use crate::frame;
-use crate::pki::CertRole;
 use crate::replica::{Mode, Output, PromoteError, Replica, ReplicaConfig};
+use crate::revoked::{Revoked, SharedRevoked, Watcher};
 use crate::tls::{self, TlsConfig};
 
 /// How the service runs.
@@ -35,6 +35,8 @@ pub struct ServiceConfig {
     pub replica: ReplicaConfig,
     /// Who may write.
     pub mode: Mode,
+    /// The deny list of revoked certificates, re-read when it changes.
+    pub revoked: Option<std::path::PathBuf>,
 }
 
 /// Why the service could not start.
@@ -183,7 +185,7 @@ impl Link {
 enum Event {
     Connected {
         peer: NodeName,
-        role: Option<CertRole>,
+        certificate: Option<Certificate>,
         link: Link,
     },
     /// The writer of a connection whose chunk requests wait has drained its queue.
@@ -320,9 +322,24 @@ impl Service {
         });
 
         let status_store = store.clone();
-        let replica = Replica::new(store, Vec::new(), config.replica.clone())
-            .expecting_peers(config.peers.len())
-            .with_mode(config.mode);
+        let watcher = match &config.revoked {
+            Some(path) => {
+                let list = Revoked::load(path).map_err(|e| ServiceError::Start(e.to_string()))?;
+                *config.tls.identity.revoked.write() = list;
+                Some(Watcher::new(path.clone()))
+            }
+            None => None,
+        };
+        let revoked = config.tls.identity.revoked.clone();
+        let replica = Replica::new(
+            store,
+            Vec::new(),
+            config.replica.clone(),
+            &config.tls.identity,
+        )
+        .map_err(|e| ServiceError::Start(e.to_string()))?
+        .expecting_peers(config.peers.len())
+        .with_mode(config.mode);
         let thread_shared = shared.clone();
         // Ticks drive hellos, stalls, collection and delayed relays.
         let tick = Duration::from_millis(
@@ -332,7 +349,14 @@ impl Service {
         );
         let thread = std::thread::Builder::new()
             .name("depfs-replica".into())
-            .spawn(move || replica_loop(replica, rx, thread_shared, callbacks, tick))
+            .spawn(move || {
+                let revocations = watcher.map(|w| Revocations {
+                    watcher: w,
+                    list: revoked,
+                    next_check: Instant::now(),
+                });
+                replica_loop(replica, rx, thread_shared, callbacks, tick, revocations)
+            })
             .map_err(|e| ServiceError::Start(e.to_string()))?;
 
         runtime.spawn(accept_loop(endpoint.clone(), shared.clone()));
@@ -414,6 +438,37 @@ impl Drop for Service {
     }
 }
 
+/// The deny list the replica loop re-reads when its file changes.
+struct Revocations {
+    watcher: Watcher,
+    list: SharedRevoked,
+    next_check: Instant,
+}
+
+/// How often the deny list's file is looked at (a `stat`).
+const REVOCATION_CHECK: Duration = Duration::from_secs(1);
+
+impl Revocations {
+    /// Re-reads the list if its file changed; returns the connected peers it revokes.
+    fn poll(&mut self, replica: &mut Replica) -> Vec<NodeName> {
+        if Instant::now() < self.next_check {
+            return Vec::new();
+        }
+        self.next_check = Instant::now() + REVOCATION_CHECK;
+        match self.watcher.reload_if_changed(&self.list) {
+            None => Vec::new(),
+            Some(Ok(entries)) => {
+                tracing::info!(file = %self.watcher.path().display(), entries, "deny list of revoked certificates reloaded");
+                replica.revocations_changed()
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "the deny list of revoked certificates does not parse: the previous one stays in force");
+                Vec::new()
+            }
+        }
+    }
+}
+
 /// The thread that owns the replica.
 fn replica_loop(
     mut replica: Replica,
@@ -421,6 +476,7 @@ fn replica_loop(
     shared: Arc<Shared>,
     callbacks: Callbacks,
     tick: Duration,
+    mut revocations: Option<Revocations>,
 ) {
     let mut links: BTreeMap<NodeName, Link> = BTreeMap::new();
     let mut backlog: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
@@ -434,10 +490,29 @@ fn replica_loop(
         };
         match event {
             Ok(Event::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Ok(Event::Connected { peer, role, link }) => {
-                links.insert(peer.clone(), link);
-                replica.set_peer_role(&peer, role);
-                outputs = replica.connected(&peer, now_ms());
+            Ok(Event::Connected {
+                peer,
+                certificate,
+                link,
+            }) => {
+                let accepted = certificate
+                    .ok_or_else(|| "the connection carries no peer certificate".to_string())
+                    .and_then(|c| {
+                        replica
+                            .connected(&peer, &c, now_ms())
+                            .map_err(|e| e.to_string())
+                    });
+                match accepted {
+                    Ok(out) => {
+                        links.insert(peer.clone(), link);
+                        outputs = out;
+                    }
+                    Err(e) => {
+                        tracing::error!(%peer, error = %e, "a connected peer is refused");
+                        link.connection
+                            .close(quinn::VarInt::from_u32(1), b"refused");
+                    }
+                }
             }
             Ok(Event::Disconnected { peer, conn }) => {
                 if links.get(&peer).is_some_and(|l| l.conn == conn) {
@@ -502,6 +577,14 @@ fn replica_loop(
             match replica.tick(now_ms()) {
                 Ok(out) => outputs.extend(out),
                 Err(e) => tracing::error!(error = %e, "periodic replication work failed"),
+            }
+            let revoked = revocations
+                .as_mut()
+                .map(|r| r.poll(&mut replica))
+                .unwrap_or_default();
+            for peer in revoked {
+                tracing::warn!(%peer, "disconnecting a peer whose certificate was revoked");
+                close_link(&mut replica, &mut links, &peer, "certificate revoked");
             }
         }
         deliver(outputs, &links, &callbacks);
@@ -745,7 +828,7 @@ async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>, dialled_by
         let waiting = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let _ = shared.events.send(Event::Connected {
             peer: peer.clone(),
-            role: tls::peer_role(&conn),
+            certificate: tls::peer_certificate(&conn),
             link: Link {
                 conn: id,
                 connection: conn.clone(),

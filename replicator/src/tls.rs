@@ -8,13 +8,17 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use depfs_proto::NodeName;
+use depfs_proto::{Certificate, Digest, NodeName, SignChanges};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+pub use crate::pki::{node_name_of, role_of};
+use crate::revoked::SharedRevoked;
 
 /// The ALPN protocol name of depfs replication.
 pub const ALPN: &[u8] = b"depfs/1";
@@ -38,12 +42,79 @@ pub enum TlsError {
     Config(String),
 }
 
-/// Client and server configurations for one node.
+/// Client and server configurations for one node, and what it signs and checks changes
+/// with.
 pub struct TlsConfig {
     /// For accepting peers.
     pub server: Arc<rustls::ServerConfig>,
     /// For connecting to peers.
     pub client: Arc<rustls::ClientConfig>,
+    /// What this node signs its changes with and checks others' against.
+    pub identity: Identity,
+}
+
+/// A node's identity in its cluster: the CA every member certificate must chain to, its
+/// own certificate, and the signer of its changes (its certificate's key).
+#[derive(Clone)]
+pub struct Identity {
+    /// Checks that the cluster CA issued a certificate (see [`crate::members`]).
+    pub ca: Arc<dyn ClientCertVerifier>,
+    /// This node's certificate.
+    pub certificate: Certificate,
+    /// Signs this node's changes with its key.
+    pub signer: Arc<dyn SignChanges>,
+    /// The certificates no longer trusted (empty until the daemon loads its deny list;
+    /// the TLS verifiers of [`TlsConfig`] read the same list).
+    pub revoked: SharedRevoked,
+}
+
+impl Identity {
+    /// The identity of the node whose CA, certificate and key are in these files, with
+    /// the same checks as [`load`].
+    pub fn load(ca: &Path, cert: &Path, key: &Path, node: &NodeName) -> Result<Identity, TlsError> {
+        Ok(load(ca, cert, key, node)?.identity)
+    }
+}
+
+/// Signs change digests with the node's TLS key.
+struct KeySigner {
+    signer: Box<dyn rustls::sign::Signer>,
+}
+
+impl SignChanges for KeySigner {
+    fn sign(&self, digest: &Digest) -> Vec<u8> {
+        // ring's signing does not fail for a key it loaded; should it, the change goes
+        // out unsigned and every peer refuses it, loudly.
+        self.signer.sign(&digest.0).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "could not sign a change");
+            Vec::new()
+        })
+    }
+}
+
+/// The signature schemes change signatures use, by key type.
+const CHANGE_SCHEMES: [SignatureScheme; 3] = [
+    SignatureScheme::ED25519,
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+];
+
+fn change_signer(
+    provider: &CryptoProvider,
+    key: &PrivateKeyDer<'static>,
+    path: &Path,
+) -> Result<Arc<dyn SignChanges>, TlsError> {
+    let loaded = provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|e| TlsError::Config(format!("{}: {e}", path.display())))?;
+    let signer = loaded.choose_scheme(&CHANGE_SCHEMES).ok_or_else(|| {
+        TlsError::Mismatch(format!(
+            "{}: the key is neither Ed25519 nor ECDSA P-256/P-384, which change signatures use",
+            path.display()
+        ))
+    })?;
+    Ok(Arc::new(KeySigner { signer }))
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -54,36 +125,6 @@ fn file_err(path: &Path) -> impl Fn(rustls::pki_types::pem::Error) -> TlsError +
     move |e| TlsError::File {
         path: path.display().to_string(),
         detail: e.to_string(),
-    }
-}
-
-/// The node name a certificate was issued for (its first DNS subject alternative name).
-pub fn node_name_of(cert: &CertificateDer<'_>) -> Option<NodeName> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let san = parsed.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::DNSName(name) => NodeName::new(name).ok(),
-        _ => None,
-    })
-}
-
-/// The one-way role a certificate allows (`None`: any role).
-pub fn role_of(cert: &CertificateDer<'_>) -> Option<crate::pki::CertRole> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let wanted = crate::pki::ROLE_OID
-        .iter()
-        .map(|n| n.to_string())
-        .collect::<Vec<_>>()
-        .join(".");
-    let ext = parsed
-        .extensions()
-        .iter()
-        .find(|e| e.oid.to_id_string() == wanted)?;
-    match ext.value {
-        [0x0c, len, text @ ..] if *len as usize == text.len() => {
-            crate::pki::CertRole::parse(std::str::from_utf8(text).ok()?)
-        }
-        _ => None,
     }
 }
 
@@ -100,11 +141,11 @@ pub fn role_of_file(cert: &Path) -> Result<Option<crate::pki::CertRole>, TlsErro
     Ok(role_of(&leaf))
 }
 
-/// The role the peer's certificate allows on an established connection.
-pub fn peer_role(conn: &quinn::Connection) -> Option<crate::pki::CertRole> {
+/// The peer's certificate on an established connection.
+pub fn peer_certificate(conn: &quinn::Connection) -> Option<Certificate> {
     let identity = conn.peer_identity()?;
     let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    role_of(certs.first()?)
+    Some(Certificate(certs.first()?.as_ref().to_vec()))
 }
 
 /// Refuses a private key file that users other than its owner may read: whoever reads
@@ -195,14 +236,21 @@ pub fn load(ca: &Path, cert: &Path, key: &Path, node: &NodeName) -> Result<TlsCo
             ))
         })?;
 
+    let revoked = SharedRevoked::default();
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(client_verifier)
+        .with_client_cert_verifier(Arc::new(NotRevoked {
+            inner: client_verifier.clone(),
+            revoked: revoked.clone(),
+        }))
         .with_single_cert(chain.clone(), key_der.clone_key())
         .map_err(|e| TlsError::Config(format!("{}: {e}", key.display())))?;
     server.alpn_protocols = vec![ALPN.to_vec()];
 
+    let signer = change_signer(&provider, &key_der, key)?;
+    let leaf_der = leaf.as_ref().to_vec();
+    let ca_verifier: Arc<dyn ClientCertVerifier> = client_verifier;
     let server_verifier =
         rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
             .build()
@@ -213,6 +261,7 @@ pub fn load(ca: &Path, cert: &Path, key: &Path, node: &NodeName) -> Result<TlsCo
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(NodeVerifier {
             inner: server_verifier,
+            revoked: revoked.clone(),
         }))
         .with_client_auth_cert(chain, key_der)
         .map_err(|e| TlsError::Config(format!("{}: {e}", key.display())))?;
@@ -221,7 +270,73 @@ pub fn load(ca: &Path, cert: &Path, key: &Path, node: &NodeName) -> Result<TlsCo
     Ok(TlsConfig {
         server: Arc::new(server),
         client: Arc::new(client),
+        identity: Identity {
+            ca: ca_verifier,
+            certificate: Certificate(leaf_der),
+            signer,
+            revoked,
+        },
     })
+}
+
+fn revoked_error() -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+}
+
+/// Accepts a client certificate the cluster CA issued and the deny list does not name.
+#[derive(Debug)]
+struct NotRevoked {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: SharedRevoked,
+}
+
+impl ClientCertVerifier for NotRevoked {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        if self.revoked.read().covers(end_entity) {
+            return Err(revoked_error());
+        }
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// Verifies a peer's server certificate against the CA for the node name the
@@ -230,6 +345,7 @@ pub fn load(ca: &Path, cert: &Path, key: &Path, node: &NodeName) -> Result<TlsCo
 #[derive(Debug)]
 struct NodeVerifier {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
+    revoked: SharedRevoked,
 }
 
 impl ServerCertVerifier for NodeVerifier {
@@ -241,6 +357,9 @@ impl ServerCertVerifier for NodeVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.revoked.read().covers(end_entity) {
+            return Err(revoked_error());
+        }
         let name = node_name_of(end_entity).ok_or(rustls::Error::InvalidCertificate(
             rustls::CertificateError::NotValidForName,
         ))?;

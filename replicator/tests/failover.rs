@@ -5,22 +5,12 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use depfs_proto::{
-    Content, Kind, Leadership, Message, Meta, Node, NodeName, RelPath, Timespec, VersionVector,
-};
+mod support;
+
+use depfs_proto::{Content, Kind, Leadership, Message, Node, NodeName, RelPath, VersionVector};
 use depfs_replicator::{Mode, Output, Replica, ReplicaConfig};
 use depfs_store::{Durability, Store, StoreOptions};
-
-fn meta(kind: Kind) -> Meta {
-    Meta {
-        kind,
-        perm: 0o755,
-        uid: 0,
-        gid: 0,
-        mtime: Timespec::new(1, 0),
-        ctime: Timespec::new(1, 0),
-    }
-}
+use support::{meta, Ca};
 
 fn path(p: &str) -> RelPath {
     RelPath::parse(p.as_bytes()).unwrap()
@@ -28,6 +18,7 @@ fn path(p: &str) -> RelPath {
 
 /// Nodes, links and messages in flight, delivered in order until silence.
 struct Net {
+    ca: Ca,
     nodes: Vec<Replica>,
     links: BTreeSet<(usize, usize)>,
     queue: VecDeque<(usize, usize, Message)>,
@@ -36,6 +27,7 @@ struct Net {
 
 impl Net {
     fn new(dir: &std::path::Path, names: &[&str]) -> Net {
+        let ca = Ca::new();
         let nodes = names
             .iter()
             .map(|name| {
@@ -43,10 +35,18 @@ impl Net {
                 let store =
                     Store::open(&dir.join(name), &node, &StoreOptions::new(meta(Kind::Dir)))
                         .unwrap();
-                Replica::new(store, Vec::new(), ReplicaConfig::default()).with_mode(Mode::OneWay)
+                Replica::new(
+                    store,
+                    Vec::new(),
+                    ReplicaConfig::default(),
+                    &ca.identity(&node),
+                )
+                .unwrap()
+                .with_mode(Mode::OneWay)
             })
             .collect();
         Net {
+            ca,
             nodes,
             links: BTreeSet::new(),
             queue: VecDeque::new(),
@@ -79,11 +79,10 @@ impl Net {
         self.links.insert((a.min(b), a.max(b)));
         let (na, nb) = (self.name(a), self.name(b));
         // Certificates that allow any role, as the transport would report them.
-        self.nodes[a].set_peer_role(&nb, None);
-        self.nodes[b].set_peer_role(&na, None);
-        let out = self.nodes[a].connected(&nb, self.now);
+        let (ca, cb) = (self.ca.certificate(&na), self.ca.certificate(&nb));
+        let out = self.nodes[a].connected(&nb, &cb, self.now).unwrap();
         self.route(a, out);
-        let out = self.nodes[b].connected(&na, self.now);
+        let out = self.nodes[b].connected(&na, &ca, self.now).unwrap();
         self.route(b, out);
         self.run();
     }
@@ -296,7 +295,13 @@ fn a_manager_cannot_be_promoted_and_multi_writer_has_no_manager() {
         &StoreOptions::new(meta(Kind::Dir)),
     )
     .unwrap();
-    let mut multi = Replica::new(store, Vec::new(), ReplicaConfig::default());
+    let mut multi = Replica::new(
+        store,
+        Vec::new(),
+        ReplicaConfig::default(),
+        &net.ca.identity(&node),
+    )
+    .unwrap();
     assert!(multi.promote(net.now).is_err());
 }
 

@@ -1,34 +1,35 @@
 //! One-way rules of the replica state machine: whom a worker follows, and which changes
 //! it accepts.
 
-use depfs_proto::{
-    Content, Kind, Leadership, Meta, Node, NodeName, RelPath, Timespec, VersionVector,
-};
+mod support;
+
+use depfs_proto::{Content, Kind, Leadership, Node, NodeName, RelPath, VersionVector};
 use depfs_replicator::pki::CertRole;
 use depfs_replicator::{Mode, Output, Replica, ReplicaConfig};
 use depfs_store::{Durability, Store, StoreOptions};
+use support::{meta, Ca};
 
-fn meta(kind: Kind) -> Meta {
-    Meta {
-        kind,
-        perm: 0o755,
-        uid: 0,
-        gid: 0,
-        mtime: Timespec::new(1, 0),
-        ctime: Timespec::new(1, 0),
-    }
-}
-
-/// A replica; `manager` starts term 1 with itself as the manager (one-way mode).
-fn replica(dir: &std::path::Path, name: &str, mode: Mode, manager: bool) -> Replica {
+/// A replica whose certificate allows `role`; `manager` starts term 1 with itself as
+/// the manager (one-way mode).
+fn replica(
+    ca: &Ca,
+    dir: &std::path::Path,
+    name: &str,
+    mode: Mode,
+    manager: bool,
+    role: Option<CertRole>,
+) -> Replica {
     let node = NodeName::new(name).unwrap();
     let store = Store::open(&dir.join(name), &node, &StoreOptions::new(meta(Kind::Dir))).unwrap();
     if manager {
         store
-            .set_leadership(Leadership::first(node, VersionVector::new()))
+            .set_leadership(Leadership::first(node.clone(), VersionVector::new()))
             .unwrap();
     }
-    Replica::new(store, Vec::new(), ReplicaConfig::default()).with_mode(mode)
+    let identity = ca.identity_with_role(&node, role);
+    Replica::new(store, Vec::new(), ReplicaConfig::default(), &identity)
+        .unwrap()
+        .with_mode(mode)
 }
 
 fn write(r: &Replica, path: &str, bytes: &[u8]) {
@@ -76,51 +77,57 @@ fn exchange(a: &mut Replica, b: &mut Replica, mut from_a: Vec<Output>, mut from_
     panic!("the replicas never fell silent");
 }
 
-fn connect(a: &mut Replica, a_role: Option<CertRole>, b: &mut Replica, b_role: Option<CertRole>) {
+/// Connects `a` and `b`, each presenting the certificate `ca` issued it.
+fn connect(ca: &Ca, a: &mut Replica, b: &mut Replica) {
     let (na, nb) = (a.store().node().clone(), b.store().node().clone());
-    a.set_peer_role(&nb, b_role);
-    b.set_peer_role(&na, a_role);
-    let out_a = a.connected(&nb, 1000);
-    let out_b = b.connected(&na, 1000);
+    let out_a = a.connected(&nb, &ca.certificate(&nb), 1000).unwrap();
+    let out_b = b.connected(&na, &ca.certificate(&na), 1000).unwrap();
     exchange(a, b, out_a, out_b);
 }
 
 #[test]
 fn a_worker_follows_the_manager_and_not_a_worker_certificate_claiming_the_role() {
     let dir = tempfile::tempdir().unwrap();
-    let mut worker = replica(dir.path(), "w1", Mode::OneWay, false);
-    let mut forged = replica(dir.path(), "forged", Mode::OneWay, true);
-    write(&forged, "evil.xml", b"forged");
-    connect(
-        &mut worker,
-        Some(CertRole::Worker),
-        &mut forged,
+    let ca = Ca::new();
+    let mut worker = replica(
+        &ca,
+        dir.path(),
+        "w1",
+        Mode::OneWay,
+        false,
         Some(CertRole::Worker),
     );
+    let mut forged = replica(
+        &ca,
+        dir.path(),
+        "forged",
+        Mode::OneWay,
+        true,
+        Some(CertRole::Worker),
+    );
+    write(&forged, "evil.xml", b"forged");
+    connect(&ca, &mut worker, &mut forged);
     assert_eq!(worker.manager(), None, "followed a worker certificate");
     assert!(!holds(&worker, b"evil.xml"));
 
     let m_name = NodeName::new("m").unwrap();
-    let mut manager = replica(dir.path(), "m", Mode::OneWay, true);
-    write(&manager, "api.xml", b"real");
-    connect(
-        &mut worker,
-        Some(CertRole::Worker),
-        &mut manager,
+    let mut manager = replica(
+        &ca,
+        dir.path(),
+        "m",
+        Mode::OneWay,
+        true,
         Some(CertRole::Manager),
     );
+    write(&manager, "api.xml", b"real");
+    connect(&ca, &mut worker, &mut manager);
     assert_eq!(worker.manager(), Some(m_name.clone()));
     assert!(holds(&worker, b"api.xml"));
 
     // Now that it follows a manager, the forged node's changes are refused, not applied.
     worker.disconnected(forged.store().node());
     forged.disconnected(worker.store().node());
-    connect(
-        &mut worker,
-        Some(CertRole::Worker),
-        &mut forged,
-        Some(CertRole::Worker),
-    );
+    connect(&ca, &mut worker, &mut forged);
     assert!(!holds(&worker, b"evil.xml"));
     assert_eq!(worker.store().leadership().manager(), Some(&m_name));
 }
@@ -128,10 +135,11 @@ fn a_worker_follows_the_manager_and_not_a_worker_certificate_claiming_the_role()
 #[test]
 fn multi_writer_accepts_every_member() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = replica(dir.path(), "a", Mode::MultiWriter, false);
-    let mut b = replica(dir.path(), "b", Mode::MultiWriter, false);
+    let ca = Ca::new();
+    let mut a = replica(&ca, dir.path(), "a", Mode::MultiWriter, false, None);
+    let mut b = replica(&ca, dir.path(), "b", Mode::MultiWriter, false, None);
     write(&b, "x", b"from b");
-    connect(&mut a, None, &mut b, None);
+    connect(&ca, &mut a, &mut b);
     assert!(holds(&a, b"x"));
 }
 
@@ -141,39 +149,53 @@ fn multi_writer_accepts_every_member() {
 #[test]
 fn a_relayed_term_for_a_worker_or_for_the_receiver_is_not_followed() {
     let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
     let m_name = NodeName::new("m").unwrap();
-    let mut manager = replica(dir.path(), "m", Mode::OneWay, true);
-    let mut worker = replica(dir.path(), "w1", Mode::OneWay, false);
-    connect(
-        &mut worker,
-        Some(CertRole::Worker),
-        &mut manager,
+    let mut manager = replica(
+        &ca,
+        dir.path(),
+        "m",
+        Mode::OneWay,
+        true,
         Some(CertRole::Manager),
     );
-    assert_eq!(worker.manager(), Some(m_name.clone()));
-    // w9 holds a worker certificate, as w1 has seen.
-    let mut w9 = replica(dir.path(), "w9", Mode::OneWay, false);
-    connect(
-        &mut worker,
-        Some(CertRole::Worker),
-        &mut w9,
+    let mut worker = replica(
+        &ca,
+        dir.path(),
+        "w1",
+        Mode::OneWay,
+        false,
         Some(CertRole::Worker),
     );
+    connect(&ca, &mut worker, &mut manager);
+    assert_eq!(worker.manager(), Some(m_name.clone()));
+    // w9 holds a worker certificate, as w1 has seen.
+    let mut w9 = replica(
+        &ca,
+        dir.path(),
+        "w9",
+        Mode::OneWay,
+        false,
+        Some(CertRole::Worker),
+    );
+    connect(&ca, &mut worker, &mut w9);
 
     for named in ["w9", "w1"] {
         // A relaying worker whose store holds the forged history.
         let liar_name = format!("liar-{named}");
-        let mut liar = replica(dir.path(), &liar_name, Mode::OneWay, false);
+        let mut liar = replica(
+            &ca,
+            dir.path(),
+            &liar_name,
+            Mode::OneWay,
+            false,
+            Some(CertRole::Worker),
+        );
         let forged = Leadership::first(m_name.clone(), VersionVector::new())
             .promote(NodeName::new(named).unwrap(), VersionVector::new());
         liar.store().set_leadership(forged).unwrap();
         write(&liar, &format!("{named}.xml"), b"forged");
-        connect(
-            &mut worker,
-            Some(CertRole::Worker),
-            &mut liar,
-            Some(CertRole::Worker),
-        );
+        connect(&ca, &mut worker, &mut liar);
         assert_eq!(
             worker.manager(),
             Some(m_name.clone()),
@@ -189,7 +211,15 @@ fn a_relayed_term_for_a_worker_or_for_the_receiver_is_not_followed() {
 #[test]
 fn promote_stops_at_the_longest_history_a_peer_accepts() {
     let dir = tempfile::tempdir().unwrap();
-    let mut node = replica(dir.path(), "w1", Mode::OneWay, false);
+    let ca = Ca::new();
+    let mut node = replica(
+        &ca,
+        dir.path(),
+        "w1",
+        Mode::OneWay,
+        false,
+        Some(CertRole::Worker),
+    );
     let other = NodeName::new("m").unwrap();
     let mut lead = Leadership::first(other.clone(), VersionVector::new());
     while lead.terms().len() < depfs_proto::lead::MAX_TERMS {

@@ -10,6 +10,8 @@
 //! Reproduce a failing seed: `DEPFS_SIM_SEED=<seed> cargo test -p depfs-replicator --test simulation`.
 //! `DEPFS_SIM_SEEDS=<n>` runs seeds 1..=n (default 200).
 
+mod support;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::path::PathBuf;
@@ -21,6 +23,7 @@ use depfs_replicator::{Output, Replica, ReplicaConfig};
 use depfs_store::{Durability, Store, StoreOptions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use support::Ca;
 
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 
@@ -84,6 +87,7 @@ struct Sim {
     lossy: bool,
     made: Vec<Made>,
     stats: BTreeMap<&'static str, u64>,
+    ca: Ca,
     _tmp: tempfile::TempDir,
 }
 
@@ -125,6 +129,7 @@ impl Sim {
             lossy: true,
             made: Vec::new(),
             stats: BTreeMap::new(),
+            ca: Ca::new(),
             _tmp: tmp,
         };
         for i in 0..n {
@@ -155,7 +160,8 @@ impl Sim {
             .filter(|n| **n != self.nodes[i].name)
             .cloned()
             .collect();
-        self.nodes[i].replica = Some(Replica::new(store, peers, config()));
+        let identity = self.ca.identity(&self.nodes[i].name);
+        self.nodes[i].replica = Some(Replica::new(store, peers, config(), &identity).unwrap());
     }
 
     fn crash(&mut self, i: usize) {
@@ -186,16 +192,19 @@ impl Sim {
                     self.links_up.insert((a, b));
                     let (na, nb) = (self.names[a].clone(), self.names[b].clone());
                     let now = (self.wall(a), self.wall(b));
+                    let (ca, cb) = (self.ca.certificate(&na), self.ca.certificate(&nb));
                     let out_a = self.nodes[a]
                         .replica
                         .as_mut()
                         .unwrap()
-                        .connected(&nb, now.0);
+                        .connected(&nb, &cb, now.0)
+                        .unwrap();
                     let out_b = self.nodes[b]
                         .replica
                         .as_mut()
                         .unwrap()
-                        .connected(&na, now.1);
+                        .connected(&na, &ca, now.1)
+                        .unwrap();
                     self.route(a, out_a);
                     self.route(b, out_b);
                 } else if !ok && was {

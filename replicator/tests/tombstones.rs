@@ -3,19 +3,18 @@
 //! connect; until as many peers as the configuration lists have been heard from,
 //! nothing is collected.
 
-use depfs_proto::{Content, Kind, Meta, Node, NodeName, RelPath, Timespec};
+mod support;
+
+use depfs_proto::{Content, Kind, Node, NodeName, RelPath};
 use depfs_replicator::{Replica, ReplicaConfig};
 use depfs_store::{Durability, Store, StoreOptions};
+use support::{meta, Ca};
 
-fn meta(kind: Kind) -> Meta {
-    Meta {
-        kind,
-        perm: 0o755,
-        uid: 0,
-        gid: 0,
-        mtime: Timespec::new(1, 0),
-        ctime: Timespec::new(1, 0),
-    }
+/// A replica of `gw1` over `store`.
+fn replica(store: Store) -> Replica {
+    let ca = Ca::new();
+    let identity = ca.identity(store.node());
+    Replica::new(store, Vec::new(), ReplicaConfig::default(), &identity).unwrap()
 }
 
 fn path(p: &str) -> RelPath {
@@ -49,12 +48,7 @@ fn gc_due() -> u64 {
 #[test]
 fn a_configured_peer_never_heard_from_keeps_every_tombstone() {
     let dir = tempfile::tempdir().unwrap();
-    let mut replica = Replica::new(
-        store_with_a_tombstone(dir.path()),
-        Vec::new(),
-        ReplicaConfig::default(),
-    )
-    .expecting_peers(1);
+    let mut replica = replica(store_with_a_tombstone(dir.path())).expecting_peers(1);
     replica.tick(gc_due()).unwrap();
     assert_eq!(
         replica.store().heads(&path("doomed.xml")).unwrap().len(),
@@ -66,11 +60,7 @@ fn a_configured_peer_never_heard_from_keeps_every_tombstone() {
 #[test]
 fn a_single_node_collects_its_tombstones() {
     let dir = tempfile::tempdir().unwrap();
-    let mut replica = Replica::new(
-        store_with_a_tombstone(dir.path()),
-        Vec::new(),
-        ReplicaConfig::default(),
-    );
+    let mut replica = replica(store_with_a_tombstone(dir.path()));
     replica.tick(gc_due()).unwrap();
     assert!(replica
         .store()
@@ -89,7 +79,7 @@ fn a_peer_heard_from_once_is_waited_for_after_a_restart() {
     acked.raise(&NodeName::new("gw1").unwrap(), 1);
     store.set_peer_acked(&gw2, &acked).unwrap();
     // A restarted daemon: no names configured, none connected yet.
-    let mut replica = Replica::new(store, Vec::new(), ReplicaConfig::default()).expecting_peers(1);
+    let mut replica = replica(store).expecting_peers(1);
     replica.tick(gc_due()).unwrap();
     assert_eq!(
         replica.store().heads(&path("doomed.xml")).unwrap().len(),

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use depfs_proto::{decode_value, ChunkHash, Dot, Kind, Node, RelPath, State};
+use depfs_proto::{ChunkHash, Dot, Kind, Node, RelPath, State};
 use rocksdb::IteratorMode;
 
 use crate::db::cf;
@@ -68,7 +68,7 @@ impl Store {
                 problems.push(format!("log key {key:?} is malformed"));
                 continue;
             };
-            let record: LogRecord = match decode_value(&value) {
+            let record = match LogRecord::decode(&value) {
                 Ok(r) => r,
                 Err(e) => {
                     problems.push(format!("log record {dot}: {e}"));

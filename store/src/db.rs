@@ -81,10 +81,12 @@ pub(crate) fn init(
         None => WriterState::default(),
     };
     let lead = match db.get_cf(cf(&db, CF_META), META_LEADERSHIP)? {
-        Some(bytes) => decode_value(&bytes).map_err(|source| StoreError::Corrupt {
-            what: "meta/leadership".into(),
-            source,
-        })?,
+        Some(bytes) => {
+            crate::lead::decode_leadership(&bytes).map_err(|source| StoreError::Corrupt {
+                what: "meta/leadership".into(),
+                source,
+            })?
+        }
         None => depfs_proto::Leadership::default(),
     };
     tracing::info!(seq = state.seq, vv = ?state.vv, "store opened");
@@ -101,6 +103,7 @@ pub(crate) fn init(
         pins: Mutex::new(PinTable::default()),
         created,
         commit_hook: parking_lot::RwLock::new(None),
+        signer: parking_lot::RwLock::new(None),
         min_free_bytes: options.min_free_bytes,
         free_space: Mutex::new(None),
         lead: parking_lot::RwLock::new(lead),

@@ -4,12 +4,16 @@
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
-use depfs_proto::{decode_value, encode_value, Leadership, RelPath};
+use depfs_proto::lead::Term;
+use depfs_proto::{
+    decode_value, encode_value, DecodeError, Leadership, NodeName, RelPath, VersionVector,
+};
+use serde::Deserialize;
 
 use crate::db::cf;
-use crate::error::{Result, StoreError};
+use crate::error::Result;
 use crate::keys::*;
-use crate::log::LogRecord;
+use crate::log::read_record;
 use crate::merge::{contenders, visible, Batch};
 use crate::tx::{Committed, Durability};
 use crate::Store;
@@ -23,7 +27,13 @@ impl Store {
     /// Follows `lead` from now on (it is persisted, synced). Changes whose standing moves
     /// (made cut off, or no longer) are re-judged: returns the paths whose visible entry
     /// changed.
-    pub fn set_leadership(&self, lead: Leadership) -> Result<Vec<RelPath>> {
+    ///
+    /// This node's own terms are signed here (once a signer is set): whoever made the
+    /// history, only the node a term names can sign it.
+    pub fn set_leadership(&self, mut lead: Leadership) -> Result<Vec<RelPath>> {
+        if let Some(signer) = self.inner.signer.read().as_deref() {
+            lead.sign_terms_of(self.node(), signer);
+        }
         let writer = self.inner.writer.lock();
         let old = std::mem::replace(&mut *self.inner.lead.write(), lead.clone());
         let mut batch = Batch::new(self);
@@ -36,10 +46,7 @@ impl Store {
             if old.is_cut_off(&dot) == lead.is_cut_off(&dot) {
                 continue;
             }
-            let record: LogRecord = decode_value(&value).map_err(|source| StoreError::Corrupt {
-                what: format!("log/{dot}"),
-                source,
-            })?;
+            let record = read_record(&dot, &value)?;
             for path in &record.paths {
                 batch.mark(path);
             }
@@ -87,4 +94,32 @@ impl Store {
         }
         tx.commit(wall_ms, Durability::Process)
     }
+}
+
+/// A stored term as stores written before terms were signed hold it.
+#[derive(Deserialize)]
+struct UnsignedTerm {
+    number: u64,
+    manager: NodeName,
+    start: VersionVector,
+}
+
+/// Decodes the stored leadership; one written before terms were signed reads as
+/// unsigned (this node signs its own terms again when its signer is set).
+pub(crate) fn decode_leadership(bytes: &[u8]) -> std::result::Result<Leadership, DecodeError> {
+    decode_value::<Leadership>(bytes).or_else(|signed_error| {
+        match decode_value::<Vec<UnsignedTerm>>(bytes) {
+            Ok(old) => Ok(Leadership::from_terms(
+                old.into_iter()
+                    .map(|t| Term {
+                        number: t.number,
+                        manager: t.manager,
+                        start: t.start,
+                        signature: Vec::new(),
+                    })
+                    .collect(),
+            )),
+            Err(_) => Err(signed_error),
+        }
+    })
 }

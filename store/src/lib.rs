@@ -39,7 +39,7 @@ pub use tx::{Committed, Durability, Tx};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use depfs_proto::{HlcClock, Meta, NodeName};
+use depfs_proto::{HlcClock, Meta, NodeName, SignChanges};
 use parking_lot::Mutex;
 
 use crate::chunks::PinTable;
@@ -118,6 +118,8 @@ pub(crate) struct Inner {
     pub(crate) free_space: Mutex<Option<(std::time::Instant, u64)>>,
     /// Called after every local commit (the replicator's wake-up).
     pub(crate) commit_hook: parking_lot::RwLock<Option<CommitHook>>,
+    /// Seals every local commit (see [`Store::set_signer`]).
+    pub(crate) signer: parking_lot::RwLock<Option<Arc<dyn SignChanges>>>,
     /// One-way mode: the manager terms, which decide which changes are cut off. Changed
     /// only with the writer lock held.
     pub(crate) lead: parking_lot::RwLock<depfs_proto::Leadership>,
@@ -197,6 +199,19 @@ impl Store {
         *self.inner.commit_hook.write() = Some(hook);
     }
 
+    /// Signs every change committed here from now on with this node's key, and this
+    /// node's changes the log keeps unsigned (see [`Store::seal_own_changes`]). Peers
+    /// refuse unsigned changes: a daemon sets it before anything can commit.
+    pub fn set_signer(&self, signer: Arc<dyn SignChanges>) -> Result<usize> {
+        *self.inner.signer.write() = Some(signer.clone());
+        let mut lead = self.leadership();
+        if lead.sign_terms_of(self.node(), signer.as_ref()) > 0 {
+            // Terms this node made before it had a key (an older store).
+            self.set_leadership(lead)?;
+        }
+        self.seal_own_changes()
+    }
+
     /// A value the daemon keeps in the store (`app/KEY`): the mode a store was created
     /// in, the manager a worker follows.
     pub fn app_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -216,6 +231,24 @@ impl Store {
             &options,
         )?;
         Ok(())
+    }
+
+    /// Every [`Store::app_meta`] value whose key starts with `prefix`, with its key.
+    pub fn app_meta_under(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let db = &self.inner.db;
+        let full = format!("app/{prefix}");
+        let start = rocksdb::IteratorMode::From(full.as_bytes(), rocksdb::Direction::Forward);
+        let mut out = Vec::new();
+        for item in db.iterator_cf(db::cf(db, keys::CF_META), start) {
+            let (key, value) = item?;
+            if !key.starts_with(full.as_bytes()) {
+                break;
+            }
+            let key = String::from_utf8_lossy(key.strip_prefix(b"app/").unwrap_or_default());
+            let key = key.into_owned();
+            out.push((key, value.into_vec()));
+        }
+        Ok(out)
     }
 
     /// True if this open created the store (first start of this node).

@@ -4,8 +4,10 @@
 //! current (a winner, a tombstone or a recorded conflict). When that count reaches zero the
 //! change is fully superseded and its record is deleted: the log holds exactly the changes
 //! a peer may still need, so it stays bounded under endless overwrites of the same files.
+//! It also keeps the change's seal, so that any node can serve the change to any other
+//! with its origin's signature (see `depfs_proto::seal`).
 
-use depfs_proto::{Hlc, RelPath};
+use depfs_proto::{decode_value, DecodeError, Hlc, RelPath, Seal};
 use serde::{Deserialize, Serialize};
 
 /// What the log keeps about one change.
@@ -17,4 +19,39 @@ pub struct LogRecord {
     pub paths: Vec<RelPath>,
     /// How many of those versions are still current.
     pub live: u32,
+    /// The origin's seal.
+    pub seal: Seal,
+}
+
+/// A record as stores written before seals existed hold it.
+#[derive(Deserialize)]
+struct UnsealedRecord {
+    hlc: Hlc,
+    paths: Vec<RelPath>,
+    live: u32,
+}
+
+impl LogRecord {
+    /// Decodes a stored record; one written before seals existed reads as unsigned.
+    pub fn decode(bytes: &[u8]) -> Result<LogRecord, DecodeError> {
+        decode_value::<LogRecord>(bytes).or_else(|sealed_error| {
+            match decode_value::<UnsealedRecord>(bytes) {
+                Ok(old) => Ok(LogRecord {
+                    hlc: old.hlc,
+                    paths: old.paths,
+                    live: old.live,
+                    seal: Seal::default(),
+                }),
+                Err(_) => Err(sealed_error),
+            }
+        })
+    }
+}
+
+/// Decodes the stored record of `dot`; a record that does not decode is corruption.
+pub(crate) fn read_record(dot: &depfs_proto::Dot, bytes: &[u8]) -> crate::Result<LogRecord> {
+    LogRecord::decode(bytes).map_err(|source| crate::StoreError::Corrupt {
+        what: format!("log/{dot}"),
+        source,
+    })
 }

@@ -33,7 +33,7 @@ use depfs_proto::{
 
 use crate::error::{Result, StoreError};
 use crate::keys::*;
-use crate::log::LogRecord;
+use crate::log::{read_record, LogRecord};
 use crate::overlay::Overlay;
 use crate::Store;
 
@@ -363,11 +363,7 @@ impl<'s> Batch<'s> {
             let Some(bytes) = self.overlay.get(self.store, CF_LOG, &key)? else {
                 continue;
             };
-            let mut record: LogRecord =
-                decode_value(&bytes).map_err(|source| StoreError::Corrupt {
-                    what: format!("log/{dot}"),
-                    source,
-                })?;
+            let mut record = read_record(&dot, &bytes)?;
             record.live = record.live.saturating_sub(n);
             if record.live == 0 {
                 self.overlay.delete(CF_LOG, key);

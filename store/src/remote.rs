@@ -11,7 +11,7 @@ use crate::chunks::PinGuard;
 use crate::db::cf;
 use crate::error::{Result, StoreError};
 use crate::keys::*;
-use crate::log::LogRecord;
+use crate::log::{read_record, LogRecord};
 use crate::merge::Batch;
 use crate::tx::Durability;
 use crate::Store;
@@ -130,18 +130,18 @@ impl Store {
             // parts of it still current): extend its record.
             let key = log_key(&change.dot);
             let mut record = match batch.overlay.get(self, CF_LOG, &key)? {
-                Some(bytes) => {
-                    decode_value::<LogRecord>(&bytes).map_err(|source| StoreError::Corrupt {
-                        what: format!("log/{}", change.dot),
-                        source,
-                    })?
-                }
+                Some(bytes) => read_record(&change.dot, &bytes)?,
                 None => LogRecord {
                     hlc: change.hlc,
                     paths: Vec::new(),
                     live: 0,
+                    seal: change.seal.clone(),
                 },
             };
+            if !record.seal.is_signed() {
+                // Kept from a store written before seals: the sealed copy replaces it.
+                record.seal = change.seal.clone();
+            }
             record.live += admitted_paths.len() as u32;
             for p in admitted_paths {
                 if !record.paths.contains(&p) {
@@ -362,6 +362,7 @@ impl Store {
             dot: dot.clone(),
             hlc: record.hlc,
             ops,
+            seal: record.seal,
         }))
     }
 
@@ -438,10 +439,7 @@ impl Store {
             if !covered.covers(&dot) {
                 continue;
             }
-            let record: LogRecord = decode_value(&value).map_err(|source| StoreError::Corrupt {
-                what: format!("log/{dot}"),
-                source,
-            })?;
+            let record = read_record(&dot, &value)?;
             for path in &record.paths {
                 let heads = batch.heads(path)?;
                 if let [only] = heads.as_slice() {

@@ -8,8 +8,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use depfs_proto::seal::op_digest;
 use depfs_proto::{
-    encode_value, Content, Dot, Hlc, HlcClock, Node, RelPath, State, Version, VersionVector,
+    encode_value, Content, Dot, Hlc, HlcClock, Node, RelPath, Seal, State, Version, VersionVector,
 };
 use parking_lot::MutexGuard;
 use serde::{Deserialize, Serialize};
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::db::cf;
 use crate::error::Result;
 use crate::keys::*;
-use crate::log::LogRecord;
+use crate::log::{read_record, LogRecord};
 use crate::merge::{Batch, RefDeltas};
 use crate::overlay::Overlay;
 use crate::tree::DirEntry;
@@ -269,6 +270,7 @@ impl<'a> Tx<'a> {
         let dot = Dot::new(node.clone(), seq);
 
         let mut paths = Vec::with_capacity(ops.len());
+        let mut sealed = Vec::with_capacity(ops.len());
         for (path, op, heads, conflicted) in ops {
             let mut ctx = VersionVector::new();
             let base = self.bases.get(&path);
@@ -289,6 +291,7 @@ impl<'a> Tx<'a> {
                 Some(node) => State::Live(node),
                 None => State::Deleted,
             };
+            sealed.push(op_digest(&path, &ctx, &state));
             batch.admit(
                 &path,
                 Version {
@@ -301,7 +304,22 @@ impl<'a> Tx<'a> {
             paths.push(path);
         }
         let live = paths.len() as u32;
-        batch.log(&dot, &LogRecord { hlc, paths, live });
+        let seal = match store.inner.signer.read().as_deref() {
+            Some(signer) => Seal::new(&dot, hlc, sealed, signer),
+            None => Seal {
+                ops: sealed,
+                signature: Vec::new(),
+            },
+        };
+        batch.log(
+            &dot,
+            &LogRecord {
+                hlc,
+                paths,
+                live,
+                seal,
+            },
+        );
         batch.settle()?;
         batch.release_log_records()?;
 
@@ -394,14 +412,54 @@ impl Store {
     pub fn log_record(&self, dot: &Dot) -> Result<Option<LogRecord>> {
         let db = &self.inner.db;
         match db.get_pinned_cf(cf(db, CF_LOG), log_key(dot))? {
-            Some(bytes) => Ok(Some(depfs_proto::decode_value(&bytes).map_err(
-                |source| crate::StoreError::Corrupt {
-                    what: format!("log/{dot}"),
-                    source,
-                },
-            )?)),
+            Some(bytes) => Ok(Some(read_record(dot, &bytes)?)),
             None => Ok(None),
         }
+    }
+
+    /// Signs this node's changes that the log keeps unsigned — made before a signer was
+    /// set: in a store written before changes were signed, or while the node ran alone
+    /// without TLS — so that peers accept them. Only the versions still current are
+    /// sealed: nothing else of such a change is ever sent again. Returns how many
+    /// changes were sealed.
+    pub fn seal_own_changes(&self) -> Result<usize> {
+        let Some(signer) = self.inner.signer.read().clone() else {
+            return Ok(0);
+        };
+        // Commits and applies rewrite log records (their live counts): not meanwhile.
+        let _writer = self.inner.writer.lock();
+        let db = &self.inner.db;
+        let mut prefix = self.node().as_str().as_bytes().to_vec();
+        prefix.push(0);
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut sealed = 0;
+        let start = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+        for item in db.iterator_cf(cf(db, CF_LOG), start) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let Some(dot) = parse_log_key(&key) else {
+                continue;
+            };
+            let mut record = read_record(&dot, &value)?;
+            if record.seal.is_signed() {
+                continue;
+            }
+            let Some(change) = self.change(&dot)? else {
+                continue;
+            };
+            let ops = change
+                .ops
+                .iter()
+                .map(|op| op_digest(&op.path, &op.ctx, &op.state))
+                .collect();
+            record.seal = Seal::new(&dot, record.hlc, ops, signer.as_ref());
+            batch.put_cf(cf(db, CF_LOG), &key, encode_value(&record));
+            sealed += 1;
+        }
+        db.write(batch)?;
+        Ok(sealed)
     }
 
     /// The most recent log records, newest first, at most `limit`.
@@ -413,11 +471,7 @@ impl Store {
             let Some(dot) = parse_log_key(&key) else {
                 continue;
             };
-            let record: LogRecord =
-                depfs_proto::decode_value(&value).map_err(|source| crate::StoreError::Corrupt {
-                    what: format!("log/{dot}"),
-                    source,
-                })?;
+            let record = read_record(&dot, &value)?;
             all.push((dot, record));
         }
         all.sort_by_key(|r| std::cmp::Reverse(r.1.hlc));

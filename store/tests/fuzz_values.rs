@@ -2,7 +2,7 @@
 //! types, fuzzed in proto/tests/fuzz_decoders.rs): arbitrary and mutated bytes decode
 //! to an error or a value, never a panic. Seeded: a failure prints its seed and case.
 
-use depfs_proto::{decode_value, encode_value, Hlc, RelPath};
+use depfs_proto::{decode_value, encode_value, Digest, Hlc, RelPath, Seal};
 use depfs_store::log::LogRecord;
 use rand::{Rng, SeedableRng};
 
@@ -16,7 +16,33 @@ fn valid() -> Vec<u8> {
             RelPath::parse(b"webapps").unwrap(),
         ],
         live: 2,
+        seal: Seal {
+            ops: vec![Digest([1; 32]), Digest([2; 32])],
+            signature: vec![7; 72],
+        },
     })
+}
+
+/// A record as stores written before changes were signed hold it: it still reads, as
+/// unsigned (its node signs it again when it gets its key).
+#[test]
+fn a_record_written_before_seals_reads_as_unsigned() {
+    #[derive(serde::Serialize)]
+    struct Unsealed {
+        hlc: Hlc,
+        paths: Vec<RelPath>,
+        live: u32,
+    }
+    let old = encode_value(&Unsealed {
+        hlc: Hlc::new(5, 0),
+        paths: vec![RelPath::parse(b"a.xml").unwrap()],
+        live: 1,
+    });
+    let record = LogRecord::decode(&old).unwrap();
+    assert_eq!(record.live, 1);
+    assert!(!record.seal.is_signed());
+    let new = LogRecord::decode(&valid()).unwrap();
+    assert!(new.seal.is_signed());
 }
 
 #[test]
@@ -47,7 +73,7 @@ fn log_records_never_panic_on_arbitrary_or_mutated_bytes() {
             }
             b
         };
-        let result = std::panic::catch_unwind(|| decode_value::<LogRecord>(&bytes));
+        let result = std::panic::catch_unwind(|| LogRecord::decode(&bytes));
         match result {
             Ok(Ok(record)) => {
                 // Whatever decodes re-encodes.

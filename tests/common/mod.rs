@@ -257,11 +257,14 @@ impl Ca {
     }
 
     /// Issues `name`'s certificate; returns the `[tls]` section for its config.
+    /// Issues `name`'s certificate allowing the manager role (and so any role): the
+    /// tests of one-way mode promote nodes of a [`Cluster`].
     pub fn issue(&self, name: &str) -> String {
-        self.issue_with_role(name, None)
+        self.issue_with_role(name, Some("manager"))
     }
 
-    /// Issues `name`'s certificate allowing `role` (`manager`/`worker`, or any).
+    /// Issues `name`'s certificate allowing `role` (`manager`/`worker`; `None`: what
+    /// `depfs ca issue` gives without `--role`).
     pub fn issue_with_role(&self, name: &str, role: Option<&str>) -> String {
         let ca = self.dir.path().join("ca");
         let certs = self.dir.path().join("certs");
@@ -284,12 +287,33 @@ impl Ca {
             "ca issue: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Every node reads the CA's deny list (`depfs ca revoke` writes it): on one
+        // machine that is the copy an operator makes to every node.
         format!(
-            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nrevoked = \"{}\"\n",
             ca.join("ca.pem").display(),
             certs.join(format!("{name}.pem")).display(),
-            certs.join(format!("{name}.key")).display()
+            certs.join(format!("{name}.key")).display(),
+            ca.join("revoked").display()
         )
+    }
+
+    /// `depfs ca revoke --ca CA ARGS...`; panics if it fails.
+    pub fn revoke(&self, args: &[&str]) {
+        let ca = self.dir.path().join("ca");
+        let mut all = vec!["ca", "revoke", "--ca", ca.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = depfs(&all);
+        assert!(
+            out.status.success(),
+            "ca revoke: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The certificate file issued for `name`.
+    pub fn cert_of(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join("certs").join(format!("{name}.pem"))
     }
 }
 
