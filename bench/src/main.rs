@@ -7,7 +7,8 @@
 //! target/release/depfs-bench all            # or: all --quick
 //! ```
 //!
-//! `local` and `replication` run the depfs-only subsets and print Markdown tables.
+//! `local` and `replication` run the depfs-only subsets and print Markdown tables;
+//! `seal` measures what signing changes costs.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,6 +23,7 @@ mod raw;
 mod replication;
 mod report;
 mod results;
+mod seal;
 mod systems;
 mod tree;
 mod util;
@@ -85,6 +87,15 @@ enum Cmd {
         /// The depfs binary (default: next to this one).
         #[arg(long)]
         depfs: Option<PathBuf>,
+    },
+    /// What signing changes costs: seal and verify per change, with a real node key.
+    Seal {
+        /// Changes measured per row.
+        #[arg(long, default_value_t = 5000)]
+        changes: usize,
+        /// Versions per change of the second row (a deploy of several files).
+        #[arg(long, default_value_t = 50)]
+        multi: usize,
     },
     /// depfs replication only, on loopback: visibility, burst, bandwidth.
     Replication {
@@ -168,6 +179,7 @@ fn main() -> Result<()> {
             runs,
             depfs_path(depfs)?,
         ),
+        Cmd::Seal { changes, multi } => seal::run(changes.max(1), multi.max(1)),
         Cmd::Replication {
             trials,
             burst,

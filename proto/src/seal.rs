@@ -23,7 +23,7 @@ use crate::limits::MAX_SIGNATURE_LEN;
 use crate::path::RelPath;
 use crate::version::{Dot, State};
 use crate::vv::VersionVector;
-use crate::wire::Change;
+use crate::wire::{Change, ChangeOp};
 
 /// A blake3 digest of a version or of a change.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -103,6 +103,15 @@ impl Seal {
         Seal { ops, signature }
     }
 
+    /// Seals the change `dot` made at `hlc` whose versions are `ops`.
+    pub fn of_ops(dot: &Dot, hlc: Hlc, ops: &[ChangeOp], signer: &dyn SignChanges) -> Seal {
+        let digests = ops
+            .iter()
+            .map(|op| op_digest(&op.path, &op.ctx, &op.state))
+            .collect();
+        Seal::new(dot, hlc, digests, signer)
+    }
+
     /// True if the change was sealed by a signer (stores written before seals existed
     /// hold unsigned records).
     pub fn is_signed(&self) -> bool {
@@ -142,7 +151,6 @@ mod tests {
     use super::*;
     use crate::entry::{Content, Kind, Meta, Node, Timespec};
     use crate::name::NodeName;
-    use crate::wire::ChangeOp;
 
     /// A stand-in signer: the "signature" is the digest itself.
     struct Echo;
@@ -176,12 +184,8 @@ mod tests {
     fn sealed(ops: Vec<ChangeOp>) -> Change {
         let dot = Dot::new(NodeName::new("gw1").unwrap(), 3);
         let hlc = Hlc::new(1_000, 0);
-        let digests = ops
-            .iter()
-            .map(|o| op_digest(&o.path, &o.ctx, &o.state))
-            .collect();
         Change {
-            seal: Seal::new(&dot, hlc, digests, &Echo),
+            seal: Seal::of_ops(&dot, hlc, &ops, &Echo),
             dot,
             hlc,
             ops,

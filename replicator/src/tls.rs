@@ -247,6 +247,11 @@ pub fn load(ca: &Path, cert: &Path, key: &Path, node: &NodeName) -> Result<TlsCo
         .with_single_cert(chain.clone(), key_der.clone_key())
         .map_err(|e| TlsError::Config(format!("{}: {e}", key.display())))?;
     server.alpn_protocols = vec![ALPN.to_vec()];
+    // No session resumption: a resumed TLS 1.3 session skips the certificate checks,
+    // so a certificate revoked since could come back on a ticket. Peer connections are
+    // long-lived; a full handshake per connection costs nothing that matters.
+    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    server.send_tls13_tickets = 0;
 
     let signer = change_signer(&provider, &key_der, key)?;
     let leaf_der = leaf.as_ref().to_vec();
@@ -266,6 +271,7 @@ pub fn load(ca: &Path, cert: &Path, key: &Path, node: &NodeName) -> Result<TlsCo
         .with_client_auth_cert(chain, key_der)
         .map_err(|e| TlsError::Config(format!("{}: {e}", key.display())))?;
     client.alpn_protocols = vec![ALPN.to_vec()];
+    client.resumption = rustls::client::Resumption::disabled();
 
     Ok(TlsConfig {
         server: Arc::new(server),

@@ -6,7 +6,6 @@
 mod support;
 
 use depfs_proto::lead::Term;
-use depfs_proto::seal::op_digest;
 use depfs_proto::{
     Change, ChangeOp, Content, Hlc, Kind, Leadership, Message, NodeName, RelPath, Seal, State,
     VersionVector,
@@ -133,12 +132,7 @@ fn change(origin: &str, seq: u64, p: &str, signer: &dyn depfs_proto::SignChanges
         state: State::Live(Member::file(b"forged")),
     };
     let hlc = Hlc::new(1_000, 0);
-    let seal = Seal::new(
-        &dot,
-        hlc,
-        vec![op_digest(&op.path, &op.ctx, &op.state)],
-        signer,
-    );
+    let seal = Seal::of_ops(&dot, hlc, std::slice::from_ref(&op), signer);
     Change {
         dot,
         hlc,

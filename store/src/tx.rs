@@ -449,12 +449,7 @@ impl Store {
             let Some(change) = self.change(&dot)? else {
                 continue;
             };
-            let ops = change
-                .ops
-                .iter()
-                .map(|op| op_digest(&op.path, &op.ctx, &op.state))
-                .collect();
-            record.seal = Seal::new(&dot, record.hlc, ops, signer.as_ref());
+            record.seal = Seal::of_ops(&dot, record.hlc, &change.ops, signer.as_ref());
             batch.put_cf(cf(db, CF_LOG), &key, encode_value(&record));
             sealed += 1;
         }
