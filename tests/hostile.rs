@@ -68,6 +68,16 @@ impl Hostile {
     /// Connects and sends `bytes` on a stream; returns how the daemon ended the
     /// connection (its close reason), or `None` if it did not within the deadline.
     fn send(&self, to: SocketAddr, bytes: Vec<u8>) -> Result<Option<String>, String> {
+        self.send_waiting(to, bytes, T)
+    }
+
+    /// As [`Hostile::send`], waiting at most `wait` for the close.
+    fn send_waiting(
+        &self,
+        to: SocketAddr,
+        bytes: Vec<u8>,
+        wait: Duration,
+    ) -> Result<Option<String>, String> {
         self.rt.block_on(async {
             let conn = self
                 .endpoint
@@ -77,7 +87,7 @@ impl Hostile {
                 .map_err(|e| e.to_string())?;
             let (mut send, _recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             send.write_all(&bytes).await.map_err(|e| e.to_string())?;
-            match tokio::time::timeout(T, conn.closed()).await {
+            match tokio::time::timeout(wait, conn.closed()).await {
                 Ok(reason) => Ok(Some(reason.to_string())),
                 Err(_) => Ok(None),
             }
@@ -643,6 +653,85 @@ fn forged_progress_claims_are_not_adopted() {
         "gw2's write no longer reaches gw1"
     );
     still_healthy(&s.c, "after-forged-progress.xml");
+}
+
+/// A member with a worker's certificate tries to take over a one-way cluster: it relays
+/// a history whose term 2 names a made-up manager "ghost", then one whose term 2 names
+/// itself, signed with its own (worker) key, each followed by a change under the claimed
+/// manager's name. The worker follows neither, applies nothing, and the real manager
+/// keeps managing and replicating.
+#[test]
+fn a_forged_manager_term_is_not_followed_by_real_daemons() {
+    let c = Cluster::one_way_with_certs(&["manager", "worker"], &[Some("manager"), None]);
+    c.mount_all();
+    let (manager, worker) = (&c.nodes[0], &c.nodes[1]);
+    std::fs::write(manager.path("api.xml"), b"v1").unwrap();
+    assert!(worker.wait_for("api.xml", b"v1", T));
+    c.ca.issue_with_role("evil", Some("worker"));
+    let certs = c.ca.dir.path().join("certs");
+    let evil = Hostile::new(
+        &c.ca.dir.path().join("ca").join("ca.pem"),
+        &certs.join("evil.pem"),
+        &certs.join("evil.key"),
+        "evil",
+    );
+    let target: SocketAddr = format!("127.0.0.1:{}", c.ports[1]).parse().unwrap();
+    let signer = evil.identity.signer.as_ref();
+    // What the worker logs when it refuses each takeover's change.
+    for (claimed, refusal) in [
+        ("ghost", "not made by its origin"),
+        ("evil", "refused changes not made by a manager"),
+    ] {
+        let mut lead = depfs_proto::Leadership::first(node("gw1"), VersionVector::new())
+            .promote(node(claimed), VersionVector::new());
+        if claimed == "evil" {
+            lead.sign_terms_of(&node("evil"), signer);
+        }
+        let hello = Message::Hello {
+            node: node("evil"),
+            vv: VersionVector::new(),
+            lead,
+            certificates: vec![evil.identity.certificate.clone()],
+        };
+        let takeover = change(
+            claimed,
+            1,
+            &format!("{claimed}.xml"),
+            Content::Inline(b"x".to_vec()),
+            signer,
+        );
+        let seen = |what: &str| log_of(worker).matches(what).count();
+        let before = (seen("not followed"), seen(refusal));
+        let _ = evil.send_waiting(
+            target,
+            [frame(&hello), frame(&changes_message(vec![takeover]))].concat(),
+            Duration::from_secs(1),
+        );
+        // The worker logs every history it does not follow and every change it
+        // refuses: wait until it has judged both.
+        assert!(
+            wait_until(T, || seen("not followed") > before.0
+                && seen(refusal) > before.1),
+            "{claimed}: the worker never judged the history and the change"
+        );
+        assert!(worker.daemon_alive() && manager.daemon_alive());
+        let status = worker.status();
+        assert_eq!(status["manager"], "gw1", "{claimed}: {status}");
+        assert_eq!(status["term"], 1, "{claimed}: {status}");
+        for n in &c.nodes {
+            assert!(
+                !n.path(&format!("{claimed}.xml")).exists(),
+                "{}: took {claimed}'s change",
+                n.name
+            );
+        }
+    }
+    assert_eq!(manager.status()["role"], "manager");
+    std::fs::write(manager.path("api.xml"), b"v2").unwrap();
+    assert!(
+        worker.wait_for("api.xml", b"v2", T),
+        "the real manager no longer reaches the worker"
+    );
 }
 
 /// A member is revoked while connected: `depfs ca revoke` adds its certificate to the

@@ -158,6 +158,12 @@ fn status(state: &State) -> Value {
         "role": role,
         "manager": lead.manager().map(|m| m.to_string()),
         "term": lead.term(),
+        // Two nodes promoted to the same term (the last such contest this node saw).
+        "contested_term": store
+            .app_meta(depfs_replicator::replica::CONTESTED_TERM_KEY)
+            .ok()
+            .flatten()
+            .map(|note| String::from_utf8_lossy(&note).into_owned()),
         "mountpoint": state.mountpoint.display().to_string(),
         "data_dir": state.config.data_dir.display().to_string(),
         "config": state.config.source.display().to_string(),

@@ -376,6 +376,9 @@ fn status(config: Option<PathBuf>, as_json: bool) -> Result<()> {
             Some(m) => println!("manager     {m} (term {})", reply["term"]),
             None => println!("manager     not known yet"),
         }
+        if let Some(note) = reply["contested_term"].as_str() {
+            println!("contested   {note}");
+        }
     }
     println!("mount       {}", s(&reply["mountpoint"]));
     println!("data_dir    {}", s(&reply["data_dir"]));

@@ -55,8 +55,9 @@ fn invalid(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> PkiError {
 }
 
 /// The role a node certificate allows in one-way mode, carried in a private,
-/// non-critical X.509 extension. Certificates without it allow any role (multi-writer
-/// clusters need no roles).
+/// non-critical X.509 extension. `depfs ca issue` always writes it (`worker` unless
+/// asked otherwise); certificates without it, issued by older versions, allow any role
+/// (multi-writer clusters ignore roles).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CertRole {
     /// May start as the manager.

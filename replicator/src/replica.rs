@@ -20,6 +20,7 @@ use depfs_store::{PinGuard, Store, StoreError};
 
 use crate::members::{self, Learned, Members, TermRefusal};
 use crate::tls::Identity;
+use depfs_proto::lead::Term;
 
 /// Tunables, with defaults suited to a LAN cluster.
 #[derive(Debug, Clone)]
@@ -172,6 +173,10 @@ struct Peer {
     /// The certificate the peer authenticated this session with.
     certificate: Option<Certificate>,
 }
+
+/// The store key ([`Store::app_meta`]) of the last promotion contest seen: two nodes
+/// promoted to the same term (`depfs status` shows it).
+pub const CONTESTED_TERM_KEY: &str = "lead/contested";
 
 /// Who may write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -417,7 +422,17 @@ impl Replica {
         })?;
         let ours = self.store.leadership();
         let later = claimed.supersedes(&ours);
-        if !later && !claimed.signs_more_of(&ours) {
+        // Two nodes promoted to the same term: the claim or ours names the other.
+        let contest = match (claimed.current(), ours.current()) {
+            (Some(theirs), Some(mine))
+                if theirs.number == mine.number && theirs.manager != mine.manager =>
+            {
+                Some((theirs.clone(), mine.clone()))
+            }
+            _ => None,
+        };
+        let signs_more = claimed.signs_more_of(&ours);
+        if !later && !signs_more && contest.is_none() {
             return Ok(());
         }
         for term in claimed.unknown_terms(&ours) {
@@ -437,14 +452,24 @@ impl Replica {
                 }
             }
         }
+        if let Some((theirs, mine)) = &contest {
+            let (followed, other) = if later {
+                (theirs, mine)
+            } else {
+                (mine, theirs)
+            };
+            self.record_contest(from, followed, other)?;
+        }
         if !later {
-            // The same terms, signed since this node stored them: keep the signed copy.
-            self.store
-                .set_leadership(claimed)
-                .map_err(|source| ReplicaError::Store {
-                    peer: from.clone(),
-                    source,
-                })?;
+            if signs_more {
+                // The same terms, signed since this node stored them: keep them.
+                self.store
+                    .set_leadership(claimed)
+                    .map_err(|source| ReplicaError::Store {
+                        peer: from.clone(),
+                        source,
+                    })?;
+            }
             return Ok(());
         }
         let Some(term) = claimed.current().cloned() else {
@@ -455,9 +480,6 @@ impl Replica {
             self.counters.terms_refused += 1;
             tracing::warn!(peer = %from, term = term.number, "a term naming this node, which it does not hold, is not followed");
             return Ok(());
-        }
-        if let Some(rival) = ours.current().filter(|t| t.number == term.number) {
-            tracing::warn!(term = term.number, followed = %term.manager, other = %rival.manager, "two nodes were promoted to the same term: the greater name is followed everywhere, the other steps down");
         }
         let was_manager = self.is_manager();
         let changed = self
@@ -483,6 +505,37 @@ impl Replica {
             }
         }
         Ok(())
+    }
+
+    /// Two nodes were promoted to the same term (both terms verified): logged, and kept
+    /// for `depfs status` until a later contest replaces it.
+    fn record_contest(
+        &mut self,
+        from: &NodeName,
+        followed: &Term,
+        other: &Term,
+    ) -> Result<(), ReplicaError> {
+        let note = format!(
+            "term {}: {} and {} were both promoted; {} is followed",
+            followed.number, other.manager, followed.manager, followed.manager
+        );
+        let store_err = |source| ReplicaError::Store {
+            peer: from.clone(),
+            source,
+        };
+        if self
+            .store
+            .app_meta(CONTESTED_TERM_KEY)
+            .map_err(store_err)?
+            .as_deref()
+            == Some(note.as_bytes())
+        {
+            return Ok(());
+        }
+        tracing::warn!(term = followed.number, followed = %followed.manager, other = %other.manager, "two nodes were promoted to the same term: the greater name is followed everywhere, the other steps down");
+        self.store
+            .set_app_meta(CONTESTED_TERM_KEY, note.as_bytes())
+            .map_err(store_err)
     }
 
     fn role_output(&self) -> Output {

@@ -413,3 +413,37 @@ fn a_nodes_unsigned_changes_are_sealed_when_it_gets_its_key() {
     connect(&ca, &mut a, &mut b).unwrap();
     assert_eq!(b.holds("old.xml").as_deref(), Some(&b"old"[..]));
 }
+
+/// Two workers are promoted to the same term while apart: when they meet, both follow
+/// the one whose name sorts last, the other steps down, and both record the contest
+/// for `depfs status`.
+#[test]
+fn two_promotions_to_the_same_term_resolve_the_same_way_on_both_and_are_recorded() {
+    use depfs_replicator::replica::CONTESTED_TERM_KEY;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let mut m = node(&ca, dir.path(), "m", Mode::OneWay, Some(CertRole::Manager));
+    m.replica
+        .store()
+        .set_leadership(Leadership::first(name("m"), VersionVector::new()))
+        .unwrap();
+    let mut w1 = node(&ca, dir.path(), "w1", Mode::OneWay, Some(CertRole::Manager));
+    let mut w2 = node(&ca, dir.path(), "w2", Mode::OneWay, Some(CertRole::Manager));
+    connect(&ca, &mut w1, &mut m).unwrap();
+    connect(&ca, &mut w2, &mut m).unwrap();
+    disconnect(&mut w1, &mut m);
+    disconnect(&mut w2, &mut m);
+    assert_eq!(w1.replica.promote(3000).unwrap().0, 2);
+    assert_eq!(w2.replica.promote(3000).unwrap().0, 2);
+    connect(&ca, &mut w1, &mut w2).unwrap();
+    for w in [&w1, &w2] {
+        assert_eq!(w.replica.manager(), Some(name("w2")), "{}", w.name());
+        let note = w.replica.store().app_meta(CONTESTED_TERM_KEY).unwrap();
+        let note = String::from_utf8(note.expect("contest recorded")).unwrap();
+        assert!(
+            note.contains("term 2") && note.contains("w2 is followed"),
+            "{note}"
+        );
+    }
+    assert!(!w1.replica.is_manager() && w2.replica.is_manager());
+}
