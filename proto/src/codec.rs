@@ -33,6 +33,21 @@ pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
     encode_after(vec![FORMAT_VERSION], value)
 }
 
+/// Decodes a stored value of type `T`, or, failing that, one written in an older layout
+/// `Old` (before a field was added), brought up to date by `upgrade`. The error is the
+/// one decoding as `T` gave.
+pub fn decode_value_or_older<T, Old>(
+    bytes: &[u8],
+    upgrade: impl FnOnce(Old) -> T,
+) -> Result<T, DecodeError>
+where
+    T: DeserializeOwned,
+    Old: DeserializeOwned,
+{
+    decode_value::<T>(bytes)
+        .or_else(|current| decode_value::<Old>(bytes).map(upgrade).map_err(|_| current))
+}
+
 /// Appends `value`'s postcard encoding to `out`. Equal values always encode to equal
 /// bytes, which is what lets a signature cover a value (see [`crate::seal`]).
 pub(crate) fn encode_after<T: Serialize>(out: Vec<u8>, value: &T) -> Vec<u8> {

@@ -147,7 +147,6 @@ const INCOMING_BATCHES: usize = 16;
 
 #[derive(Default)]
 struct Peer {
-    connected: bool,
     known: Option<VersionVector>,
     outgoing: Option<Outgoing>,
     in_flight: usize,
@@ -170,8 +169,15 @@ struct Peer {
     /// Origins whose certificates were sent in this session (sent again after the
     /// peer's next `Hello`, which may follow lost messages).
     certificates_sent: BTreeSet<NodeName>,
-    /// The certificate the peer authenticated this session with.
+    /// The certificate the peer authenticated this session with; `None` while no
+    /// session is up.
     certificate: Option<Certificate>,
+}
+
+impl Peer {
+    fn is_connected(&self) -> bool {
+        self.certificate.is_some()
+    }
 }
 
 /// The store key ([`Store::app_meta`]) of the last promotion contest seen: two nodes
@@ -587,7 +593,7 @@ impl Replica {
     pub fn connected_peers(&self) -> Vec<NodeName> {
         self.peers
             .iter()
-            .filter(|(_, p)| p.connected)
+            .filter(|(_, p)| p.is_connected())
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -610,7 +616,6 @@ impl Replica {
         }
         let p = self.peers.entry(peer.clone()).or_default();
         *p = Peer {
-            connected: true,
             last_progress_ms: now_ms,
             certificate: Some(certificate.clone()),
             ..Peer::default()
@@ -629,10 +634,9 @@ impl Replica {
         self.peers
             .iter()
             .filter(|(_, p)| {
-                p.connected
-                    && p.certificate
-                        .as_ref()
-                        .is_some_and(|c| self.members.is_revoked(c))
+                p.certificate
+                    .as_ref()
+                    .is_some_and(|c| self.members.is_revoked(c))
             })
             .map(|(name, _)| name.clone())
             .collect()
@@ -790,7 +794,7 @@ impl Replica {
             peer: from.clone(),
             source,
         };
-        if !self.peers.get(from).is_some_and(|p| p.connected) {
+        if !self.peers.get(from).is_some_and(Peer::is_connected) {
             return Err(ReplicaError::Protocol {
                 peer: from.clone(),
                 what: "message outside a session".into(),
@@ -1139,7 +1143,7 @@ impl Replica {
         let Some(p) = self.peers.get_mut(peer) else {
             return Ok(());
         };
-        if !p.connected {
+        if !p.is_connected() {
             return Ok(());
         }
         let Some(known) = p.known.clone() else {
@@ -1158,7 +1162,7 @@ impl Replica {
                 .filter(|d| upto.covers(d) || !p.sent_beyond.contains(d))
                 // Only changes whose origin's certificate is trusted here: the peer
                 // checks each against it. A revoked member's earlier changes stay where
-                // they are and spread no further (docs/reliability.md, "Revocation").
+                // they are and spread no further (docs/operations.md, "Revoke a certificate").
                 .filter(|d| self.members.knows(&d.node))
                 .collect();
             if dots.is_empty() {

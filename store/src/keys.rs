@@ -58,6 +58,9 @@ pub(crate) const META_DAMAGED_PREFIX: &[u8] = b"damaged/";
 
 /// One-way mode: the manager terms (see `depfs_proto::lead`).
 pub(crate) const META_LEADERSHIP: &[u8] = b"leadership";
+/// This node's own sequence up to which its log records are sealed (see
+/// `Store::seal_own_changes`).
+pub(crate) const META_SEALED_UPTO: &[u8] = b"sealed_upto";
 /// `acked/<node>`: the progress a peer last acknowledged.
 pub(crate) const META_ACKED_PREFIX: &[u8] = b"acked/";
 

@@ -4,10 +4,9 @@
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 
+use depfs_proto::codec::decode_value_or_older;
 use depfs_proto::lead::Term;
-use depfs_proto::{
-    decode_value, encode_value, DecodeError, Leadership, NodeName, RelPath, VersionVector,
-};
+use depfs_proto::{encode_value, DecodeError, Leadership, NodeName, RelPath, VersionVector};
 use serde::Deserialize;
 
 use crate::db::cf;
@@ -107,19 +106,16 @@ struct UnsignedTerm {
 /// Decodes the stored leadership; one written before terms were signed reads as
 /// unsigned (this node signs its own terms again when its signer is set).
 pub(crate) fn decode_leadership(bytes: &[u8]) -> std::result::Result<Leadership, DecodeError> {
-    decode_value::<Leadership>(bytes).or_else(|signed_error| {
-        match decode_value::<Vec<UnsignedTerm>>(bytes) {
-            Ok(old) => Ok(Leadership::from_terms(
-                old.into_iter()
-                    .map(|t| Term {
-                        number: t.number,
-                        manager: t.manager,
-                        start: t.start,
-                        signature: Vec::new(),
-                    })
-                    .collect(),
-            )),
-            Err(_) => Err(signed_error),
-        }
+    decode_value_or_older(bytes, |old: Vec<UnsignedTerm>| {
+        Leadership::from_terms(
+            old.into_iter()
+                .map(|t| Term {
+                    number: t.number,
+                    manager: t.manager,
+                    start: t.start,
+                    signature: Vec::new(),
+                })
+                .collect(),
+        )
     })
 }

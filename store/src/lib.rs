@@ -202,8 +202,16 @@ impl Store {
     /// Signs every change committed here from now on with this node's key, and this
     /// node's changes the log keeps unsigned (see [`Store::seal_own_changes`]). Peers
     /// refuse unsigned changes: a daemon sets it before anything can commit.
+    /// Setting the signer already set does nothing (the daemon sets it before its
+    /// import, the replicator again when it starts).
     pub fn set_signer(&self, signer: Arc<dyn SignChanges>) -> Result<usize> {
-        *self.inner.signer.write() = Some(signer.clone());
+        {
+            let mut current = self.inner.signer.write();
+            if current.as_ref().is_some_and(|s| Arc::ptr_eq(s, &signer)) {
+                return Ok(0);
+            }
+            *current = Some(signer.clone());
+        }
         let mut lead = self.leadership();
         if lead.sign_terms_of(self.node(), signer.as_ref()) > 0 {
             // Terms this node made before it had a key (an older store).

@@ -7,7 +7,8 @@
 //! It also keeps the change's seal, so that any node can serve the change to any other
 //! with its origin's signature (see `depfs_proto::seal`).
 
-use depfs_proto::{decode_value, DecodeError, Hlc, RelPath, Seal};
+use depfs_proto::codec::decode_value_or_older;
+use depfs_proto::{DecodeError, Hlc, RelPath, Seal};
 use serde::{Deserialize, Serialize};
 
 /// What the log keeps about one change.
@@ -34,16 +35,11 @@ struct UnsealedRecord {
 impl LogRecord {
     /// Decodes a stored record; one written before seals existed reads as unsigned.
     pub fn decode(bytes: &[u8]) -> Result<LogRecord, DecodeError> {
-        decode_value::<LogRecord>(bytes).or_else(|sealed_error| {
-            match decode_value::<UnsealedRecord>(bytes) {
-                Ok(old) => Ok(LogRecord {
-                    hlc: old.hlc,
-                    paths: old.paths,
-                    live: old.live,
-                    seal: Seal::default(),
-                }),
-                Err(_) => Err(sealed_error),
-            }
+        decode_value_or_older(bytes, |old: UnsealedRecord| LogRecord {
+            hlc: old.hlc,
+            paths: old.paths,
+            live: old.live,
+            seal: Seal::default(),
         })
     }
 }

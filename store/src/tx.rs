@@ -422,18 +422,29 @@ impl Store {
     /// without TLS — so that peers accept them. Only the versions still current are
     /// sealed: nothing else of such a change is ever sent again. Returns how many
     /// changes were sealed.
+    ///
+    /// Only the changes after the last pass are looked at: every commit made while a
+    /// signer is set is sealed, and one made without gets a later sequence number.
     pub fn seal_own_changes(&self) -> Result<usize> {
         let Some(signer) = self.inner.signer.read().clone() else {
             return Ok(0);
         };
         // Commits and applies rewrite log records (their live counts): not meanwhile.
-        let _writer = self.inner.writer.lock();
+        let writer = self.inner.writer.lock();
         let db = &self.inner.db;
+        let sealed_upto = match db.get_cf(cf(db, CF_META), META_SEALED_UPTO)? {
+            Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice()).map_or(0, u64::from_be_bytes),
+            None => 0,
+        };
         let mut prefix = self.node().as_str().as_bytes().to_vec();
         prefix.push(0);
+        let first = log_key(&Dot::new(
+            self.node().clone(),
+            sealed_upto.saturating_add(1),
+        ));
         let mut batch = rocksdb::WriteBatch::default();
         let mut sealed = 0;
-        let start = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+        let start = rocksdb::IteratorMode::From(&first, rocksdb::Direction::Forward);
         for item in db.iterator_cf(cf(db, CF_LOG), start) {
             let (key, value) = item?;
             if !key.starts_with(&prefix) {
@@ -453,6 +464,7 @@ impl Store {
             batch.put_cf(cf(db, CF_LOG), &key, encode_value(&record));
             sealed += 1;
         }
+        batch.put_cf(cf(db, CF_META), META_SEALED_UPTO, writer.seq.to_be_bytes());
         db.write(batch)?;
         Ok(sealed)
     }
