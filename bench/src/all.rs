@@ -320,6 +320,9 @@ fn local_phase(r: &Running, p: &Params, skipped: &mut Vec<String>) -> Result<Vec
     Ok(results)
 }
 
+/// A replicated system with its plan and how its bytes are counted (for the report).
+type ReplSetup = (Replica, Plan, String);
+
 fn repl_phase(
     r: &Running,
     depfs: &Path,
@@ -327,9 +330,46 @@ fn repl_phase(
     skipped: &mut Vec<String>,
 ) -> Result<Vec<ReplResult>> {
     let interval = Duration::from_micros(p.poll_us);
-    let reps = p.repl_reps;
-    let per_rep = |total: usize| total.div_ceil(reps);
-    let mut set: Vec<(Replica, Plan, String)> = Vec::new();
+    let mut set = depfs_replicas(r, depfs, p, interval);
+    set.extend(lsyncd_replicas(r, p, interval));
+    set.extend(gluster_replica(r, p, interval));
+    let mut out: Vec<ReplResult> = set
+        .iter()
+        .map(|(rep, _, how)| ReplResult {
+            label: label_of(&rep.label),
+            receivers: rep.receivers.len(),
+            vis: Visibility::default(),
+            bursts: Vec::new(),
+            bandwidth: None,
+            bytes_how: how.clone(),
+        })
+        .collect();
+    let mut failed = prepare_repl_dirs(&set, p.repl_reps, skipped)?;
+    for rep in 0..p.repl_reps {
+        for k in 0..set.len() {
+            check_interrupted()?;
+            let i = (k + rep) % set.len();
+            if failed[i] {
+                continue;
+            }
+            let (replica, plan, _) = &set[i];
+            let step = repl_round(replica, plan, &mut out[i], rep, p);
+            if soft(step, &format!("{}: replication", replica.label), skipped)?.is_none() {
+                failed[i] = true;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Trials per repetition for `total` trials over the run.
+fn per_rep(p: &Params, total: usize) -> usize {
+    total.div_ceil(p.repl_reps)
+}
+
+/// The depfs clusters of 3 and 5 nodes.
+fn depfs_replicas(r: &Running, depfs: &Path, p: &Params, interval: Duration) -> Vec<ReplSetup> {
+    let mut set = Vec::new();
     let clusters = [(DEPFS3, Some(&r.depfs3)), (DEPFS5, r.depfs5.as_ref())];
     for (label, nodes) in clusters {
         let Some(nodes) = nodes else { continue };
@@ -356,8 +396,8 @@ fn repl_phase(
                 }),
             },
             Plan {
-                trials_per_rep: per_rep(if p.quick { 40 } else { 200 }),
-                burst_reps: reps,
+                trials_per_rep: per_rep(p, if p.quick { 40 } else { 200 }),
+                burst_reps: p.repl_reps,
                 bandwidth: true,
                 warmup: true,
             },
@@ -370,6 +410,12 @@ fn repl_phase(
             ),
         ));
     }
+    set
+}
+
+/// lsyncd with delay 0 and at its default delay.
+fn lsyncd_replicas(r: &Running, p: &Params, interval: Duration) -> Vec<ReplSetup> {
+    let mut set = Vec::new();
     if let Some((g, src, dst)) = &r.lsyncd_tuned {
         let pid = g.pid_file("lsyncd.pid");
         set.push((
@@ -387,8 +433,8 @@ fn repl_phase(
                 nodes: None,
             },
             Plan {
-                trials_per_rep: per_rep(if p.quick { 10 } else { 30 }),
-                burst_reps: reps,
+                trials_per_rep: per_rep(p, if p.quick { 10 } else { 30 }),
+                burst_reps: p.repl_reps,
                 bandwidth: true,
                 warmup: true,
             },
@@ -416,44 +462,44 @@ fn repl_phase(
             "not run (same rsync transfer as with delay 0, 15 s later)".into(),
         ));
     }
-    if let Some((_, m1, m2)) = &r.gluster {
-        let pid = systems::gluster_client_pid(m1);
-        set.push((
-            Replica {
-                label: GLUSTER.into(),
-                writer: m1.clone(),
-                receivers: vec![m2.clone()],
-                bytes: pid.as_ref().ok().map(|&pid| ByteCounter::ProcIo {
-                    pid,
-                    minus_file_writes: false,
-                }),
-                interval,
-                deadline: Duration::from_secs(30),
-                daemons: Vec::new(),
-                nodes: None,
-            },
-            Plan {
-                trials_per_rep: per_rep(if p.quick { 6 } else { 21 }),
-                burst_reps: reps,
-                bandwidth: true,
-                warmup: true,
-            },
-            "bytes written by mount 1's GlusterFS client process (`wchar` of /proc/PID/io: its writes to both bricks' sockets)".into(),
-        ));
-    }
-    let mut out: Vec<ReplResult> = set
-        .iter()
-        .map(|(rep, _, how)| ReplResult {
-            label: label_of(&rep.label),
-            receivers: rep.receivers.len(),
-            vis: Visibility::default(),
-            bursts: Vec::new(),
-            bandwidth: None,
-            bytes_how: how.clone(),
-        })
-        .collect();
+    set
+}
+
+fn gluster_replica(r: &Running, p: &Params, interval: Duration) -> Option<ReplSetup> {
+    let (_, m1, m2) = r.gluster.as_ref()?;
+    let pid = systems::gluster_client_pid(m1);
+    Some((
+        Replica {
+            label: GLUSTER.into(),
+            writer: m1.clone(),
+            receivers: vec![m2.clone()],
+            bytes: pid.as_ref().ok().map(|&pid| ByteCounter::ProcIo {
+                pid,
+                minus_file_writes: false,
+            }),
+            interval,
+            deadline: Duration::from_secs(30),
+            daemons: Vec::new(),
+            nodes: None,
+        },
+        Plan {
+            trials_per_rep: per_rep(p, if p.quick { 6 } else { 21 }),
+            burst_reps: p.repl_reps,
+            bandwidth: true,
+            warmup: true,
+        },
+        "bytes written by mount 1's GlusterFS client process (`wchar` of /proc/PID/io: its writes to both bricks' sockets)".into(),
+    ))
+}
+
+/// Every directory of every round up front (lsyncd at delay 15 takes 15 s for each new
+/// one); true for each system that failed.
+fn prepare_repl_dirs(
+    set: &[ReplSetup],
+    reps: usize,
+    skipped: &mut Vec<String>,
+) -> Result<Vec<bool>> {
     let mut failed = vec![false; set.len()];
-    // every directory up front: lsyncd at delay 15 takes 15 s for each new one
     for (i, (replica, plan, _)) in set.iter().enumerate() {
         let mut tags: Vec<String> = (0..reps).map(|rep| format!("r{rep}")).collect();
         if plan.warmup {
@@ -468,53 +514,48 @@ fn repl_phase(
             failed[i] = true;
         }
     }
-    for rep in 0..reps {
-        for k in 0..set.len() {
-            check_interrupted()?;
-            let i = (k + rep) % set.len();
-            if failed[i] {
-                continue;
-            }
-            let (replica, plan, _) = &set[i];
-            let res = &mut out[i];
-            let tag = format!("r{rep}");
-            let step = (|| -> Result<()> {
-                if rep == 0 && plan.warmup {
-                    replication::visibility(replica, "warmup", 1, &mut Visibility::default())?;
-                }
-                if plan.trials_per_rep > 0 {
-                    progress(format!(
-                        "replication, round {}/{reps}: {} — {} visibility trials",
-                        rep + 1,
-                        replica.label,
-                        plan.trials_per_rep
-                    ));
-                    replication::visibility(replica, &tag, plan.trials_per_rep, &mut res.vis)?;
-                }
-                if rep < plan.burst_reps {
-                    progress(format!(
-                        "replication, round {}/{reps}: {} — burst",
-                        rep + 1,
-                        replica.label
-                    ));
-                    res.bursts
-                        .push(replication::burst(replica, &tag, p.burst_files)?);
-                }
-                if rep == 0 && plan.bandwidth {
-                    progress(format!(
-                        "replication: {} — 1 MiB change in a 50 MiB file",
-                        replica.label
-                    ));
-                    res.bandwidth = Some(replication::bandwidth(replica, &tag)?);
-                }
-                Ok(())
-            })();
-            if soft(step, &format!("{}: replication", replica.label), skipped)?.is_none() {
-                failed[i] = true;
-            }
-        }
+    Ok(failed)
+}
+
+/// Round `rep` of one system: its visibility trials, its burst and (in the first round)
+/// the 1 MiB change.
+fn repl_round(
+    replica: &Replica,
+    plan: &Plan,
+    res: &mut ReplResult,
+    rep: usize,
+    p: &Params,
+) -> Result<()> {
+    let (tag, reps) = (format!("r{rep}"), p.repl_reps);
+    if rep == 0 && plan.warmup {
+        replication::visibility(replica, "warmup", 1, &mut Visibility::default())?;
     }
-    Ok(out)
+    if plan.trials_per_rep > 0 {
+        progress(format!(
+            "replication, round {}/{reps}: {} — {} visibility trials",
+            rep + 1,
+            replica.label,
+            plan.trials_per_rep
+        ));
+        replication::visibility(replica, &tag, plan.trials_per_rep, &mut res.vis)?;
+    }
+    if rep < plan.burst_reps {
+        progress(format!(
+            "replication, round {}/{reps}: {} — burst",
+            rep + 1,
+            replica.label
+        ));
+        res.bursts
+            .push(replication::burst(replica, &tag, p.burst_files)?);
+    }
+    if rep == 0 && plan.bandwidth {
+        progress(format!(
+            "replication: {} — 1 MiB change in a 50 MiB file",
+            replica.label
+        ));
+        res.bandwidth = Some(replication::bandwidth(replica, &tag)?);
+    }
+    Ok(())
 }
 
 /// The `'static` label constant equal to `s`.
@@ -552,40 +593,7 @@ fn tree_phase(
     p: &Params,
     skipped: &mut Vec<String>,
 ) -> Result<Vec<TreeResult>> {
-    let dir = |writer: &Path, receivers: Vec<PathBuf>| TreeTarget::Dir {
-        writer: writer.to_path_buf(),
-        receivers,
-    };
-    let mut targets: Vec<(&'static str, TreeTarget)> = vec![(NATIVE, dir(&r.native, vec![]))];
-    if let Some((_, m)) = &r.bindfs {
-        targets.push((BINDFS, dir(m, vec![])));
-    }
-    if let Some((_, url, bin)) = &r.nfs {
-        targets.push((
-            NFS,
-            TreeTarget::Nfs {
-                bin: bin.clone(),
-                url: url.clone(),
-            },
-        ));
-    }
-    targets.push((DEPFS1, dir(r.depfs1.root(), vec![])));
-    targets.push((
-        DEPFS3,
-        dir(
-            r.depfs3[0].root(),
-            r.depfs3[1..]
-                .iter()
-                .map(|n| n.root().to_path_buf())
-                .collect(),
-        ),
-    ));
-    if let Some((_, s, d)) = &r.lsyncd_tuned {
-        targets.push((LSYNCD_TUNED, dir(s, vec![d.clone()])));
-    }
-    if let Some((_, m1, m2)) = &r.gluster {
-        targets.push((GLUSTER, dir(m1, vec![m2.clone()])));
-    }
+    let mut targets = tree_targets(r);
     let mut out = Vec::new();
     for (ni, &apis) in p.apis.iter().enumerate() {
         progress(format!("deployment tree: generating {apis} APIs"));
@@ -599,31 +607,16 @@ fn tree_phase(
         let mut order: Vec<usize> = (0..targets.len())
             .map(|k| (k + ni) % targets.len())
             .collect();
-        // GlusterFS creates files at about 100/s here: a tree of more than
-        // GLUSTER_TREE_MAX APIs would take minutes to write and longer to delete at
-        // teardown (bricks, .glusterfs links and xattrs)
-        if apis > GLUSTER_TREE_MAX {
-            if let Some(g) = targets.iter().position(|t| t.0 == GLUSTER) {
+        if let Some(g) = targets.iter().position(|t| t.0 == GLUSTER) {
+            if let Some(why) = gluster_tree_skipped(apis, &tree, &out) {
                 order.retain(|&i| i != g);
-                let rate = out
-                    .iter()
-                    .filter_map(|t: &TreeResult| {
-                        let row = t.rows.iter().find(|x| x.label == GLUSTER)?;
-                        Some(t.files as f64 / row.write_s)
-                    })
-                    .next_back();
-                skipped.push(format!(
-                    "{GLUSTER}: the deployment tree of {} APIs ({} files) is not run{}: writing it would take minutes, and deleting its bricks at teardown longer still, beyond this run's time budget",
-                    report::thousands(apis as f64),
-                    report::thousands(tree.files.len() as f64),
-                    rate.map_or(String::new(), |r| format!(" (it wrote {r:.0} files/s for the smaller trees)"))
-                ));
+                skipped.push(why);
             }
         }
         // lsyncd at its default delay: once, at the smallest size, in the full run only
         if ni == 0 {
             if let Some((_, s, d)) = &r.lsyncd_default {
-                targets.push((LSYNCD_DEFAULT, dir(s, vec![d.clone()])));
+                targets.push((LSYNCD_DEFAULT, tree_dir(s, vec![d.clone()])));
                 order.push(targets.len() - 1);
             }
         }
@@ -635,53 +628,9 @@ fn tree_phase(
                 res.files,
                 res.bytes as f64 / 1e6
             ));
-            let name = format!("tree-{apis}");
-            let row = (|| -> Result<TreeRow> {
-                match target {
-                    TreeTarget::Dir { writer, receivers } => {
-                        let root = writer.join(&name);
-                        let (write, converge) = if receivers.is_empty() {
-                            (tree::write(&tree, &root)?, Converge::NotReplicated)
-                        } else {
-                            let rs: Vec<PathBuf> =
-                                receivers.iter().map(|d| d.join(&name)).collect();
-                            let (w, c) = tree::write_replicated(&tree, &root, &rs, TREE_DEADLINE)?;
-                            let c = c.map_or(
-                                Converge::NotWithin(TREE_DEADLINE.as_secs_f64()),
-                                Converge::After,
-                            );
-                            (w, c)
-                        };
-                        let read = tree::read_back(&tree, &root)?;
-                        Ok(TreeRow {
-                            label,
-                            write_s: write.as_secs_f64(),
-                            read_s: read.as_secs_f64(),
-                            converge,
-                        })
-                    }
-                    TreeTarget::Nfs { bin, url } => {
-                        // nfsbench copies a local tree: write it to the disk, untimed
-                        let src = ws.dir("nfs-tree-src")?.join(&name);
-                        tree::write(&tree, &src)?;
-                        let t = workloads::run_nfsbench_tree(bin, url, &src, &name);
-                        fs::remove_dir_all(&src)
-                            .with_context(|| format!("remove {}", src.display()))?;
-                        let t = t?;
-                        Ok(TreeRow {
-                            label,
-                            write_s: t.write_s,
-                            read_s: t.read_s,
-                            converge: Converge::Shared,
-                        })
-                    }
-                }
-            })();
-            if let Some(row) = soft(
-                row,
-                &format!("{label}: deployment tree of {apis} APIs"),
-                skipped,
-            )? {
+            let row = tree_row(label, target, &tree, &format!("tree-{apis}"), ws);
+            let what = format!("{label}: deployment tree of {apis} APIs");
+            if let Some(row) = soft(row, &what, skipped)? {
                 res.rows.push(row);
             }
         }
@@ -689,6 +638,118 @@ fn tree_phase(
         out.push(res);
     }
     Ok(out)
+}
+
+fn tree_dir(writer: &Path, receivers: Vec<PathBuf>) -> TreeTarget {
+    TreeTarget::Dir {
+        writer: writer.to_path_buf(),
+        receivers,
+    }
+}
+
+/// Every system that writes the deployment tree at every size.
+fn tree_targets(r: &Running) -> Vec<(&'static str, TreeTarget)> {
+    let mut targets = vec![(NATIVE, tree_dir(&r.native, vec![]))];
+    if let Some((_, m)) = &r.bindfs {
+        targets.push((BINDFS, tree_dir(m, vec![])));
+    }
+    if let Some((_, url, bin)) = &r.nfs {
+        targets.push((
+            NFS,
+            TreeTarget::Nfs {
+                bin: bin.clone(),
+                url: url.clone(),
+            },
+        ));
+    }
+    targets.push((DEPFS1, tree_dir(r.depfs1.root(), vec![])));
+    targets.push((
+        DEPFS3,
+        tree_dir(
+            r.depfs3[0].root(),
+            r.depfs3[1..]
+                .iter()
+                .map(|n| n.root().to_path_buf())
+                .collect(),
+        ),
+    ));
+    if let Some((_, s, d)) = &r.lsyncd_tuned {
+        targets.push((LSYNCD_TUNED, tree_dir(s, vec![d.clone()])));
+    }
+    if let Some((_, m1, m2)) = &r.gluster {
+        targets.push((GLUSTER, tree_dir(m1, vec![m2.clone()])));
+    }
+    targets
+}
+
+/// Why GlusterFS does not write the tree of `apis` APIs, if it does not. It creates files
+/// at about 100/s here: a tree of more than GLUSTER_TREE_MAX APIs would take minutes to
+/// write and longer to delete at teardown (bricks, .glusterfs links and xattrs).
+fn gluster_tree_skipped(apis: usize, tree: &Tree, done: &[TreeResult]) -> Option<String> {
+    if apis <= GLUSTER_TREE_MAX {
+        return None;
+    }
+    let rate = done
+        .iter()
+        .filter_map(|t| {
+            let row = t.rows.iter().find(|x| x.label == GLUSTER)?;
+            Some(t.files as f64 / row.write_s)
+        })
+        .next_back();
+    Some(format!(
+        "{GLUSTER}: the deployment tree of {} APIs ({} files) is not run{}: writing it would take minutes, and deleting its bricks at teardown longer still, beyond this run's time budget",
+        report::thousands(apis as f64),
+        report::thousands(tree.files.len() as f64),
+        rate.map_or(String::new(), |r| format!(" (it wrote {r:.0} files/s for the smaller trees)"))
+    ))
+}
+
+/// Writes the tree as `name` on one system, waits until it is complete on the other
+/// node(s), and reads it back.
+fn tree_row(
+    label: &'static str,
+    target: &TreeTarget,
+    tree: &Tree,
+    name: &str,
+    ws: &Workspace,
+) -> Result<TreeRow> {
+    match target {
+        TreeTarget::Dir { writer, receivers } => {
+            let root = writer.join(name);
+            let (write, converge) = if receivers.is_empty() {
+                (tree::write(tree, &root)?, Converge::NotReplicated)
+            } else {
+                let rs: Vec<PathBuf> = receivers.iter().map(|d| d.join(name)).collect();
+                let (w, c) = tree::write_replicated(tree, &root, &rs, TREE_DEADLINE)?;
+                let c = c.map_or(
+                    Converge::NotWithin(TREE_DEADLINE.as_secs_f64()),
+                    Converge::After,
+                );
+                (w, c)
+            };
+            let read = tree::read_back(tree, &root)?;
+            Ok(TreeRow {
+                label,
+                write_s: write.as_secs_f64(),
+                read_s: read.as_secs_f64(),
+                converge,
+            })
+        }
+        TreeTarget::Nfs { bin, url } => {
+            // nfsbench copies a local tree: write it to the disk, untimed
+            let src = ws.dir("nfs-tree-src")?.join(name);
+            tree::write(tree, &src)?;
+            let t = workloads::run_nfsbench_tree(bin, url, &src, name);
+            fs::remove_dir_all(&src).with_context(|| format!("remove {}", src.display()))?;
+            let t = t?;
+            Ok(TreeRow {
+                label,
+                write_s: t.write_s,
+                read_s: t.read_s,
+                converge: Converge::Shared,
+            })
+        }
+    }
 }
 
 fn memory_phase(ws: &Workspace, depfs: &Path, files: usize) -> Result<MemoryResult> {

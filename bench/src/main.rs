@@ -25,6 +25,7 @@ mod report;
 mod results;
 mod seal;
 mod systems;
+mod template;
 mod tree;
 mod util;
 mod workloads;

@@ -1,8 +1,8 @@
 //! The raw figures of one `depfs-bench all` run as JSON (docs/bench/results.json, next to
 //! the report): every repetition's measurements (each local run, each visibility trial,
 //! each burst with its arrival curve, each tree), the medians and percentiles the report
-//! shows, the SPEC §4 targets as judged, the machine and the parameters. Numbers are
-//! rounded to 6 significant digits; a figure that could not be measured is `null`.
+//! shows, the targets as judged (docs/targets.md), the machine and the parameters.
+//! Numbers are rounded to 6 significant digits; a figure that could not be measured is `null`.
 
 use std::fs;
 use std::path::Path;
