@@ -447,9 +447,9 @@ impl Store {
 /// In *bulk* mode (large contents) the chunk bytes skip RocksDB's write-ahead log: they
 /// would be written three times (log, then blob file at the memtable's flush, the log
 /// kept until then), and the flush of what is left would run after the commit, next to
-/// whatever the user does with the file (a read right after the close came out 40 %
-/// slower). Instead the caller flushes the chunks' memtable before committing. The
-/// `pending` markers still go through the log, ahead of the bytes they mark, so a crash
+/// whatever the user does with the file (it slows a read right after the close; the
+/// figure is in docs/measurements.md). Instead the caller flushes the chunks' memtable
+/// before committing. The `pending` markers still go through the log, ahead of the bytes they mark, so a crash
 /// leaves nothing the sweep at the next start does not find. They say `unflushed`: a
 /// change from a peer naming the same chunk must not count it as stored (its commit is
 /// logged; these bytes are not, until the flush), so the chunk is fetched from the peer.

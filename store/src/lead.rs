@@ -13,7 +13,7 @@ use crate::db::cf;
 use crate::error::Result;
 use crate::keys::*;
 use crate::log::read_record;
-use crate::merge::{contenders, visible, Batch};
+use crate::merge::{visible, without_cut_off, Batch};
 use crate::tx::{Committed, Durability};
 use crate::Store;
 
@@ -72,19 +72,13 @@ impl Store {
             paths.iter().map(|p| (Reverse(p.depth()), p)).collect();
         let mut tx = self.transaction();
         for (_, path) in paths {
-            let heads = self.heads(path)?;
-            let base: Vec<_> = heads
-                .iter()
-                .filter(|h| !lead.is_cut_off(&h.dot))
-                .cloned()
-                .collect();
-            if base.len() == heads.len() {
+            let Some(base) = without_cut_off(&self.heads(path)?, &lead) else {
                 // Nothing cut off here (any more).
                 continue;
-            }
-            let own = contenders(&base, &lead);
+            };
             let has_children = tx.has_children(path)?;
-            let (truth, _) = visible(&own, has_children, path.is_root());
+            // No head of `base` is cut off: they all contend.
+            let (truth, _) = visible(&base, has_children, path.is_root());
             let dots = base.iter().map(|h| h.dot.clone()).collect();
             match truth {
                 Some(node) => tx.put_based(path.clone(), node, dots),

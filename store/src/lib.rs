@@ -14,6 +14,7 @@
 //! * [`merge`]: the merge rules (heads, winners, conflicts) and the batch applying them.
 //! * `remote`: what peers need, applying their changes, acknowledgements, collection.
 //! * [`log`]: the change log record.
+//! * [`sys`]: the wall clock in milliseconds and a safe `statvfs`, shared by all crates.
 
 mod check;
 mod chunks;
@@ -26,6 +27,7 @@ pub mod log;
 pub mod merge;
 mod overlay;
 mod remote;
+pub mod sys;
 mod tree;
 mod tx;
 
@@ -77,18 +79,6 @@ impl StoreOptions {
             min_free_bytes: DEFAULT_MIN_FREE_BYTES,
         }
     }
-}
-
-/// Bytes available to unprivileged writers on the filesystem holding `dir`.
-fn free_bytes(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid C string and a valid out-pointer.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// How old the free-space figure a change without content is checked against may be
@@ -167,7 +157,8 @@ impl Store {
     }
 
     fn ensure_free(&self, needed: u64) -> Result<()> {
-        let available = free_bytes(&self.inner.dir)
+        let available = sys::statvfs(&self.inner.dir)
+            .map(|space| space.available_bytes())
             .map_err(|e| StoreError::io(format!("statvfs {}", self.inner.dir.display()), e))?;
         *self.inner.free_space.lock() = Some((std::time::Instant::now(), available));
         self.check_free(available, needed)

@@ -1,26 +1,21 @@
-//! The merge rules, and the batch that applies them.
+//! The merge rules as pure functions over versions, and the batch that writes what they
+//! decide.
 //!
-//! Each path has a set of *heads*: the versions no other known version of that path
-//! descends from. A new version is either obsolete (a head descends from it: it is old
-//! news) or it joins the heads, evicting the heads it descends from. What the path shows
-//! (its *visible* entry) is a function of its heads and of whether it has visible
-//! children:
+//! The rules are stated once, in `docs/design.md`, "Merge rules" (and, for versions an old
+//! manager wrote cut off, "One-way mode"); each function here names the rule it follows
+//! instead of restating it. None of them reads or writes the store, so a local commit
+//! (`tx.rs`), a peer's change (`remote.rs`), re-judging after a change of manager
+//! (`lead.rs`) and `depfs verify` (`check.rs`) follow the same code, and
+//! `tests/merge_props.rs` checks their properties without RocksDB:
 //!
-//! * no visible children: the head with the greatest `(hlc, node)` — a tombstone
-//!   shows nothing;
-//! * visible children ("a path with live children is a directory"): the greatest live
-//!   directory head, or, if there is none, a directory made up from the heads (mode
-//!   0755, owner root, mtime of the latest head) — every node makes the same one.
+//! * [`arrive`] (and [`heads_after`]): whether a version is old news, and which heads it
+//!   evicts (rule 1);
+//! * [`local_context`]: the causal context of a local write (rule 4);
+//! * [`judge`], made of [`contenders`], [`visible`] and [`conflicts`]: what a path shows,
+//!   and its conflicts (rules 2 and 3);
+//! * [`without_cut_off`]: the heads the current manager re-asserts a path from.
 //!
-//! Live heads that are not shown and whose content differs from what is shown are
-//! *conflicts*: kept, listed, restorable, never in the tree.
-//!
-//! In one-way mode, heads an old manager wrote while cut off from the cluster (see
-//! `depfs_proto::lead`) lose to every other head: they become conflicts. Only when a
-//! path has nothing but cut-off heads are they shown, so that the old manager's files
-//! do not vanish before the current manager re-asserts its own version of the path. All of this depends only on
-//! the set of versions a node holds, never on the order they arrived in, so nodes that
-//! hold the same versions show the same tree.
+//! [`Batch`] writes their decisions into one atomic change of the store.
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
@@ -28,7 +23,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use depfs_proto::{
     decode_value, encode_value, Content, Dot, Kind, Leadership, Meta, Node, RelPath, State,
-    Timespec, Version,
+    Timespec, Version, VersionVector,
 };
 
 use crate::error::{Result, StoreError};
@@ -42,8 +37,147 @@ pub(crate) fn stamp_key(v: &Version) -> (depfs_proto::Hlc, &str) {
     (v.hlc, v.dot.node.as_str())
 }
 
+/// Where an arriving version comes from: rule 1 treats the two differently (old news,
+/// cut-off versions).
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    /// A commit of this node, its version made by [`local_context`].
+    Local,
+    /// A peer's change.
+    Peer {
+        /// This node's progress (its version vector).
+        progress: &'a VersionVector,
+        /// The manager terms this node follows (empty in multi-writer mode).
+        lead: &'a Leadership,
+    },
+}
+
+/// What rule 1 decides for a version arriving at a path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Arrival<'h> {
+    /// Old news: held already, or a head descends from it. The heads stay as they are.
+    Obsolete,
+    /// It joins the heads, and the heads in `evicted` leave them.
+    Joins {
+        /// The heads it supersedes.
+        evicted: Vec<&'h Version>,
+        /// It was made cut off (one-way mode): the current manager re-asserts the path.
+        cut_off: bool,
+    },
+}
+
+/// Rule 1, arrival: what becomes of a path's `heads` when `new` arrives from `source`.
+pub fn arrive<'h>(heads: &'h [Version], new: &Version, source: Source<'_>) -> Arrival<'h> {
+    debug_assert!(
+        new.ctx.covers(&new.dot),
+        "version {} does not descend from itself",
+        new.dot
+    );
+    match source {
+        Source::Local => {
+            debug_assert!(
+                heads.iter().all(|h| h.dot != new.dot),
+                "the local change {} is already a head",
+                new.dot
+            );
+            Arrival::Joins {
+                evicted: covered_by(heads, new, |_| true),
+                cut_off: false,
+            }
+        }
+        Source::Peer { progress, lead } => {
+            let old_news = progress.covers(&new.dot)
+                || heads
+                    .iter()
+                    .any(|h| h.dot == new.dot || h.ctx.covers(&new.dot));
+            if old_news {
+                return Arrival::Obsolete;
+            }
+            let cut_off = lead.is_cut_off(&new.dot);
+            Arrival::Joins {
+                evicted: covered_by(heads, new, |h| !cut_off || lead.is_cut_off(&h.dot)),
+                cut_off,
+            }
+        }
+    }
+}
+
+/// The heads `new` descends from that `evictable` lets it evict.
+fn covered_by<'h>(
+    heads: &'h [Version],
+    new: &Version,
+    evictable: impl Fn(&Version) -> bool,
+) -> Vec<&'h Version> {
+    heads
+        .iter()
+        .filter(|h| new.ctx.covers(&h.dot) && evictable(h))
+        .collect()
+}
+
+/// The heads of a path after `new` arrives from `source`, in dot order (the order they
+/// are stored in): [`arrive`] applied to a list of versions.
+pub fn heads_after(heads: &[Version], new: Version, source: Source<'_>) -> Vec<Version> {
+    let mut out: Vec<Version> = match arrive(heads, &new, source) {
+        Arrival::Obsolete => heads.to_vec(),
+        Arrival::Joins { evicted, .. } => {
+            let mut kept: Vec<Version> = heads
+                .iter()
+                .filter(|h| evicted.iter().all(|e| e.dot != h.dot))
+                .cloned()
+                .collect();
+            kept.push(new);
+            kept
+        }
+    };
+    out.sort_by(|a, b| a.dot.cmp(&b.dot));
+    out
+}
+
+/// Rule 4, local writes: the causal context of this node's new version `dot` of a path.
+/// It takes the contexts of the heads the write is based on — those named in `base` (a
+/// write prepared earlier: the heads it started from), or else every head but the
+/// recorded conflicts `conflicted` — and covers `dot`, so every earlier change of this
+/// node too.
+///
+/// Covering `dot` also covers this node's own earlier versions still among the heads
+/// (one that lost to a concurrent write, say): the new version supersedes them, so it
+/// takes their contexts too, until no further head is covered. Without that, a node
+/// that held only what such a version superseded would keep it beside the new version
+/// while this node does not: two nodes holding the same versions would show different
+/// heads.
+pub fn local_context(
+    heads: &[Version],
+    base: Option<&[Dot]>,
+    conflicted: &[Dot],
+    dot: &Dot,
+) -> VersionVector {
+    let mut ctx = VersionVector::new();
+    for head in heads.iter().filter(|h| match base {
+        Some(base) => base.contains(&h.dot),
+        None => !conflicted.contains(&h.dot),
+    }) {
+        ctx.merge(&head.ctx);
+    }
+    ctx.raise(&dot.node, dot.seq);
+    close_over_covered(ctx, heads)
+}
+
+/// Merges into `ctx` the context of every head it covers, until it covers no further
+/// head: a version that supersedes another also descends from what that one did.
+fn close_over_covered(mut ctx: VersionVector, heads: &[Version]) -> VersionVector {
+    loop {
+        let before = ctx.clone();
+        for head in heads.iter().filter(|h| before.covers(&h.dot)) {
+            ctx.merge(&head.ctx);
+        }
+        if ctx == before {
+            return ctx;
+        }
+    }
+}
+
 /// The heads that compete for what a path shows: cut-off heads only when there is
-/// nothing else.
+/// nothing else (docs/design.md, "One-way mode").
 pub fn contenders<'a>(heads: &'a [Version], lead: &Leadership) -> Cow<'a, [Version]> {
     if lead.is_empty() || !heads.iter().any(|h| lead.is_cut_off(&h.dot)) {
         return Cow::Borrowed(heads);
@@ -60,8 +194,19 @@ pub fn contenders<'a>(heads: &'a [Version], lead: &Leadership) -> Cow<'a, [Versi
     }
 }
 
-/// What a path shows, given its heads and whether it has visible children. Returns the
-/// entry and the head it comes from (`None` for a made-up directory).
+/// The heads the current manager re-asserts a path from (docs/design.md, "One-way
+/// mode"): those not made cut off, or `None` if no head was.
+pub fn without_cut_off(heads: &[Version], lead: &Leadership) -> Option<Vec<Version>> {
+    let base: Vec<Version> = heads
+        .iter()
+        .filter(|h| !lead.is_cut_off(&h.dot))
+        .cloned()
+        .collect();
+    (base.len() != heads.len()).then_some(base)
+}
+
+/// Rule 2: what a path shows, given its heads and whether it has visible children.
+/// Returns the entry and the head it comes from (`None` for a made-up directory).
 pub fn visible(
     heads: &[Version],
     has_children: bool,
@@ -70,7 +215,7 @@ pub fn visible(
     if has_children || is_root {
         let dir = heads
             .iter()
-            .filter(|h| matches!(&h.state, State::Live(n) if n.meta.kind == Kind::Dir))
+            .filter(|h| is_live_dir(h))
             .max_by(|a, b| stamp_key(a).cmp(&stamp_key(b)));
         return match dir {
             Some(h) => (h.node().cloned(), Some(h.dot.clone())),
@@ -84,6 +229,10 @@ pub fn visible(
         },
         None => (None, None),
     }
+}
+
+fn is_live_dir(version: &Version) -> bool {
+    matches!(&version.state, State::Live(n) if n.meta.kind == Kind::Dir)
 }
 
 /// The directory shown where children exist but no head is a live directory (it was
@@ -104,7 +253,7 @@ fn made_up_dir(heads: &[Version]) -> Node {
     }
 }
 
-/// Live heads that lose to what is shown and hold something else: the conflicts.
+/// Rule 3: the live heads that lose to what is shown and hold something else.
 pub fn conflicts<'a>(
     heads: &'a [Version],
     shown: &Option<Node>,
@@ -119,6 +268,50 @@ pub fn conflicts<'a>(
             (State::Deleted, _) => false,
         })
         .collect()
+}
+
+/// What a path shows, and its conflicts.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Judgement<'h> {
+    /// The visible entry (`None`: the path shows nothing).
+    pub shown: Option<Node>,
+    /// The head it comes from (`None` for nothing, or a made-up directory).
+    pub shown_dot: Option<Dot>,
+    /// The heads recorded as conflicts.
+    pub conflicts: Vec<&'h Version>,
+}
+
+/// Rules 2 and 3 over a path's `heads`, cut-off heads competing only when there is
+/// nothing else: what the path shows and which heads are conflicts.
+pub fn judge<'h>(
+    heads: &'h [Version],
+    lead: &Leadership,
+    has_children: bool,
+    is_root: bool,
+) -> Judgement<'h> {
+    let (shown, shown_dot) = visible(&contenders(heads, lead), has_children, is_root);
+    debug_assert!(
+        shown_dot
+            .as_ref()
+            .is_none_or(|dot| heads.iter().any(|h| &h.dot == dot)),
+        "a path shows a version that is not one of its heads"
+    );
+    let conflicts = conflicts(heads, &shown, &shown_dot);
+    Judgement {
+        shown,
+        shown_dot,
+        conflicts,
+    }
+}
+
+/// False if what a path shows cannot depend on whether it has visible children: its
+/// latest contending head is a live directory, shown either way. Settling a path then
+/// skips the scan of its children, which keeps commits in busy directories cheap.
+pub fn children_matter(heads: &[Version], lead: &Leadership) -> bool {
+    !contenders(heads, lead)
+        .iter()
+        .max_by(|a, b| stamp_key(a).cmp(&stamp_key(b)))
+        .is_some_and(is_live_dir)
 }
 
 /// Reference-count changes, netted per chunk.
@@ -185,6 +378,13 @@ impl<'s> Batch<'s> {
     }
 
     fn write_heads(&mut self, path: &RelPath, mut heads: Vec<Version>) {
+        debug_assert!(
+            heads
+                .iter()
+                .enumerate()
+                .all(|(i, h)| heads[..i].iter().all(|e| e.dot != h.dot)),
+            "{path} would hold one version twice"
+        );
         if heads.is_empty() {
             self.overlay.delete(CF_HEADS, path.key());
         } else {
@@ -199,6 +399,13 @@ impl<'s> Batch<'s> {
     /// directory, and every later scan of that prefix would wade through them.
     pub(crate) fn evict(&mut self, path: &RelPath, head: &Version) -> Result<()> {
         let mut heads = self.heads(path)?;
+        // Its chunks' references and its log record's count go with it: evicting a
+        // version that is not a head would undercount both.
+        debug_assert!(
+            heads.iter().any(|h| h.dot == head.dot),
+            "{} is not a head of {path}",
+            head.dot
+        );
         heads.retain(|h| h.dot != head.dot);
         self.write_heads(path, heads);
         self.refs.apply(head, -1);
@@ -217,6 +424,20 @@ impl<'s> Batch<'s> {
         self.write_heads(path, heads);
         self.mark(path);
         Ok(())
+    }
+
+    /// Writes what [`arrive`] decided for `version` of `path`: the heads it evicts leave,
+    /// and it joins the heads.
+    pub(crate) fn join(
+        &mut self,
+        path: &RelPath,
+        evicted: &[&Version],
+        version: Version,
+    ) -> Result<()> {
+        for head in evicted {
+            self.evict(path, head)?;
+        }
+        self.admit(path, version)
     }
 
     /// Records the log record of a change that made `live` heads.
@@ -311,48 +532,51 @@ impl<'s> Batch<'s> {
     /// Recomputes the visible entries of every marked path, deepest first, following
     /// changes up to the parents whose children appeared or vanished.
     pub(crate) fn settle(&mut self) -> Result<()> {
-        while let Some(item) = self.dirty.pop_first() {
-            let path = item.1;
+        while let Some((_, path)) = self.dirty.pop_first() {
             let heads = self.heads(&path)?;
-            let contending = contenders(&heads, &self.lead);
-            // Children only matter when the latest head is not a live directory (a
-            // directory is shown either way); skipping the scan keeps commits in busy
-            // directories cheap.
-            let latest_is_dir = contending
-                .iter()
-                .max_by(|a, b| stamp_key(a).cmp(&stamp_key(b)))
-                .is_some_and(|h| matches!(&h.state, State::Live(n) if n.meta.kind == Kind::Dir));
-            let has_children = !latest_is_dir && self.has_visible_children(&path)?;
-            let (shown, shown_dot) = visible(&contending, has_children, path.is_root());
-            let recorded = self.conflict_keys(&path)?;
-            let lost: BTreeSet<Vec<u8>> = conflicts(&heads, &shown, &shown_dot)
-                .into_iter()
-                .map(|lost| head_key(&path, &lost.dot))
-                .collect();
-            for key in &recorded {
-                if !lost.contains(key) {
-                    self.overlay.delete(CF_CONFLICTS, key.clone());
-                }
-            }
-            for key in lost {
-                if !recorded.contains(&key) {
-                    self.overlay.put(CF_CONFLICTS, key, Vec::new());
-                }
-            }
-            let before = self.entry(&path)?;
-            if before != shown {
-                match &shown {
-                    Some(node) => self.overlay.put(CF_ENTRIES, path.key(), encode_value(node)),
-                    None => self.overlay.delete(CF_ENTRIES, path.key()),
-                }
-                if before.is_some() != shown.is_some() {
-                    if let Some(parent) = path.parent() {
-                        self.mark(&parent);
-                    }
-                }
-                self.changed.insert(path);
+            let has_children =
+                children_matter(&heads, &self.lead) && self.has_visible_children(&path)?;
+            let judged = judge(&heads, &self.lead, has_children, path.is_root());
+            self.record_conflicts(&path, &judged.conflicts)?;
+            self.show(path, judged.shown)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the conflict records of `path` name exactly `lost`.
+    fn record_conflicts(&mut self, path: &RelPath, lost: &[&Version]) -> Result<()> {
+        let recorded = self.conflict_keys(path)?;
+        let lost: BTreeSet<Vec<u8>> = lost.iter().map(|h| head_key(path, &h.dot)).collect();
+        for key in &recorded {
+            if !lost.contains(key) {
+                self.overlay.delete(CF_CONFLICTS, key.clone());
             }
         }
+        for key in lost {
+            if !recorded.contains(&key) {
+                self.overlay.put(CF_CONFLICTS, key, Vec::new());
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes `path` show `shown`; if it appears or vanishes, its parent is settled again
+    /// (its children changed).
+    fn show(&mut self, path: RelPath, shown: Option<Node>) -> Result<()> {
+        let before = self.entry(&path)?;
+        if before == shown {
+            return Ok(());
+        }
+        match &shown {
+            Some(node) => self.overlay.put(CF_ENTRIES, path.key(), encode_value(node)),
+            None => self.overlay.delete(CF_ENTRIES, path.key()),
+        }
+        if before.is_some() != shown.is_some() {
+            if let Some(parent) = path.parent() {
+                self.mark(&parent);
+            }
+        }
+        self.changed.insert(path);
         Ok(())
     }
 

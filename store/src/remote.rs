@@ -3,7 +3,7 @@
 
 use depfs_proto::{
     decode_value, encode_value, Change, ChangeOp, ChunkData, ChunkHash, Content, Dot, Kind, Node,
-    NodeName, RelPath, State, Version, VersionVector,
+    NodeName, RelPath, State, VersionVector,
 };
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
@@ -12,8 +12,8 @@ use crate::db::cf;
 use crate::error::{Result, StoreError};
 use crate::keys::*;
 use crate::log::{read_record, LogRecord};
-use crate::merge::Batch;
-use crate::tx::Durability;
+use crate::merge::{arrive, Arrival, Batch, Source};
+use crate::tx::{Durability, Writer};
 use crate::Store;
 
 /// What applying a batch of remote changes did.
@@ -43,6 +43,58 @@ fn malformed(what: String) -> StoreError {
     StoreError::Malformed(what)
 }
 
+/// The bytes of inline content `changes` bring: what applying them needs of the space
+/// reserve (chunks were checked when they were stored).
+fn inline_bytes(changes: &[Change]) -> u64 {
+    changes
+        .iter()
+        .flat_map(|c| &c.ops)
+        .map(|op| match &op.state {
+            State::Live(Node {
+                content: Content::Inline(bytes),
+                ..
+            }) => bytes.len() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Extends the log record of `change` by the paths where it became a head. The same
+/// change may arrive in parts (relayed by nodes that had different parts of it still
+/// current), so a record may exist already.
+fn record_change(
+    store: &Store,
+    batch: &mut Batch<'_>,
+    change: &Change,
+    admitted: Vec<RelPath>,
+) -> Result<()> {
+    if admitted.is_empty() {
+        return Ok(());
+    }
+    let key = log_key(&change.dot);
+    let mut record = match batch.overlay.get(store, CF_LOG, &key)? {
+        Some(bytes) => read_record(&change.dot, &bytes)?,
+        None => LogRecord {
+            hlc: change.hlc,
+            paths: Vec::new(),
+            live: 0,
+            seal: change.seal.clone(),
+        },
+    };
+    if !record.seal.is_signed() {
+        // Kept from a store written before seals: the sealed copy replaces it.
+        record.seal = change.seal.clone();
+    }
+    record.live += admitted.len() as u32;
+    for path in admitted {
+        if !record.paths.contains(&path) {
+            record.paths.push(path);
+        }
+    }
+    batch.log(&change.dot, &record);
+    Ok(())
+}
+
 impl Store {
     /// Applies changes received from a peer, all in one atomic write. Every chunk of every
     /// live file version must already be stored (see [`Store::missing_chunks`]).
@@ -58,112 +110,105 @@ impl Store {
         progress: Option<(&VersionVector, &VersionVector)>,
         wall_ms: u64,
     ) -> Result<Applied> {
-        let inline: usize = changes
-            .iter()
-            .flat_map(|c| &c.ops)
-            .map(|op| match &op.state {
-                State::Live(Node {
-                    content: Content::Inline(bytes),
-                    ..
-                }) => bytes.len(),
-                _ => 0,
-            })
-            .sum();
-        self.ensure_space(inline as u64)?;
+        self.ensure_space(inline_bytes(changes))?;
         let mut writer = self.inner.writer.lock();
         let mut batch = Batch::new(self);
         let mut applied = Applied::default();
-        let own = self.node().clone();
         for change in changes {
-            validate(change)?;
-            if change.dot.node == own && change.dot.seq > writer.seq {
-                // Not made here (forged), or made here and lost with the store's last
-                // writes: never applied under this node's name either way.
-                applied.not_made_here.push(change.dot.clone());
-                continue;
-            }
             // Nothing of the batch is written when one change is refused.
-            writer.clock.observe(change.hlc, wall_ms).map_err(|drift| {
-                StoreError::AheadOfClock {
-                    dot: change.dot.clone(),
-                    drift,
-                }
-            })?;
-            let mut admitted_paths = Vec::new();
-            for op in &change.ops {
-                let version = change.version(op);
-                let heads = batch.heads(&op.path)?;
-                // Old news: our progress covers it (it is held, superseded, or was
-                // deleted by a tombstone since collected), or a head descends from it.
-                if writer.vv.covers(&version.dot)
-                    || heads
-                        .iter()
-                        .any(|h| h.dot == version.dot || h.ctx.covers(&version.dot))
-                {
-                    applied.obsolete += 1;
-                    continue;
-                }
-                // A version an old manager wrote cut off from the cluster replaces only
-                // other cut-off versions: what it overwrote stays, and wins.
-                let cut_off = batch.lead.is_cut_off(&version.dot);
-                let replaced: Vec<&Version> = heads
-                    .iter()
-                    .filter(|h| {
-                        version.ctx.covers(&h.dot) && (!cut_off || batch.lead.is_cut_off(&h.dot))
-                    })
-                    .collect();
-                for head in replaced {
-                    batch.evict(&op.path, head)?;
-                }
-                if cut_off {
-                    applied.cut_off.push(op.path.clone());
-                }
-                self.check_chunk_lengths(change, op)?;
-                batch.admit(&op.path, version)?;
-                admitted_paths.push(op.path.clone());
-            }
-            if admitted_paths.is_empty() {
+            validate(change)?;
+            if !self.admissible(&mut writer, change, wall_ms, &mut applied)? {
                 continue;
             }
-            applied.admitted += admitted_paths.len();
-            // The same change may arrive in parts (relayed by nodes that had different
-            // parts of it still current): extend its record.
-            let key = log_key(&change.dot);
-            let mut record = match batch.overlay.get(self, CF_LOG, &key)? {
-                Some(bytes) => read_record(&change.dot, &bytes)?,
-                None => LogRecord {
-                    hlc: change.hlc,
-                    paths: Vec::new(),
-                    live: 0,
-                    seal: change.seal.clone(),
-                },
-            };
-            if !record.seal.is_signed() {
-                // Kept from a store written before seals: the sealed copy replaces it.
-                record.seal = change.seal.clone();
-            }
-            record.live += admitted_paths.len() as u32;
-            for p in admitted_paths {
-                if !record.paths.contains(&p) {
-                    record.paths.push(p);
-                }
-            }
-            batch.log(&change.dot, &record);
+            let admitted = self.admit_change(&mut batch, &writer, change, &mut applied)?;
+            record_change(self, &mut batch, change, admitted)?;
         }
         batch.settle()?;
         batch.release_log_records()?;
         if let Some((base, upto)) = progress {
-            if writer.vv.dominates(base) {
-                let provable = self.provable(upto, changes, &writer.vv, writer.seq)?;
-                applied.unproven = provable != *upto;
-                writer.vv.merge(&provable);
-                applied.progressed = true;
-            }
+            self.adopt_progress(&mut writer, base, upto, changes, &mut applied)?;
         }
         writer.persist(&mut batch);
         applied.changed = batch.changed.iter().cloned().collect();
         self.write_batch(batch, Durability::Process)?;
         Ok(applied)
+    }
+
+    /// False if `change` is under this node's name beyond its own sequence: not made
+    /// here (forged), or made here and lost with the store's last writes; never applied
+    /// under this node's name either way. Otherwise moves the clock past the change's
+    /// time, or refuses the change if it is stamped too far ahead.
+    fn admissible(
+        &self,
+        writer: &mut Writer,
+        change: &Change,
+        wall_ms: u64,
+        applied: &mut Applied,
+    ) -> Result<bool> {
+        if &change.dot.node == self.node() && change.dot.seq > writer.seq {
+            applied.not_made_here.push(change.dot.clone());
+            return Ok(false);
+        }
+        writer
+            .clock
+            .observe(change.hlc, wall_ms)
+            .map_err(|drift| StoreError::AheadOfClock {
+                dot: change.dot.clone(),
+                drift,
+            })?;
+        Ok(true)
+    }
+
+    /// Applies the arrival rule ([`arrive`]) to each version of `change` and writes what
+    /// it decides. Returns the paths where the change's version became a head.
+    fn admit_change(
+        &self,
+        batch: &mut Batch<'_>,
+        writer: &Writer,
+        change: &Change,
+        applied: &mut Applied,
+    ) -> Result<Vec<RelPath>> {
+        let mut admitted = Vec::new();
+        for op in &change.ops {
+            let version = change.version(op);
+            let heads = batch.heads(&op.path)?;
+            let source = Source::Peer {
+                progress: &writer.vv,
+                lead: &batch.lead,
+            };
+            let Arrival::Joins { evicted, cut_off } = arrive(&heads, &version, source) else {
+                applied.obsolete += 1;
+                continue;
+            };
+            if cut_off {
+                applied.cut_off.push(op.path.clone());
+            }
+            self.check_chunk_lengths(change, op)?;
+            batch.join(&op.path, &evicted, version)?;
+            admitted.push(op.path.clone());
+        }
+        applied.admitted += admitted.len();
+        Ok(admitted)
+    }
+
+    /// Adopts the sender's progress `upto` if this node's progress covered `base` before
+    /// the changes (see [`Store::apply_remote`]), as far as the sender can back it.
+    fn adopt_progress(
+        &self,
+        writer: &mut Writer,
+        base: &VersionVector,
+        upto: &VersionVector,
+        changes: &[Change],
+        applied: &mut Applied,
+    ) -> Result<()> {
+        if !writer.vv.dominates(base) {
+            return Ok(());
+        }
+        let provable = self.provable(upto, changes, &writer.vv, writer.seq)?;
+        applied.unproven = provable != *upto;
+        writer.adopt(&provable);
+        applied.progressed = true;
+        Ok(())
     }
 
     /// The part of a peer's progress claim `upto` that it can back: for each node, no
@@ -507,42 +552,46 @@ fn validate(change: &Change) -> Result<()> {
                     change.dot
                 )));
             }
-            State::Live(node) => {
-                let inline_ok = match (&node.meta.kind, &node.content) {
-                    (Kind::Dir, depfs_proto::Content::Inline(b)) => b.is_empty(),
-                    (Kind::Symlink, depfs_proto::Content::Inline(b)) => {
-                        !b.is_empty() && b.len() <= depfs_proto::limits::MAX_SYMLINK_LEN
-                    }
-                    (Kind::File, depfs_proto::Content::Inline(b)) => {
-                        b.len() <= depfs_proto::limits::INLINE_MAX
-                    }
-                    (Kind::File, depfs_proto::Content::Chunked(c)) => c
-                        .iter()
-                        .all(|c| c.len > 0 && c.len <= depfs_proto::limits::CHUNK_MAX),
-                    _ => false,
-                };
-                if !inline_ok || node.size() > depfs_proto::limits::MAX_FILE_SIZE {
-                    return Err(malformed(format!(
-                        "change {}: bad content for {}",
-                        change.dot, op.path
-                    )));
-                }
-                let times_ok = [node.meta.mtime, node.meta.ctime]
-                    .iter()
-                    .all(|t| t.nanos < 1_000_000_000);
-                let symlink_ok = match (&node.meta.kind, &node.content) {
-                    (Kind::Symlink, Content::Inline(target)) => !target.contains(&0),
-                    _ => true,
-                };
-                if !times_ok || !symlink_ok || node.meta.perm > 0o7777 {
-                    return Err(malformed(format!(
-                        "change {}: bad attributes for {}",
-                        change.dot, op.path
-                    )));
-                }
-            }
+            State::Live(node) => validate_live(change, op, node)?,
             State::Deleted => {}
         }
+    }
+    Ok(())
+}
+
+/// Refuses a live entry no honest node makes: content of the wrong form or beyond the
+/// limits for its kind, nanoseconds beyond a second, a symlink target holding NUL, or
+/// permission bits beyond `0o7777`.
+fn validate_live(change: &Change, op: &ChangeOp, node: &Node) -> Result<()> {
+    let content_ok = match (&node.meta.kind, &node.content) {
+        (Kind::Dir, Content::Inline(b)) => b.is_empty(),
+        (Kind::Symlink, Content::Inline(b)) => {
+            !b.is_empty() && b.len() <= depfs_proto::limits::MAX_SYMLINK_LEN
+        }
+        (Kind::File, Content::Inline(b)) => b.len() <= depfs_proto::limits::INLINE_MAX,
+        (Kind::File, Content::Chunked(c)) => c
+            .iter()
+            .all(|c| c.len > 0 && c.len <= depfs_proto::limits::CHUNK_MAX),
+        _ => false,
+    };
+    if !content_ok || node.size() > depfs_proto::limits::MAX_FILE_SIZE {
+        return Err(malformed(format!(
+            "change {}: bad content for {}",
+            change.dot, op.path
+        )));
+    }
+    let times_ok = [node.meta.mtime, node.meta.ctime]
+        .iter()
+        .all(|t| t.nanos < 1_000_000_000);
+    let symlink_ok = match (&node.meta.kind, &node.content) {
+        (Kind::Symlink, Content::Inline(target)) => !target.contains(&0),
+        _ => true,
+    };
+    if !times_ok || !symlink_ok || node.meta.perm > 0o7777 {
+        return Err(malformed(format!(
+            "change {}: bad attributes for {}",
+            change.dot, op.path
+        )));
     }
     Ok(())
 }

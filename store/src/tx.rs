@@ -5,21 +5,27 @@
 //! directory empty) and the change it commits see the same tree. Content is written
 //! *before* the transaction ([`Store::write_content`]), so chunking a large file never
 //! blocks other writers.
+//!
+//! Which context a new version takes and which heads it evicts are the merge rules
+//! (`docs/design.md`, "Merge rules", rules 1 and 4), applied by the pure functions of
+//! [`crate::merge`] exactly as a peer's change is: a commit reads the staged paths,
+//! plans the versions with those functions, and writes the plan in one batch.
 
 use std::collections::{BTreeMap, HashMap};
 
 use depfs_proto::seal::op_digest;
 use depfs_proto::{
-    encode_value, Content, Dot, Hlc, HlcClock, Node, RelPath, Seal, State, Version, VersionVector,
+    encode_value, Content, Digest, Dot, Hlc, HlcClock, Node, RelPath, Seal, State, Version,
+    VersionVector,
 };
 use parking_lot::MutexGuard;
 use serde::{Deserialize, Serialize};
 
 use crate::db::cf;
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::keys::*;
 use crate::log::{read_record, LogRecord};
-use crate::merge::{Batch, RefDeltas};
+use crate::merge::{arrive, local_context, Arrival, Batch, RefDeltas, Source};
 use crate::overlay::Overlay;
 use crate::tree::DirEntry;
 use crate::Store;
@@ -32,6 +38,29 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// Counts this node's commit `dot` as made (the commit's batch persists it).
+    fn record_commit(&mut self, dot: &Dot) {
+        debug_assert_eq!(dot.seq, self.seq + 1, "sequence numbers are consecutive");
+        debug_assert!(
+            !self.vv.covers(dot),
+            "progress covers {dot} before it is made (see `Store::provable`)"
+        );
+        self.seq = dot.seq;
+        self.vv.raise(&dot.node, dot.seq);
+    }
+
+    /// Adds `progress` to this node's progress.
+    pub(crate) fn adopt(&mut self, progress: &VersionVector) {
+        #[cfg(debug_assertions)]
+        let before = self.vv.clone();
+        self.vv.merge(progress);
+        #[cfg(debug_assertions)]
+        debug_assert!(
+            self.vv.dominates(&before) && self.vv.dominates(progress),
+            "progress went backwards"
+        );
+    }
+
     pub(crate) fn persist(&self, batch: &mut Batch<'_>) {
         let state = WriterState {
             seq: self.seq,
@@ -215,34 +244,33 @@ impl<'a> Tx<'a> {
     /// new HLC time (from `wall_ms`, the caller's wall clock). Returns `None` if there was
     /// nothing to commit.
     ///
-    /// Each new version supersedes the versions of its path that this node shows or has
-    /// made obsolete, but not conflicts recorded from other nodes: a local write never
-    /// silently resolves another node's conflicting write (see
-    /// [`Store::restore_conflict`]). This node's own earlier losing versions are
-    /// superseded by its newer write.
+    /// Each new version takes its context and evicts heads by the merge rules
+    /// (`docs/design.md`, "Merge rules", rule 4): a local write never silently resolves
+    /// another node's conflicting write (see [`Store::restore_conflict`]).
     pub fn commit(mut self, wall_ms: u64, durability: Durability) -> Result<Option<Committed>> {
         let store = self.store;
-        // New content needs the whole reserve (chunked content was checked when its
-        // chunks were written); changes without content may use half of it.
-        let inline: u64 = self
-            .ops
-            .iter()
-            .filter_map(|(_, op)| match op.as_ref().map(|n| &n.content) {
-                Some(Content::Inline(bytes)) if !bytes.is_empty() => Some(bytes.len() as u64),
-                _ => None,
-            })
-            .sum();
-        if inline > 0 {
-            store.ensure_space(inline)?;
-        } else {
-            store.ensure_space_for_metadata()?;
-        }
-        let node = store.inner.node.clone();
+        store.reserve_for(&self.ops)?;
         let mut batch = Batch::with_reads(store, std::mem::take(&mut self.reads));
+        let reads = self.read_paths(&batch)?;
+        if reads.is_empty() {
+            return Ok(None);
+        }
+        let stamp = self.stamp(&reads, wall_ms);
+        let plan = plan(reads, &self.bases, &stamp)?;
+        self.write_plan(&mut batch, plan, &stamp)?;
+        store.write_batch(batch, durability)?;
+        drop(self.writer);
+        if let Some(hook) = store.inner.commit_hook.read().as_ref() {
+            hook();
+        }
+        Ok(Some(stamp))
+    }
 
-        let mut ops = Vec::with_capacity(self.ops.len());
+    /// Reads what the commit of each staged path depends on: its heads and its recorded
+    /// conflicts. Deleting what is not there is no change: such paths are left out.
+    fn read_paths(&mut self, batch: &Batch<'_>) -> Result<Vec<PathRead>> {
+        let mut reads = Vec::with_capacity(self.ops.len());
         for (path, op) in std::mem::take(&mut self.ops) {
-            // Deleting what is not there is no change.
             if op.is_none() && !self.forced_deletes.contains(&path) && batch.entry(&path)?.is_none()
             {
                 continue;
@@ -253,85 +281,149 @@ impl<'a> Tx<'a> {
             } else {
                 batch.conflict_dots(&path)?
             };
-            ops.push((path, op, heads, conflicted));
+            reads.push(PathRead {
+                path,
+                op,
+                heads,
+                conflicted,
+            });
         }
-        if ops.is_empty() {
-            return Ok(None);
-        }
+        Ok(reads)
+    }
 
+    /// The commit's identity: the next sequence number, and a time after every head of
+    /// every path it writes, so the local write is shown where it was made (rule 4).
+    fn stamp(&mut self, reads: &[PathRead], wall_ms: u64) -> Committed {
         let writer = &mut *self.writer;
-        for (_, _, heads, _) in &ops {
-            for head in heads {
-                writer.clock.advance_past(head.hlc);
-            }
+        for head in reads.iter().flat_map(|r| &r.heads) {
+            writer.clock.advance_past(head.hlc);
         }
-        let seq = writer.seq + 1;
         let hlc = writer.clock.tick(wall_ms);
-        let dot = Dot::new(node.clone(), seq);
-
-        let mut paths = Vec::with_capacity(ops.len());
-        let mut sealed = Vec::with_capacity(ops.len());
-        for (path, op, heads, conflicted) in ops {
-            let mut ctx = VersionVector::new();
-            let base = self.bases.get(&path);
-            for head in heads.iter().filter(|h| match base {
-                Some(base) => base.contains(&h.dot),
-                None => !conflicted.contains(&h.dot),
-            }) {
-                ctx.merge(&head.ctx);
-            }
-            ctx.raise(&node, seq);
-            // Evict every head the new context covers — including this node's own older
-            // versions recorded as conflicts, which a version vector cannot leave out —
-            // exactly as the version evicts them when it arrives elsewhere.
-            for head in heads.iter().filter(|h| ctx.covers(&h.dot)) {
-                batch.evict(&path, head)?;
-            }
-            let state = match op {
-                Some(node) => State::Live(node),
-                None => State::Deleted,
-            };
-            sealed.push(op_digest(&path, &ctx, &state));
-            batch.admit(
-                &path,
-                Version {
-                    dot: dot.clone(),
-                    hlc,
-                    ctx,
-                    state,
-                },
-            )?;
-            paths.push(path);
+        debug_assert!(
+            reads.iter().flat_map(|r| &r.heads).all(|h| h.hlc <= hlc),
+            "a local write is stamped before a head it replaces"
+        );
+        Committed {
+            dot: Dot::new(self.store.inner.node.clone(), writer.seq + 1),
+            hlc,
         }
-        let live = paths.len() as u32;
-        let seal = match store.inner.signer.read().as_deref() {
-            Some(signer) => Seal::new(&dot, hlc, sealed, signer),
+    }
+
+    /// Writes `plan` into `batch`: evictions, new versions, the log record, what the
+    /// paths show, and the writer's new state.
+    fn write_plan(&mut self, batch: &mut Batch<'_>, plan: Plan, stamp: &Committed) -> Result<()> {
+        let mut paths = Vec::with_capacity(plan.writes.len());
+        for write in plan.writes {
+            for head in &write.evicted {
+                batch.evict(&write.path, head)?;
+            }
+            batch.admit(&write.path, write.version)?;
+            paths.push(write.path);
+        }
+        let seal = match self.store.inner.signer.read().as_deref() {
+            Some(signer) => Seal::new(&stamp.dot, stamp.hlc, plan.sealed, signer),
             None => Seal {
-                ops: sealed,
+                ops: plan.sealed,
                 signature: Vec::new(),
             },
         };
-        batch.log(
-            &dot,
-            &LogRecord {
-                hlc,
-                paths,
-                live,
-                seal,
-            },
-        );
+        let record = LogRecord {
+            hlc: stamp.hlc,
+            live: paths.len() as u32,
+            paths,
+            seal,
+        };
+        batch.log(&stamp.dot, &record);
         batch.settle()?;
         batch.release_log_records()?;
+        self.writer.record_commit(&stamp.dot);
+        self.writer.persist(batch);
+        Ok(())
+    }
+}
 
-        writer.seq = seq;
-        writer.vv.raise(&node, seq);
-        writer.persist(&mut batch);
-        store.write_batch(batch, durability)?;
-        drop(self.writer);
-        if let Some(hook) = store.inner.commit_hook.read().as_ref() {
-            hook();
+/// One staged path as the commit read it.
+struct PathRead {
+    path: RelPath,
+    /// The staged entry (`None`: delete).
+    op: Option<Node>,
+    heads: Vec<Version>,
+    /// The heads recorded as conflicts, unless the commit resolves them.
+    conflicted: Vec<Dot>,
+}
+
+/// What a commit writes.
+struct Plan {
+    writes: Vec<PlannedWrite>,
+    /// The digests of the new versions, in order, for the change's seal.
+    sealed: Vec<Digest>,
+}
+
+/// The new version of one path and the heads it evicts.
+struct PlannedWrite {
+    path: RelPath,
+    version: Version,
+    evicted: Vec<Version>,
+}
+
+/// The versions a commit stamped `stamp` makes of the paths read, by the merge rules
+/// (rules 4 and 1). `bases` holds, for writes prepared earlier, the heads they started
+/// from.
+fn plan(
+    reads: Vec<PathRead>,
+    bases: &HashMap<RelPath, Vec<Dot>>,
+    stamp: &Committed,
+) -> Result<Plan> {
+    let mut writes = Vec::with_capacity(reads.len());
+    let mut sealed = Vec::with_capacity(reads.len());
+    for read in reads {
+        let base = bases.get(&read.path).map(Vec::as_slice);
+        let ctx = local_context(&read.heads, base, &read.conflicted, &stamp.dot);
+        let state = match read.op {
+            Some(node) => State::Live(node),
+            None => State::Deleted,
+        };
+        sealed.push(op_digest(&read.path, &ctx, &state));
+        let version = Version {
+            dot: stamp.dot.clone(),
+            hlc: stamp.hlc,
+            ctx,
+            state,
+        };
+        let Arrival::Joins { evicted, .. } = arrive(&read.heads, &version, Source::Local) else {
+            // `arrive` never finds a local version old news (see `Source::Local`).
+            return Err(StoreError::Malformed(format!(
+                "local change {} found old news at {}",
+                stamp.dot, read.path
+            )));
+        };
+        let evicted = evicted.into_iter().cloned().collect();
+        writes.push(PlannedWrite {
+            path: read.path,
+            version,
+            evicted,
+        });
+    }
+    Ok(Plan { writes, sealed })
+}
+
+impl Store {
+    /// Checks that a commit of `ops` leaves the space reserve: new content needs the
+    /// whole reserve (chunked content was checked when its chunks were written); changes
+    /// without content may use half of it.
+    fn reserve_for(&self, ops: &[(RelPath, Option<Node>)]) -> Result<()> {
+        let inline: u64 = ops
+            .iter()
+            .filter_map(|(_, op)| match op.as_ref().map(|n| &n.content) {
+                Some(Content::Inline(bytes)) if !bytes.is_empty() => Some(bytes.len() as u64),
+                _ => None,
+            })
+            .sum();
+        if inline > 0 {
+            self.ensure_space(inline)
+        } else {
+            self.ensure_space_for_metadata()
         }
-        Ok(Some(Committed { dot, hlc }))
     }
 }
 

@@ -2,6 +2,8 @@
 //! types, fuzzed in proto/tests/fuzz_decoders.rs): arbitrary and mutated bytes decode
 //! to an error or a value, never a panic. Seeded: a failure prints its seed and case.
 
+#![cfg(test)]
+
 use depfs_proto::{decode_value, encode_value, Digest, Hlc, RelPath, Seal};
 use depfs_store::log::LogRecord;
 use rand::{Rng, SeedableRng};

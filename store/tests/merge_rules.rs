@@ -1,9 +1,12 @@
-//! One test per merge rule (SPEC 2.2–2.4, docs/design.md), with real stores exchanging
+//! One test per merge rule (docs/design.md, "Merge rules"), with real stores exchanging
 //! changes the way the replicator does: `dots_since` + `change` on one side,
 //! `missing_chunks` + `put_chunks` + `apply_remote` on the other.
 
-use depfs_proto::{Change, Content, Kind, Meta, Node, NodeName, RelPath, Timespec, VersionVector};
+#![cfg(test)]
+
+use depfs_proto::{Change, Content, Kind, Meta, Node, NodeName, RelPath, VersionVector};
 use depfs_store::{Durability, Store, StoreError, StoreOptions};
+use depfs_testkit::meta_at;
 
 struct Cluster {
     _dir: tempfile::TempDir,
@@ -11,18 +14,7 @@ struct Cluster {
 }
 
 fn root() -> Meta {
-    meta(Kind::Dir, 0)
-}
-
-fn meta(kind: Kind, mtime: i64) -> Meta {
-    Meta {
-        kind,
-        perm: if kind == Kind::Dir { 0o755 } else { 0o644 },
-        uid: 0,
-        gid: 0,
-        mtime: Timespec::new(mtime, 0),
-        ctime: Timespec::new(mtime, 0),
-    }
+    meta_at(Kind::Dir, 0)
 }
 
 fn cluster(n: usize) -> Cluster {
@@ -47,14 +39,14 @@ fn p(s: &str) -> RelPath {
 
 fn file(bytes: &[u8]) -> Node {
     Node {
-        meta: meta(Kind::File, 1_700_000_000),
+        meta: meta_at(Kind::File, 1_700_000_000),
         content: Content::Inline(bytes.to_vec()),
     }
 }
 
 fn dir() -> Node {
     Node {
-        meta: meta(Kind::Dir, 1_700_000_000),
+        meta: meta_at(Kind::Dir, 1_700_000_000),
         content: Content::empty(),
     }
 }
@@ -377,6 +369,29 @@ fn arrival_order_does_not_matter() {
     assert!(results.windows(2).all(|w| w[0] == w[1]), "{results:?}");
 }
 
+/// gw2 overwrites gw1's file; gw3 writes it concurrently, later, so gw2's version loses
+/// there; gw2 writes again. That write supersedes gw2's losing version and so also what
+/// that one overwrote: gw4, which only ever had gw1's version, must drop it when gw2's
+/// last write arrives (before, it kept gw1's version for good, as a conflict gw2 never
+/// had; docs/design.md, "Merge rules", rule 4).
+#[test]
+fn a_write_over_its_own_lost_version_also_supersedes_what_that_one_overwrote() {
+    let c = cluster(4);
+    let [gw1, gw2, gw3, gw4] = [&c.stores[0], &c.stores[1], &c.stores[2], &c.stores[3]];
+    put(gw1, "f", file(b"gw1"), 1_000);
+    sync(gw1, gw2, 1_000);
+    sync(gw1, gw4, 1_000);
+    put(gw2, "f", file(b"gw2, first"), 2_000);
+    put(gw3, "f", file(b"gw3"), 3_000);
+    sync(gw3, gw2, 3_000);
+    assert_eq!(shows(gw2, "f").as_deref(), Some(&b"gw3"[..]));
+    put(gw2, "f", file(b"gw2, again"), 4_000);
+    sync(gw2, gw4, 4_000);
+    sync_all(&c);
+    assert_eq!(shows(gw4, "f").as_deref(), Some(&b"gw2, again"[..]));
+    assert_converged(&c);
+}
+
 #[test]
 fn old_changes_arriving_late_are_superseded_not_conflicts() {
     let c = cluster(3);
@@ -404,7 +419,7 @@ fn a_change_is_applied_only_with_all_its_chunks() {
         &c.stores[0],
         "app.war",
         Node {
-            meta: meta(Kind::File, 1),
+            meta: meta_at(Kind::File, 1),
             content,
         },
         1000,
@@ -430,7 +445,7 @@ fn a_change_is_applied_only_with_all_its_chunks() {
         &c.stores[0],
         "app.war",
         Node {
-            meta: meta(Kind::File, 2),
+            meta: meta_at(Kind::File, 2),
             content,
         },
         2000,
@@ -604,7 +619,7 @@ fn chunks_of_an_uncommitted_bulk_write_do_not_count_for_a_peers_change() {
         &c.stores[0],
         "gateway.war",
         Node {
-            meta: meta(Kind::File, 1),
+            meta: meta_at(Kind::File, 1),
             content: content.clone(),
         },
         1000,

@@ -1,26 +1,23 @@
 //! The store on its own: commits, the change log, chunking and reference counting,
 //! persistence and the data-directory lock.
 
-use depfs_proto::{Content, Kind, Meta, Node, NodeName, RelPath, Timespec};
+#![cfg(test)]
+
+use depfs_proto::{Content, Kind, Node, NodeName, RelPath};
 use depfs_store::{ContentReader, Durability, Store, StoreError, StoreOptions};
+use depfs_testkit::meta_at;
 
 fn node_name() -> NodeName {
     NodeName::new("gw1").unwrap()
 }
 
-fn meta(kind: Kind) -> Meta {
-    Meta {
-        kind,
-        perm: 0o644,
-        uid: 0,
-        gid: 0,
-        mtime: Timespec::new(1_700_000_000, 0),
-        ctime: Timespec::new(1_700_000_000, 0),
-    }
-}
-
 fn open(dir: &std::path::Path) -> Store {
-    Store::open(dir, &node_name(), &StoreOptions::new(meta(Kind::Dir))).unwrap()
+    Store::open(
+        dir,
+        &node_name(),
+        &StoreOptions::new(meta_at(Kind::Dir, 1_700_000_000)),
+    )
+    .unwrap()
 }
 
 fn p(s: &str) -> RelPath {
@@ -45,7 +42,7 @@ fn put_file(store: &Store, path: &str, bytes: &[u8], wall: u64) {
     tx.put(
         p(path),
         Node {
-            meta: meta(Kind::File),
+            meta: meta_at(Kind::File, 1_700_000_000),
             content,
         },
     );
@@ -198,7 +195,7 @@ fn the_tree_survives_reopening_and_the_clock_never_goes_back() {
         tx.put(
             p("d"),
             Node {
-                meta: meta(Kind::Dir),
+                meta: meta_at(Kind::Dir, 1_700_000_000),
                 content: Content::empty(),
             },
         );
@@ -223,14 +220,18 @@ fn one_process_per_data_dir_and_one_node_per_store() {
     match Store::open(
         dir.path(),
         &node_name(),
-        &StoreOptions::new(meta(Kind::Dir)),
+        &StoreOptions::new(meta_at(Kind::Dir, 1_700_000_000)),
     ) {
         Err(StoreError::InUse { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
         other => panic!("expected InUse, got {other:?}"),
     }
     drop(store);
     let other = NodeName::new("gw2").unwrap();
-    match Store::open(dir.path(), &other, &StoreOptions::new(meta(Kind::Dir))) {
+    match Store::open(
+        dir.path(),
+        &other,
+        &StoreOptions::new(meta_at(Kind::Dir, 1_700_000_000)),
+    ) {
         Err(StoreError::WrongNode { stored, .. }) => assert_eq!(stored, "gw1"),
         other => panic!("expected WrongNode, got {other:?}"),
     }
