@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use depfs_proto::limits::MAX_FILE_SIZE;
-use depfs_proto::{Content, Dot, Kind, Meta, Node};
+use depfs_proto::{Content, Dot, Kind, Meta, Node, RelPath};
 use depfs_store::{ContentReader, Durability, PinGuard};
 use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +14,7 @@ use crate::error::{Errno, FsResult};
 use crate::local_copy::{Backing, Stamp};
 use crate::namespace::touch_parent;
 use crate::staging::{SpillPolicy, Staging};
-use crate::tables::{Handle, Tables, VersionTag};
+use crate::tables::{Handle, Inode, Place, Tables, VersionTag};
 use crate::{now, now_ms, DepFs, SetAttr};
 
 /// Pages written through the daemon are dropped from the kernel's cache in steps of this
@@ -38,8 +38,9 @@ const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 #[derive(Debug)]
 pub(crate) struct OpenFile {
     pub(crate) data: RwLock<FileData>,
-    /// Mirrors `data.staged.is_some()`, readable without the data lock (by the code that
-    /// applies changes from other nodes).
+    /// Mirrors `data.writes` being `Dirty`, readable without the data lock (by the code
+    /// that applies changes from other nodes, and by `open`). Written only by
+    /// `OpenFile::new` and `OpenFile::set_writes`, under the data lock.
     pub(crate) dirty: AtomicBool,
     /// The committed version this file reads (a leaf lock: may be taken under the
     /// tables).
@@ -59,6 +60,13 @@ pub(crate) struct Prepared {
     stamp: Stamp,
     content: Content,
     pin: PinGuard,
+}
+
+/// What a publish commits: the attributes, and the local copy's stamp when the content
+/// is read from it (passthrough).
+struct PublishPlan {
+    meta: Meta,
+    read_at: Option<Stamp>,
 }
 
 /// How the kernel may cache an open file's pages.
@@ -84,31 +92,101 @@ pub(crate) struct FileData {
     /// if the path is overwritten or unlinked meanwhile.
     base: ContentReader,
     _pin: PinGuard,
-    /// Content being written; once present it is the file's local content.
+    /// Content being written; once present it is the file's local content. Outside
+    /// `writes`: it outlives a publish, as the content's local copy.
     staging: Option<Staging>,
-    /// Attributes with unpublished changes; `Some` exactly while the file is dirty.
-    staged: Option<Meta>,
-    /// The versions the unpublished changes started from (see `Tx::put_based`).
-    started_from: Vec<Dot>,
-    /// Attributes of the committed content (as of open or the last publish).
+    /// Unpublished changes, if any.
+    writes: Writes,
+    /// Attributes of the committed content (as of open or the last publish); `None`
+    /// until a file created here is first published (it has no committed version yet,
+    /// even once detached).
     committed_meta: Option<Meta>,
     /// Passthrough only: the state of the local copy when it last matched `base`
     /// (taken from the cache, or published). Another stamp means the kernel wrote to it.
     stamp: Option<Stamp>,
     /// Handles open for writing.
     writers: u32,
+}
+
+/// Whether an open file has changes its committed version lacks. Each state holds the
+/// data that has a meaning in it: a publish drops all of `Staged` at once.
+#[derive(Debug)]
+pub(crate) enum Writes {
+    /// Nothing unpublished: the file reads as its committed version.
+    Clean,
+    /// Changes not yet published, committed together by the next publish.
+    Dirty(Staged),
+}
+
+/// A dirty file's unpublished changes and what they rest on.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    /// The attributes with the unpublished changes.
+    meta: Meta,
+    /// The versions the unpublished changes started from (see `Tx::put_based`).
+    started_from: Vec<Dot>,
+    /// The staged content was written from empty (a new file, `O_TRUNC`, truncate to
+    /// 0): only such a file is owed at close. A change inside an existing file is
+    /// published in its close, so that peers see it soon after.
+    from_empty: bool,
     /// When `setattr` last set the modification time explicitly: a passthrough write
     /// after it moves the time again, one before it does not.
     explicit_mtime_at: Option<depfs_proto::Timespec>,
     /// The kernel was told it may drop its pages of this file below this offset.
     pages_dropped_to: u64,
-    /// The staged content was written from empty (a new file, `O_TRUNC`, truncate to
-    /// 0) since the last publish: only such a file is owed at close. A change inside an
-    /// existing file is published in its close, so that peers see it soon after.
-    from_empty: bool,
+}
+
+impl Staged {
+    /// Changes about to start from `meta`, the path being at versions `started_from`.
+    fn new(meta: Meta, started_from: Vec<Dot>) -> Self {
+        Staged {
+            meta,
+            started_from,
+            from_empty: false,
+            explicit_mtime_at: None,
+            pages_dropped_to: 0,
+        }
+    }
+
+    /// The attributes as they stand after the kernel's writes to the local copy: the
+    /// writes' modification time, unless `setattr` set one explicitly after them.
+    fn with_kernel_writes(&self, written: &Stamp) -> Meta {
+        let mut meta = self.meta.clone();
+        if self.explicit_mtime_at.is_none_or(|at| written.mtime > at) {
+            meta.mtime = written.mtime;
+            meta.ctime = meta.ctime.max(written.ctime);
+        }
+        meta
+    }
+
+    /// Content changed now: mtime and ctime move.
+    fn touch_content(&mut self) {
+        let t = now();
+        self.meta.mtime = t;
+        self.meta.ctime = t;
+    }
 }
 
 impl FileData {
+    /// The unpublished changes, if the file is dirty.
+    fn staged(&self) -> Option<&Staged> {
+        match &self.writes {
+            Writes::Dirty(staged) => Some(staged),
+            Writes::Clean => None,
+        }
+    }
+
+    fn staged_mut(&mut self) -> Option<&mut Staged> {
+        match &mut self.writes {
+            Writes::Dirty(staged) => Some(staged),
+            Writes::Clean => None,
+        }
+    }
+
+    fn is_dirty(&self) -> bool {
+        matches!(self.writes, Writes::Dirty(_))
+    }
+
     fn size(&self) -> u64 {
         match &self.staging {
             Some(s) => s.len(),
@@ -137,19 +215,45 @@ impl FileData {
             }
         }
     }
-
-    /// `meta` as it stands after the kernel's writes to the local copy: the writes'
-    /// modification time, unless `setattr` set one explicitly after them.
-    fn with_kernel_writes(&self, mut meta: Meta, written: &Stamp) -> Meta {
-        if self.explicit_mtime_at.is_none_or(|at| written.mtime > at) {
-            meta.mtime = written.mtime;
-            meta.ctime = meta.ctime.max(written.ctime);
-        }
-        meta
-    }
 }
 
 impl OpenFile {
+    fn new(
+        data: FileData,
+        tag: Option<VersionTag>,
+        backing: Option<Arc<Backing>>,
+    ) -> Arc<OpenFile> {
+        Arc::new(OpenFile {
+            tag: parking_lot::Mutex::new(tag),
+            dirty: AtomicBool::new(data.is_dirty()),
+            data: RwLock::new(data),
+            backing,
+            owed: AtomicBool::new(false),
+        })
+    }
+
+    /// Moves `data` (this file's, locked for writing) to `writes`: the one place that
+    /// writes `dirty` after creation, so that the two never disagree.
+    fn set_writes(&self, data: &mut FileData, writes: Writes) {
+        debug_assert!(
+            std::ptr::eq(data, self.data.data_ptr()),
+            "set_writes given another file's data"
+        );
+        self.dirty
+            .store(matches!(writes, Writes::Dirty(_)), Ordering::Release);
+        data.writes = writes;
+    }
+
+    /// `dirty` agrees with `data` (this file's, locked): it only changes under the
+    /// data lock taken for writing.
+    fn check_dirty(&self, data: &FileData) {
+        debug_assert_eq!(
+            self.dirty.load(Ordering::Acquire),
+            data.is_dirty(),
+            "the lock-free dirty flag disagrees with the file's state"
+        );
+    }
+
     /// A committed file; with `local`, a local copy of exactly `content`, it is served
     /// through passthrough.
     pub(crate) fn committed(
@@ -178,25 +282,16 @@ impl OpenFile {
             ),
             None => (None, None, None),
         };
-        Arc::new(OpenFile {
-            tag: parking_lot::Mutex::new(Some(tag)),
-            data: RwLock::new(FileData {
-                base: ContentReader::new(content),
-                _pin: pin,
-                staging,
-                staged: None,
-                started_from: Vec::new(),
-                committed_meta: Some(meta),
-                stamp,
-                writers: 0,
-                explicit_mtime_at: None,
-                pages_dropped_to: 0,
-                from_empty: false,
-            }),
-            dirty: AtomicBool::new(false),
-            backing,
-            owed: AtomicBool::new(false),
-        })
+        let data = FileData {
+            base: ContentReader::new(content),
+            _pin: pin,
+            staging,
+            writes: Writes::Clean,
+            committed_meta: Some(meta),
+            stamp,
+            writers: 0,
+        };
+        OpenFile::new(data, Some(tag), backing)
     }
 
     /// A file created here and not yet published; `started_from` are the versions of
@@ -235,25 +330,19 @@ impl OpenFile {
         stamp: Option<Stamp>,
         backing: Option<Arc<Backing>>,
     ) -> Arc<OpenFile> {
-        Arc::new(OpenFile {
-            tag: parking_lot::Mutex::new(None),
-            data: RwLock::new(FileData {
-                base: ContentReader::new(Content::empty()),
-                _pin: PinGuard::none(),
-                staging: Some(staging),
-                staged: Some(meta),
-                started_from,
-                committed_meta: None,
-                stamp,
-                writers,
-                explicit_mtime_at: None,
-                pages_dropped_to: 0,
+        let data = FileData {
+            base: ContentReader::new(Content::empty()),
+            _pin: PinGuard::none(),
+            staging: Some(staging),
+            writes: Writes::Dirty(Staged {
                 from_empty: true,
+                ..Staged::new(meta, started_from)
             }),
-            dirty: AtomicBool::new(true),
-            backing,
-            owed: AtomicBool::new(false),
-        })
+            committed_meta: None,
+            stamp,
+            writers,
+        };
+        OpenFile::new(data, None, backing)
     }
 
     /// How the creator's handle is served: through the backing file if there is one.
@@ -267,17 +356,18 @@ impl OpenFile {
     /// Attributes including unpublished changes, if there are any.
     pub(crate) fn staged_attr(&self, ino: u64) -> Option<Attr> {
         let data = self.data.read();
-        let meta = data.staged.clone()?;
+        self.check_dirty(&data);
+        let staged = data.staged()?;
         if self.backing.is_some() {
             if let Some(written) = data.kernel_written() {
                 return Some(Attr::new(
                     ino,
-                    data.with_kernel_writes(meta, &written),
+                    staged.with_kernel_writes(&written),
                     written.len,
                 ));
             }
         }
-        Some(Attr::new(ino, meta, data.size()))
+        Some(Attr::new(ino, staged.meta.clone(), data.size()))
     }
 
     /// The attributes of the version this file reads, if it is clean and that is not
@@ -289,7 +379,8 @@ impl OpenFile {
             return None;
         }
         let data = self.data.read();
-        if data.staged.is_some() || data.base.content() == current {
+        self.check_dirty(&data);
+        if data.is_dirty() || data.base.content() == current {
             return None;
         }
         let meta = data.committed_meta.clone()?;
@@ -299,10 +390,11 @@ impl OpenFile {
     /// Attributes as this open file sees them: staged ones, else the committed ones.
     pub(crate) fn attr(&self, ino: u64) -> Option<Attr> {
         let data = self.data.read();
-        let meta = data
-            .staged
-            .clone()
-            .or_else(|| data.committed_meta.clone())?;
+        self.check_dirty(&data);
+        let meta = match data.staged() {
+            Some(staged) => staged.meta.clone(),
+            None => data.committed_meta.clone()?,
+        };
         Some(Attr::new(ino, meta, data.size()))
     }
 }
@@ -326,7 +418,7 @@ impl DepFs {
             self.check_writable()?;
             self.owed.settle();
         }
-        let mut tables = self.tables.lock();
+        let mut tables = self.tables();
         self.wait_for_local_copy(&mut tables, ino);
         let inode = tables.inodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         if inode.kind == Kind::Dir {
@@ -335,10 +427,11 @@ impl DepFs {
         if inode.file.is_none() {
             // A path replaced by a peer keeps its old inode until the kernel forgets it;
             // ESTALE makes the kernel look the name up again and open the new one.
-            let path = inode.path.clone().ok_or(Errno::ESTALE)?;
+            let path = inode.path().cloned().ok_or(Errno::ESTALE)?;
             inode.file = Some(self.open_committed(&path)?);
         }
         inode.open += 1;
+        inode.check();
         let file = inode.file.clone().ok_or(Errno::EIO)?;
         let dirty = file.dirty.load(Ordering::Acquire);
         // Use the page cache only if the kernel's attributes and any pages it holds are
@@ -380,8 +473,10 @@ impl DepFs {
                     }
                     staging => *staging = Some(Staging::empty()),
                 }
-                data.from_empty = true;
-                touch_content(&mut data);
+                if let Some(staged) = data.staged_mut() {
+                    staged.from_empty = true;
+                    staged.touch_content();
+                }
             }
         }
         Ok((fh, cache))
@@ -410,7 +505,8 @@ impl DepFs {
             }
             // Never blocks: elsewhere the data lock is taken before the tables.
             let data = file.data.try_read()?;
-            (data.staged_on_disk() && data.staged.is_none()).then_some(RELEASE_WAIT)
+            file.check_dirty(&data);
+            (data.staged_on_disk() && !data.is_dirty()).then_some(RELEASE_WAIT)
         };
         let Some(bound) = must_wait(tables) else {
             return;
@@ -433,6 +529,7 @@ impl DepFs {
                         if *of == ino && *flushed {
                             *flushed = false;
                             if let Some(inode) = inodes.get_mut(&ino) {
+                                debug_assert!(inode.flushed > 0, "flushed count underflow");
                                 inode.flushed = inode.flushed.saturating_sub(1);
                             }
                         }
@@ -491,7 +588,7 @@ impl DepFs {
     /// The handle's inode, whether it is writable, and its file; with `flushed`, marks
     /// it as closed by a `flush` (`Some(true)`) or used since (`Some(false)`).
     fn use_handle(&self, fh: u64, flushed: Option<bool>) -> FsResult<(u64, bool, Arc<OpenFile>)> {
-        let mut tables = self.tables.lock();
+        let mut tables = self.tables();
         let Tables {
             handles, inodes, ..
         } = &mut *tables;
@@ -510,8 +607,10 @@ impl DepFs {
                 if now {
                     inode.flushed += 1;
                 } else {
+                    debug_assert!(inode.flushed > 0, "inode {ino}: flushed count underflow");
                     inode.flushed = inode.flushed.saturating_sub(1);
                 }
+                inode.check();
             }
         }
         let file = inode.file.clone().ok_or(Errno::EBADF)?;
@@ -545,17 +644,19 @@ impl DepFs {
         if let Some(staging) = &mut data.staging {
             staging.write(offset, bytes, &self.spill())?;
         }
-        touch_content(&mut data);
         // The kernel keeps a copy of every page written through it, and the staging file
         // holds the same bytes: as a large file is written, all but its last
         // `PAGE_DROP_STEP` are dropped from the kernel's copy, so that it is cached once
         // (and the open that later switches the inode to passthrough, which drops that
         // copy, does not wait for hundreds of MiB to be freed).
         let end = offset + bytes.len() as u64;
-        if data.staged_on_disk() && end >= data.pages_dropped_to + 2 * PAGE_DROP_STEP {
+        let on_disk = data.staged_on_disk();
+        let staged = data.staged_mut().ok_or(Errno::EIO)?;
+        staged.touch_content();
+        if on_disk && end >= staged.pages_dropped_to + 2 * PAGE_DROP_STEP {
             let upto = (end / PAGE_DROP_STEP - 1) * PAGE_DROP_STEP;
-            self.drop_pages(ino, data.pages_dropped_to, upto - data.pages_dropped_to);
-            data.pages_dropped_to = upto;
+            self.drop_pages(ino, staged.pages_dropped_to, upto - staged.pages_dropped_to);
+            staged.pages_dropped_to = upto;
         }
         Ok(bytes.len() as u32)
     }
@@ -599,6 +700,35 @@ impl DepFs {
         Ok(self.store.sync()?)
     }
 
+    /// Links a large staging file under a name of the staging directory, where the next
+    /// mount finds it if this daemon does not publish it (done once per file). False if
+    /// it cannot be named: the file is then published in its close. `written` is updated
+    /// to the stamp after the link, which moved the file's change time.
+    fn name_owed_staging(&self, ino: u64, staging: &mut Staging, written: &mut Stamp) -> bool {
+        if staging.owed_name().is_some() {
+            return true;
+        }
+        let Some(disk) = staging.disk_file() else {
+            return false;
+        };
+        match self.owed.name(disk) {
+            Ok(name) => {
+                // The link moved the file's change time; nothing else may have.
+                if let Ok(linked) = Stamp::of(disk) {
+                    if linked.len == written.len && linked.mtime == written.mtime {
+                        *written = linked;
+                    }
+                }
+                staging.set_owed_name(name);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(ino, error = %e, "cannot name a large staging file; publishing it in close");
+                false
+            }
+        }
+    }
+
     /// Makes `file` owed if it is large and written through passthrough: linked and
     /// noted in the staging directory, its inode held open, and handed to the
     /// publishing thread. False if the caller publishes it now.
@@ -607,50 +737,36 @@ impl DepFs {
             return false;
         };
         let mut data = file.data.write();
-        if !data.from_empty {
+        if !data.staged().is_some_and(|s| s.from_empty) {
             return false;
         }
-        let (Some(staged), Some(mut written)) = (data.staged.clone(), data.kernel_written()) else {
+        let Some(mut written) = data.kernel_written() else {
             return false;
         };
         if written.len < crate::owed::OWED_FROM {
             return false;
         }
-        let mut tables = self.tables.lock();
+        let mut tables = self.tables();
         let Some(inode) = tables.inodes.get_mut(&ino) else {
             return false;
         };
-        let Some(path) = inode.path.clone() else {
+        let Some(path) = inode.path().cloned() else {
             return false; // unlinked while open: its writes die with it
         };
-        let new_file = inode.pending;
+        let new_file = inode.is_pending();
         if let Some(staging) = data.staging.as_mut() {
-            if staging.owed_name().is_none() {
-                let Some(disk) = staging.disk_file() else {
-                    return false;
-                };
-                match self.owed.name(disk) {
-                    Ok(name) => {
-                        // The link moved the file's change time; nothing else may have.
-                        if let Ok(linked) = Stamp::of(disk) {
-                            if linked.len == written.len && linked.mtime == written.mtime {
-                                written = linked;
-                            }
-                        }
-                        staging.set_owed_name(name);
-                    }
-                    Err(e) => {
-                        tracing::warn!(ino, error = %e, "cannot name a large staging file; publishing it in close");
-                        return false;
-                    }
-                }
+            if !self.name_owed_staging(ino, staging, &mut written) {
+                return false;
             }
         }
         // What the publish will commit (the attributes after the link, as it sees them).
+        let Some(staged) = data.staged() else {
+            return false;
+        };
         let note = crate::owed::Note {
             path,
-            meta: data.with_kernel_writes(staged, &written),
-            started_from: data.started_from.clone(),
+            meta: staged.with_kernel_writes(&written),
+            started_from: staged.started_from.clone(),
             new_file,
             len: written.len,
         };
@@ -739,7 +855,7 @@ impl DepFs {
             }
             _ => Ok(()),
         };
-        let removed = self.tables.lock().handles.remove(&fh);
+        let removed = self.tables().handles.remove(&fh);
         if let Some(Handle::File { ino, flushed, .. }) = removed {
             self.handle_closed(ino, flushed);
         }
@@ -749,36 +865,45 @@ impl DepFs {
     /// True if `file` has staged changes and no writer left to publish them.
     fn unpublished(&self, file: &OpenFile) -> bool {
         let data = file.data.read();
-        data.staged.is_some() && data.writers == 0 && !file.owed.load(Ordering::Acquire)
+        file.check_dirty(&data);
+        data.is_dirty() && data.writers == 0 && !file.owed.load(Ordering::Acquire)
     }
 
     /// True if `ino` was created here and is not committed yet.
     fn is_pending(&self, ino: u64) -> bool {
-        self.tables
-            .lock()
+        self.tables()
             .inodes
             .get(&ino)
-            .is_some_and(|i| i.pending)
+            .is_some_and(Inode::is_pending)
     }
 
     /// A handle of `ino` is gone (released by the kernel, or an owed file's job done):
     /// the last one takes the file, which may become a local copy.
     fn handle_closed(&self, ino: u64, flushed: bool) {
         let mut closed = None;
-        let mut tables = self.tables.lock();
+        let mut tables = self.tables();
         let mut dropped = None;
         if let Some(inode) = tables.inodes.get_mut(&ino) {
+            debug_assert!(
+                inode.open > 0,
+                "inode {ino}: a handle closed that was not open"
+            );
+            debug_assert!(
+                !flushed || inode.flushed > 0,
+                "inode {ino}: a flushed handle closed that was not counted"
+            );
             inode.open = inode.open.saturating_sub(1);
             if flushed {
                 inode.flushed = inode.flushed.saturating_sub(1);
             }
+
             if inode.open == 0 {
                 closed = inode.file.take().map(|file| (ino, file));
                 inode.copy_arriving = closed.is_some();
-                if inode.pending {
+                if inode.is_pending() {
                     // A new file that could not be published (the error went to
                     // the closer, e.g. ENOSPC) is dropped with its last handle.
-                    dropped = inode.path.clone();
+                    dropped = inode.path().cloned();
                 }
             }
         }
@@ -788,10 +913,13 @@ impl DepFs {
             Some(path) => tables.detach(&path, None),
             None => tables.maybe_drop(ino),
         }
+        if let Some(inode) = tables.inodes.get(&ino) {
+            inode.check();
+        }
         drop(tables);
         let closed = closed.map(|(ino, file)| {
             self.keep_local_copy(&file);
-            if let Some(inode) = self.tables.lock().inodes.get_mut(&ino) {
+            if let Some(inode) = self.tables().inodes.get_mut(&ino) {
                 inode.copy_arriving = false;
             }
             file
@@ -811,7 +939,8 @@ impl DepFs {
             // The kernel has released the inode's backing file before telling us.
             backing.id().take();
         }
-        if data.staged.is_some() {
+        file.check_dirty(&data);
+        if data.is_dirty() {
             return; // unpublished (its publish failed): dropped with the file
         }
         let size = data.base.size();
@@ -855,9 +984,9 @@ impl DepFs {
         self.check_writable()?;
         self.owed.settle();
         let (kind, file, path) = {
-            let tables = self.tables.lock();
+            let tables = self.tables();
             let inode = tables.inodes.get(&ino).ok_or(Errno::ENOENT)?;
-            (inode.kind, inode.file.clone(), inode.path.clone())
+            (inode.kind, inode.file.clone(), inode.path().cloned())
         };
         if let Some(size) = changes.size {
             match kind {
@@ -869,23 +998,25 @@ impl DepFs {
         }
         if let Some(file) = &file {
             let mut data = file.data.write();
-            if changes.size.is_some() || data.staged.is_some() {
+            file.check_dirty(&data);
+            if changes.size.is_some() || data.is_dirty() {
                 self.make_dirty(ino, file, &mut data)?;
                 if let Some(size) = changes.size {
                     self.ensure_staging(&mut data)?;
                     if let Some(staging) = &mut data.staging {
                         staging.truncate(size, &self.spill())?;
                     }
-                    if size == 0 {
-                        data.from_empty = true;
-                    }
-                    touch_content(&mut data);
                 }
-                if let Some(meta) = &mut data.staged {
-                    apply(meta, changes);
+                let staged = data.staged_mut().ok_or(Errno::EIO)?;
+                if changes.size == Some(0) {
+                    staged.from_empty = true;
                 }
+                if changes.size.is_some() {
+                    staged.touch_content();
+                }
+                apply(&mut staged.meta, changes);
                 if changes.mtime.is_some() {
-                    data.explicit_mtime_at = Some(now());
+                    staged.explicit_mtime_at = Some(now());
                 }
                 // Staged for a writer's close to publish with its writes; with no
                 // writer (the file is open only for reading) nobody would: now, then.
@@ -898,9 +1029,9 @@ impl DepFs {
             }
         }
         let Some(path) = path else {
-            let mut tables = self.tables.lock();
+            let mut tables = self.tables();
             let inode = tables.inodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
-            if let Some(meta) = &mut inode.detached {
+            if let Some(meta) = inode.detached_meta_mut() {
                 apply(meta, changes);
             }
             drop(tables);
@@ -999,22 +1130,22 @@ impl DepFs {
     /// Marks the file dirty, capturing its current attributes and the versions the
     /// changes start from.
     fn make_dirty(&self, ino: u64, file: &OpenFile, data: &mut FileData) -> FsResult<()> {
-        if data.staged.is_some() {
+        file.check_dirty(data);
+        if data.is_dirty() {
             return Ok(());
         }
-        let tables = self.tables.lock();
+        let tables = self.tables();
         let inode = tables.inodes.get(&ino).ok_or(Errno::ENOENT)?;
-        let (meta, started_from) = match &inode.path {
-            Some(path) => {
+        let (meta, started_from) = match &inode.place {
+            Place::Pending(path) | Place::Live(path) => {
                 let meta = self.store.get(path)?.ok_or(Errno::ENOENT)?.meta;
                 let dots = self.head_dots(path)?;
                 (meta, dots)
             }
-            None => (inode.detached.clone().ok_or(Errno::ENOENT)?, Vec::new()),
+            Place::Detached(meta) => (meta.clone().ok_or(Errno::ENOENT)?, Vec::new()),
         };
-        data.staged = Some(meta);
-        data.started_from = started_from;
-        file.dirty.store(true, Ordering::Release);
+        drop(tables);
+        file.set_writes(data, Writes::Dirty(Staged::new(meta, started_from)));
         Ok(())
     }
 
@@ -1037,7 +1168,8 @@ impl DepFs {
     }
 
     /// `publish`, with the content stored ahead (used if the staging file is as it was
-    /// then).
+    /// then). In phases: the plan (what to commit), the content stored, the commit, and
+    /// the file's move to the committed version.
     fn publish_prepared(
         &self,
         ino: u64,
@@ -1045,52 +1177,35 @@ impl DepFs {
         prepared: Option<Prepared>,
     ) -> FsResult<()> {
         let file = {
-            let tables = self.tables.lock();
+            let tables = self.tables();
             tables.inodes.get(&ino).and_then(|i| i.file.clone())
         };
         let Some(file) = file else {
             return Ok(());
         };
         let mut data = file.data.write();
-        let Some(mut meta) = data.staged.clone() else {
+        file.check_dirty(&data);
+        if !data.is_dirty() {
+            if durability == Durability::Machine {
+                self.store.sync()?;
+            }
+            return Ok(());
+        }
+        let has_path = {
+            let tables = self.tables();
+            tables.inodes.get(&ino).is_some_and(|i| i.path().is_some())
+        };
+        if !has_path {
+            return Ok(()); // unlinked while open: its writes die with it
+        }
+        let Some(plan) = self.publish_plan(&file, &mut data) else {
             if durability == Durability::Machine {
                 self.store.sync()?;
             }
             return Ok(());
         };
-        let has_path = {
-            let tables = self.tables.lock();
-            tables.inodes.get(&ino).is_some_and(|i| i.path.is_some())
-        };
-        if !has_path {
-            return Ok(()); // unlinked while open: its writes die with it
-        }
-        // Passthrough: what the kernel wrote is found from the local copy's stamp.
-        let mut read_at = None;
-        if file.backing.is_some() {
-            let written = data.kernel_written();
-            if written.is_none() && data.committed_meta.as_ref() == Some(&meta) {
-                // Nothing written and no attribute changed.
-                if data.writers == 0 {
-                    data.staged = None;
-                    data.started_from.clear();
-                    file.dirty.store(false, Ordering::Release);
-                }
-                if durability == Durability::Machine {
-                    self.store.sync()?;
-                }
-                return Ok(());
-            }
-            if let Some(written) = written {
-                meta = data.with_kernel_writes(meta, &written);
-                if let Some(staging) = &mut data.staging {
-                    staging.set_known_len(written.len);
-                }
-                read_at = Some(written);
-            }
-        }
         let (content, pin) = match (prepared, &data.staging) {
-            (Some(p), _) if read_at == Some(p.stamp) => (p.content, p.pin),
+            (Some(p), _) if plan.read_at == Some(p.stamp) => (p.content, p.pin),
             (_, Some(staging)) => staging.store(&self.store)?,
             (_, None) => {
                 let content = data.base.content().clone();
@@ -1098,9 +1213,56 @@ impl DepFs {
                 (content, pin)
             }
         };
-        // Pages for the kernel: the writes went to the staging file, not its cache.
-        // Inline content is at hand; larger is read back from the staging file.
-        let fill = match (&content, &data.staging) {
+        let fill = self.pages_to_fill(&file, &data, &content);
+        let node = Node {
+            meta: plan.meta,
+            content,
+        };
+        let Some(path) = self.commit_publish(ino, &file, &data, &node, fill, durability)? else {
+            return Ok(());
+        };
+        self.apply_published(ino, &file, &mut data, (node, pin), plan.read_at, &path)
+    }
+
+    /// What publishing dirty `data` commits. `None` if there is nothing to (passthrough:
+    /// nothing written and no attribute changed); the file is then clean again unless a
+    /// writer may still write behind our back.
+    fn publish_plan(&self, file: &OpenFile, data: &mut FileData) -> Option<PublishPlan> {
+        let staged = data.staged()?;
+        let mut meta = staged.meta.clone();
+        let mut read_at = None;
+        // Passthrough: what the kernel wrote is found from the local copy's stamp.
+        if file.backing.is_some() {
+            match data.kernel_written() {
+                None if data.committed_meta.as_ref() == Some(&meta) => {
+                    if data.writers == 0 {
+                        file.set_writes(data, Writes::Clean);
+                    }
+                    return None;
+                }
+                None => {}
+                Some(written) => {
+                    meta = staged.with_kernel_writes(&written);
+                    if let Some(staging) = &mut data.staging {
+                        staging.set_known_len(written.len);
+                    }
+                    read_at = Some(written);
+                }
+            }
+        }
+        Some(PublishPlan { meta, read_at })
+    }
+
+    /// Pages for the kernel at publish (see `DepFs::fill_pages_with`): the writes went
+    /// to the staging file, not its cache. Inline content is at hand; larger is read
+    /// back from the staging file.
+    fn pages_to_fill(
+        &self,
+        file: &OpenFile,
+        data: &FileData,
+        content: &Content,
+    ) -> Option<Vec<u8>> {
+        match (content, &data.staging) {
             _ if file.backing.is_none()
                 || !(1..=FILL_PAGES_UP_TO).contains(&content.size())
                 || self.page_filler.get().is_none() =>
@@ -1113,73 +1275,94 @@ impl DepFs {
                 .ok()
                 .filter(|bytes| bytes.len() as u64 == content.size()),
             (_, None) => None,
-        };
+        }
+    }
+
+    /// Commits `node` at the inode's path, based on the versions `data`'s changes
+    /// started from, and records the version the kernel now has. `None` (nothing
+    /// committed) if the path went away, or a peer made it something else than a file.
+    fn commit_publish(
+        &self,
+        ino: u64,
+        file: &OpenFile,
+        data: &FileData,
+        node: &Node,
+        fill: Option<Vec<u8>>,
+        durability: Durability,
+    ) -> FsResult<Option<RelPath>> {
+        let started_from = data
+            .staged()
+            .map(|s| s.started_from.clone())
+            .unwrap_or_default();
         let mut tx = self.store.transaction();
         let (path, pending) = {
-            let tables = self.tables.lock();
+            let tables = self.tables();
             let inode = tables.inodes.get(&ino).ok_or(Errno::ENOENT)?;
-            (inode.path.clone(), inode.pending)
+            (inode.path().cloned(), inode.is_pending())
         };
+        debug_assert!(
+            !pending || data.committed_meta.is_none(),
+            "a pending file has no committed version"
+        );
         let Some(path) = path else {
-            return Ok(()); // unlinked while open: its writes die with it
+            return Ok(None); // unlinked while open: its writes die with it
         };
         if !pending && !matches!(tx.get(&path)?, Some(n) if n.meta.kind == Kind::File) {
-            return Ok(());
+            return Ok(None);
         }
-        tx.put_based(
-            path.clone(),
-            Node {
-                meta: meta.clone(),
-                content: content.clone(),
-            },
-            data.started_from.clone(),
-        );
+        tx.put_based(path.clone(), node.clone(), started_from);
         if pending {
-            touch_parent(&mut tx, &path, meta.ctime)?;
+            touch_parent(&mut tx, &path, node.meta.ctime)?;
         }
-        {
-            let mut tables = self.tables.lock();
-            tx.commit(now_ms(), durability)?;
-            let tag = tag_of(&meta, content.size());
-            *file.tag.lock() = Some(tag);
-            if let Some(inode) = tables.inodes.get_mut(&ino) {
-                inode.pending = false;
-                if file.backing.is_none() {
-                    // The kernel's pages are our own writes: this version. (Passthrough
-                    // writes went to the backing file; the pages, if any, are older.)
-                    inode.cache_tag = Some(tag);
-                }
-                inode.attr_tag = Some(tag);
-                if let Some(bytes) = &fill {
-                    self.fill_pages(ino, bytes);
-                    inode.cache_tag = Some(tag);
-                }
+        let mut tables = self.tables();
+        tx.commit(now_ms(), durability)?;
+        let tag = tag_of(&node.meta, node.content.size());
+        *file.tag.lock() = Some(tag);
+        if let Some(inode) = tables.inodes.get_mut(&ino) {
+            inode.committed();
+            if file.backing.is_none() {
+                // The kernel's pages are our own writes: this version. (Passthrough
+                // writes went to the backing file; the pages, if any, are older.)
+                inode.cache_tag = Some(tag);
+            }
+            inode.attr_tag = Some(tag);
+            if let Some(bytes) = &fill {
+                self.fill_pages(ino, bytes);
+                inode.cache_tag = Some(tag);
             }
         }
+        Ok(Some(path))
+    }
+
+    /// The file reads the version just committed at `path`, and is clean, unless
+    /// writers can still write behind our back through passthrough (or did while the
+    /// content was read): then it stays dirty, so that the next publish looks again.
+    fn apply_published(
+        &self,
+        ino: u64,
+        file: &OpenFile,
+        data: &mut FileData,
+        (node, pin): (Node, PinGuard),
+        read_at: Option<Stamp>,
+        path: &RelPath,
+    ) -> FsResult<()> {
         if file.backing.is_none() && self.passthrough_enabled() && data.staged_on_disk() {
             // This staging file becomes the local copy the next open reads through
             // passthrough, and that open drops the kernel's copy of the pages written
             // through us: dropped now, away from the opener (len 0: to the end).
-            self.drop_pages(ino, data.pages_dropped_to, 0);
+            let dropped_to = data.staged().map_or(0, |s| s.pages_dropped_to);
+            self.drop_pages(ino, dropped_to, 0);
         }
-        data.base = ContentReader::new(content);
+        data.base = ContentReader::new(node.content);
         data._pin = pin;
-        data.staged = None;
-        data.committed_meta = Some(meta.clone());
-        data.started_from.clear();
-        data.explicit_mtime_at = None;
-        data.pages_dropped_to = 0;
-        data.from_empty = false;
+        data.committed_meta = Some(node.meta.clone());
         if let Some(before) = read_at {
             data.stamp = Some(before);
         }
-        file.dirty.store(false, Ordering::Release);
+        file.set_writes(data, Writes::Clean);
         if file.backing.is_some() && (data.writers > 0 || data.kernel_written().is_some()) {
-            // Writers can still write behind our back (or did while the content was
-            // read): stay dirty, so that the next publish looks again.
-            data.staged = Some(meta);
-            data.started_from = self.head_dots(&path)?;
-            file.dirty.store(true, Ordering::Release);
+            let started_from = self.head_dots(path)?;
+            file.set_writes(data, Writes::Dirty(Staged::new(node.meta, started_from)));
         }
         Ok(())
     }
@@ -1201,8 +1384,7 @@ impl DepFs {
     pub fn publish_all(&self) {
         self.owed.settle();
         let inos: Vec<u64> = self
-            .tables
-            .lock()
+            .tables()
             .inodes
             .iter()
             .filter(|(_, i)| i.file.is_some())
@@ -1213,15 +1395,6 @@ impl DepFs {
                 tracing::error!(ino, errno = e.0, "could not publish a file at unmount");
             }
         }
-    }
-}
-
-/// Content changed now: mtime and ctime move.
-fn touch_content(data: &mut FileData) {
-    if let Some(meta) = &mut data.staged {
-        let t = now();
-        meta.mtime = t;
-        meta.ctime = t;
     }
 }
 

@@ -15,9 +15,13 @@ use depfs_store::{Durability, PinGuard, Store, StoreError};
 /// What an import found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImportStats {
+    /// Regular files imported.
     pub files: u64,
+    /// Directories imported.
     pub dirs: u64,
+    /// Symbolic links imported.
     pub symlinks: u64,
+    /// Bytes of file content imported.
     pub bytes: u64,
     /// Devices, FIFOs and sockets, which depfs does not store.
     pub skipped: u64,
@@ -27,22 +31,64 @@ pub struct ImportStats {
 /// loses nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
+    /// Reading the source failed.
     #[error("import {path}: {source}")]
     Io {
+        /// The source entry.
         path: PathBuf,
+        /// The error.
         source: std::io::Error,
     },
+    /// A source name cannot be stored (see `depfs_proto::name`).
     #[error("import {path}: name not allowed: {source}")]
     Name {
+        /// The source entry.
         path: PathBuf,
+        /// Why the name is refused.
         source: depfs_proto::NameError,
     },
+    /// The store failed.
     #[error("import: {0}")]
     Store(#[from] StoreError),
 }
 
 /// Entries committed per change during an import.
 const BATCH: usize = 512;
+
+/// What `fs_path` holds, as the kind, content and pin of the entry to import, counted in
+/// `stats`; `None` for a device, FIFO or socket, which depfs does not store.
+fn read_entry(
+    store: &Store,
+    fs_path: &Path,
+    md: &fs::Metadata,
+    stats: &mut ImportStats,
+) -> Result<Option<(Kind, Content, PinGuard)>, ImportError> {
+    let io = |source| ImportError::Io {
+        path: fs_path.to_path_buf(),
+        source,
+    };
+    let ft = md.file_type();
+    let entry = if ft.is_dir() {
+        stats.dirs += 1;
+        (Kind::Dir, Content::empty(), PinGuard::none())
+    } else if ft.is_file() {
+        let file = fs::File::open(fs_path).map_err(io)?;
+        let (content, pin) = store.write_content_from(&file, md.len())?;
+        stats.files += 1;
+        stats.bytes += md.len();
+        (Kind::File, content, pin)
+    } else if ft.is_symlink() {
+        let target = fs::read_link(fs_path).map_err(io)?;
+        stats.symlinks += 1;
+        let target = Content::Inline(target.as_os_str().as_bytes().to_vec());
+        (Kind::Symlink, target, PinGuard::none())
+    } else {
+        tracing::warn!(path = %fs_path.display(), "import skips a device, FIFO or socket");
+        stats.skipped += 1;
+        return Ok(None);
+    };
+    Ok(Some(entry))
+}
 
 /// Copies the tree under `dir` (including the attributes of `dir` itself, which become
 /// the root's) into `store`, in changes of at most [`BATCH`] entries, parents first.
@@ -90,30 +136,12 @@ pub fn import_dir(
                     source,
                 })?;
             let md = fs::symlink_metadata(&fs_path).map_err(io(&fs_path))?;
-            let ft = md.file_type();
-            let (kind, content, pin) = if ft.is_dir() {
-                stats.dirs += 1;
-                queue.push((fs_path.clone(), rel.clone()));
-                (Kind::Dir, Content::empty(), PinGuard::none())
-            } else if ft.is_file() {
-                let file = fs::File::open(&fs_path).map_err(io(&fs_path))?;
-                let (content, pin) = store.write_content_from(&file, md.len())?;
-                stats.files += 1;
-                stats.bytes += md.len();
-                (Kind::File, content, pin)
-            } else if ft.is_symlink() {
-                let target = fs::read_link(&fs_path).map_err(io(&fs_path))?;
-                stats.symlinks += 1;
-                (
-                    Kind::Symlink,
-                    Content::Inline(target.as_os_str().as_bytes().to_vec()),
-                    PinGuard::none(),
-                )
-            } else {
-                tracing::warn!(path = %fs_path.display(), "import skips a device, FIFO or socket");
-                stats.skipped += 1;
+            let Some((kind, content, pin)) = read_entry(store, &fs_path, &md, &mut stats)? else {
                 continue;
             };
+            if kind == Kind::Dir {
+                queue.push((fs_path.clone(), rel.clone()));
+            }
             batch.push((
                 rel,
                 Node {

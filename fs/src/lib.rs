@@ -8,8 +8,10 @@
 //! the store, so no other node ever sees it empty or half written.
 //!
 //! Locks are taken in one order only: an open file's data, then the store's writer lock
-//! (a transaction), then the inode tables, which are never held while waiting for
-//! anything else.
+//! (a transaction), then the inode tables. The tables are held across a transaction's
+//! commit (a RocksDB write, synced for `fsync`) and some store reads, so that what the
+//! kernel is told changes together with what is committed; they are never held while
+//! waiting for an open file's data lock or for the network.
 
 mod attr;
 mod error;
@@ -80,7 +82,11 @@ pub struct DepFs {
     /// to manager or steps down.
     writable: AtomicBool,
     stats: stats::FsStats,
+    /// Locked only through `DepFs::tables`.
     tables: Mutex<Tables>,
+    /// How many times the tables were locked (debug builds: lets a test bound it).
+    #[cfg(debug_assertions)]
+    tables_locks: std::sync::atomic::AtomicU64,
     /// Serve files with a local copy through FUSE passthrough; off when the budget is 0,
     /// the staging filesystem's times are too coarse, or the kernel refuses it.
     passthrough: AtomicBool,
@@ -110,41 +116,59 @@ const PUBLISHER_NICE: libc::c_int = 10;
 pub type PageFiller = Box<dyn Fn(u64, &[u8]) -> std::io::Result<()> + Send + Sync>;
 
 /// Pages of a file the kernel can drop from its cache: inode, offset and length in
-/// bytes (0: to the end of the file, as FUSE's inode invalidation reads it). Sent while a large file is written through the daemon, whose staging file
-/// holds the same bytes (see `DepFs::write`).
+/// bytes (0: to the end of the file, as FUSE's inode invalidation reads it). Sent while a
+/// large file is written through the daemon, whose staging file holds the same bytes
+/// (see `DepFs::write`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageDrop {
+    /// The inode.
     pub ino: u64,
+    /// First byte.
     pub offset: u64,
+    /// Bytes; 0 means to the end of the file.
     pub len: u64,
 }
 
 /// Attribute changes of a `setattr` call.
 #[derive(Debug, Clone, Default)]
 pub struct SetAttr {
+    /// New permission bits.
     pub mode: Option<u32>,
+    /// New owner.
     pub uid: Option<u32>,
+    /// New group.
     pub gid: Option<u32>,
+    /// New size (truncate or extend).
     pub size: Option<u64>,
+    /// New modification time.
     pub mtime: Option<Timespec>,
 }
 
 /// Who is making a call (for the owner of new entries).
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
+    /// The caller's user id.
     pub uid: u32,
+    /// The caller's group id.
     pub gid: u32,
 }
 
 /// `statfs` figures.
 #[derive(Debug, Clone, Copy)]
 pub struct Statfs {
+    /// Blocks of the data_dir's filesystem.
     pub blocks: u64,
+    /// Free blocks.
     pub bfree: u64,
+    /// Blocks free to unprivileged users.
     pub bavail: u64,
+    /// Inodes.
     pub files: u64,
+    /// Free inodes.
     pub ffree: u64,
+    /// Block size in bytes.
     pub bsize: u32,
+    /// The longest name depfs accepts.
     pub namelen: u32,
 }
 
@@ -175,6 +199,8 @@ impl DepFs {
             page_filler: std::sync::OnceLock::new(),
             config,
             tables: Mutex::new(Tables::new()),
+            #[cfg(debug_assertions)]
+            tables_locks: std::sync::atomic::AtomicU64::new(0),
             page_drops: Mutex::new(None),
         }
     }
@@ -278,6 +304,23 @@ impl DepFs {
         !self.writable.load(Ordering::SeqCst)
     }
 
+    /// Locks the inode tables; counted in debug builds (see `tables_locks`).
+    fn tables(&self) -> parking_lot::MutexGuard<'_, Tables> {
+        #[cfg(debug_assertions)]
+        self.tables_locks.fetch_add(1, Ordering::Relaxed);
+        self.tables.lock()
+    }
+
+    /// How many times the inode tables were locked since the mount, in debug builds (0
+    /// in release builds): lets a test bound what one call costs in that lock.
+    #[doc(hidden)]
+    pub fn tables_locks(&self) -> u64 {
+        #[cfg(debug_assertions)]
+        return self.tables_locks.load(Ordering::Relaxed);
+        #[cfg(not(debug_assertions))]
+        0
+    }
+
     fn check_writable(&self) -> FsResult<()> {
         if self.is_read_only() {
             Err(Errno::EROFS)
@@ -288,26 +331,20 @@ impl DepFs {
 
     /// The path of `parent`/`name`, validated by Linux rules.
     fn child_path(&self, parent: u64, name: &[u8]) -> FsResult<RelPath> {
-        let tables = self.tables.lock();
+        let tables = self.tables();
         let dir = tables.path(parent).ok_or(Errno::ENOENT)?;
         Ok(dir.join(name)?)
     }
 
     /// `statfs`: the data directory's filesystem, since that is where content goes.
     pub fn statfs(&self) -> FsResult<Statfs> {
-        let dir = std::ffi::CString::new(self.store.dir().as_os_str().as_encoded_bytes())
-            .map_err(|_| Errno::EINVAL)?;
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `dir` is a valid C string and `st` a valid out-pointer.
-        if unsafe { libc::statvfs(dir.as_ptr(), &mut st) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
+        let st = depfs_store::sys::statvfs(self.store.dir())?;
         Ok(Statfs {
-            blocks: st.f_blocks as u64 * st.f_frsize as u64 / 4096,
-            bfree: st.f_bfree as u64 * st.f_frsize as u64 / 4096,
-            bavail: st.f_bavail as u64 * st.f_frsize as u64 / 4096,
-            files: st.f_files as u64,
-            ffree: st.f_ffree as u64,
+            blocks: st.blocks * st.block_size / 4096,
+            bfree: st.free * st.block_size / 4096,
+            bavail: st.available * st.block_size / 4096,
+            files: st.files,
+            ffree: st.files_free,
             bsize: 4096,
             namelen: depfs_proto::limits::MAX_NAME_LEN as u32,
         })
@@ -323,12 +360,7 @@ pub(crate) fn now() -> Timespec {
 }
 
 /// The wall clock in milliseconds, for HLC ticks.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use depfs_store::sys::now_ms;
 
 /// Attributes for a new entry made by `caller` in a directory with attributes `parent`:
 /// setgid directories pass their group on, as on Linux.

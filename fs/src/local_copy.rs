@@ -101,7 +101,7 @@ impl Backing {
 }
 
 /// Closes large files on a thread of its own. The last close of a file of hundreds of
-/// MiB frees its pages, which takes tens of milliseconds: done under a lock or on a
+/// MiB frees its pages, which is slow (docs/measurements.md): done under a lock or on a
 /// thread serving requests, it would hold up an `open` that has nothing to do with it.
 #[derive(Debug)]
 pub(crate) struct Disposer {
@@ -174,7 +174,7 @@ impl LocalCopies {
     /// Keeps `file`, which holds exactly `content`, for the next open; the oldest copies
     /// go to stay within the budget. Returns the files no longer kept (`file` itself if
     /// it is not), for the caller to close outside the lock: closing the last descriptor
-    /// of a large file frees its pages, tens of milliseconds for hundreds of MiB.
+    /// of a large file frees its pages, which is slow.
     #[must_use = "closing the files returned is slow: hand them to a `Disposer`"]
     /// (A file's name, if it has one, goes with it: dropped, it is removed.)
     pub(crate) fn put(

@@ -7,7 +7,7 @@ use depfs_store::{Durability, Tx};
 use crate::attr::Attr;
 use crate::error::{Errno, FsResult};
 use crate::file::OpenFile;
-use crate::tables::{Handle, Inode, Tables, ROOT_INO};
+use crate::tables::{Handle, Inode, Place, Tables, ROOT_INO};
 use crate::{new_meta, now, now_ms, CacheMode, Caller, DepFs};
 use std::sync::Arc;
 
@@ -23,7 +23,7 @@ impl DepFs {
     /// `lookup`: the attributes of `parent/name`, counting one kernel reference.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         let path = self.child_path(parent, name)?;
-        let mut tables = self.tables.lock();
+        let mut tables = self.tables();
         if let Some(ino) = tables.pending_at(&path) {
             let inode = tables.inodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
             inode.lookups += 1;
@@ -52,12 +52,12 @@ impl DepFs {
 
     /// `getattr`.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
-        let mut tables = self.tables.lock();
+        let mut tables = self.tables();
         let inode = tables.inodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
         let file = inode.file.clone();
         let mut current = None;
-        let base = match (&inode.path, inode.pending) {
-            (Some(path), false) => {
+        let base = match &inode.place {
+            Place::Live(path) => {
                 let node = self.store.get(path)?.ok_or(Errno::ENOENT)?;
                 let size = node.size();
                 inode.attr_tag = Some(crate::file::tag_of(&node.meta, size));
@@ -65,13 +65,10 @@ impl DepFs {
                 current = Some(node.content);
                 Some(attr)
             }
-            (Some(_), true) => None,
-            (None, _) => inode
-                .detached
-                .clone()
-                .map(|meta| Attr::new(ino, meta, 0).unlinked()),
+            Place::Pending(_) => None,
+            Place::Detached(meta) => meta.clone().map(|meta| Attr::new(ino, meta, 0).unlinked()),
         };
-        let unlinked = inode.path.is_none();
+        let unlinked = inode.path().is_none();
         drop(tables);
         if let Some(file) = file {
             if let Some(attr) = file.staged_attr(ino) {
@@ -98,7 +95,7 @@ impl DepFs {
 
     /// `readlink`.
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
-        let path = self.tables.lock().path(ino).cloned().ok_or(Errno::ENOENT)?;
+        let path = self.tables().path(ino).cloned().ok_or(Errno::ENOENT)?;
         let node = self.store.get(&path)?.ok_or(Errno::ENOENT)?;
         match (node.meta.kind, node.content) {
             (Kind::Symlink, Content::Inline(target)) => Ok(target),
@@ -181,7 +178,7 @@ impl DepFs {
         if parent.meta.kind != Kind::Dir {
             return Err(Errno::ENOTDIR);
         }
-        if tx.get(path)?.is_some() || self.tables.lock().pending_at(path).is_some() {
+        if tx.get(path)?.is_some() || self.tables().pending_at(path).is_some() {
             return Err(Errno::EEXIST);
         }
         Ok(parent.meta)
@@ -208,21 +205,14 @@ impl DepFs {
         let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let file = self.new_file(meta.clone(), started_from, u32::from(writable));
         let cache = file.cache_mode_at_create();
-        let mut tables = self.tables.lock();
+        let mut tables = self.tables();
         let ino = tables.insert_new(
             &path,
             Inode {
-                path: Some(path.clone()),
-                kind: Kind::File,
                 lookups: 1,
                 open: 1,
                 file: Some(file),
-                pending: true,
-                detached: None,
-                cache_tag: None,
-                attr_tag: None,
-                copy_arriving: false,
-                flushed: 0,
+                ..Inode::new(Place::Pending(path.clone()), Kind::File)
             },
         );
         let fh = tables.new_handle(Handle::File {
@@ -259,7 +249,7 @@ impl DepFs {
         let path = self.child_path(parent, name)?;
         let mut tx = self.store.transaction();
         {
-            let mut tables = self.tables.lock();
+            let mut tables = self.tables();
             if tables.pending_at(&path).is_some() {
                 // Never published: it just goes away (open handles keep it).
                 tables.detach(&path, None);
@@ -285,7 +275,7 @@ impl DepFs {
         if node.meta.kind != Kind::Dir {
             return Err(Errno::ENOTDIR);
         }
-        if tx.has_children(&path)? || !self.tables.lock().pending_children(&path).is_empty() {
+        if tx.has_children(&path)? || !self.tables().pending_children(&path).is_empty() {
             return Err(Errno::ENOTEMPTY);
         }
         tx.delete(path.clone());
@@ -314,16 +304,7 @@ impl DepFs {
         let src = self.child_path(parent, name)?;
         let dst = self.child_path(new_parent, new_name)?;
 
-        // A rename publishes: files created here and still open are committed first.
-        let pending: Vec<u64> = {
-            let tables = self.tables.lock();
-            let mut p = tables.pending_under(&src);
-            p.extend(tables.pending_under(&dst));
-            p
-        };
-        for ino in pending {
-            self.publish(ino, Durability::Process)?;
-        }
+        self.publish_pending_under(&[&src, &dst])?;
 
         let mut tx = self.store.transaction();
         let src_node = tx.get(&src)?.ok_or(Errno::ENOENT)?;
@@ -340,39 +321,17 @@ impl DepFs {
             return Err(Errno::EINVAL);
         }
         let dst_node = tx.get(&dst)?;
-        let t = now();
-
         if flags & RENAME_EXCHANGE != 0 {
             let dst_node = dst_node.ok_or(Errno::ENOENT)?;
-            if dst.is_ancestor_of(&src) {
-                return Err(Errno::EINVAL);
-            }
-            let src_tree = subtree(&tx, &src, src_node)?;
-            let dst_tree = subtree(&tx, &dst, dst_node)?;
-            for (path, _) in src_tree.iter().chain(&dst_tree) {
-                tx.delete(path.clone());
-            }
-            move_tree(&mut tx, &src_tree, &src, &dst, t)?;
-            move_tree(&mut tx, &dst_tree, &dst, &src, t)?;
-            touch_parent(&mut tx, &src, t)?;
-            touch_parent(&mut tx, &dst, t)?;
-            return self.commit(tx, |tables| tables.exchange(&src, &dst));
+            return self.exchange(tx, (&src, src_node), (&dst, dst_node));
         }
-
         if let Some(existing) = &dst_node {
             if flags & RENAME_NOREPLACE != 0 {
                 return Err(Errno::EEXIST);
             }
-            match (
-                src_node.meta.kind == Kind::Dir,
-                existing.meta.kind == Kind::Dir,
-            ) {
-                (true, false) => return Err(Errno::ENOTDIR),
-                (false, true) => return Err(Errno::EISDIR),
-                (true, true) if tx.has_children(&dst)? => return Err(Errno::ENOTEMPTY),
-                _ => {}
-            }
+            check_replaceable(&tx, &src_node, existing, &dst)?;
         }
+        let t = now();
         let tree = subtree(&tx, &src, src_node)?;
         for (path, _) in &tree {
             tx.delete(path.clone());
@@ -389,9 +348,45 @@ impl DepFs {
         })
     }
 
+    /// A rename publishes: files created here under `paths` and still open are
+    /// committed first, so the renamed tree holds them.
+    fn publish_pending_under(&self, paths: &[&RelPath]) -> FsResult<()> {
+        let pending: Vec<u64> = {
+            let tables = self.tables();
+            paths.iter().flat_map(|p| tables.pending_under(p)).collect()
+        };
+        for ino in pending {
+            self.publish(ino, Durability::Process)?;
+        }
+        Ok(())
+    }
+
+    /// `RENAME_EXCHANGE`: both trees swap places in one change.
+    fn exchange(
+        &self,
+        mut tx: Tx<'_>,
+        (src, src_node): (&RelPath, Node),
+        (dst, dst_node): (&RelPath, Node),
+    ) -> FsResult<()> {
+        if dst.is_ancestor_of(src) {
+            return Err(Errno::EINVAL);
+        }
+        let t = now();
+        let src_tree = subtree(&tx, src, src_node)?;
+        let dst_tree = subtree(&tx, dst, dst_node)?;
+        for (path, _) in src_tree.iter().chain(&dst_tree) {
+            tx.delete(path.clone());
+        }
+        move_tree(&mut tx, &src_tree, src, dst, t)?;
+        move_tree(&mut tx, &dst_tree, dst, src, t)?;
+        touch_parent(&mut tx, src, t)?;
+        touch_parent(&mut tx, dst, t)?;
+        self.commit(tx, |tables| tables.exchange(src, dst))
+    }
+
     /// `opendir`: takes a snapshot of the listing, served by `readdir`.
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let mut tables = self.tables.lock();
+        let mut tables = self.tables();
         let path = tables.path(ino).cloned().ok_or(Errno::ENOENT)?;
         let parent_ino = path
             .parent()
@@ -427,7 +422,7 @@ impl DepFs {
         offset: u64,
         mut add: impl FnMut(u64, u64, Kind, &[u8]) -> bool,
     ) -> FsResult<()> {
-        let tables = self.tables.lock();
+        let tables = self.tables();
         let Some(Handle::Dir { entries }) = tables.handles.get(&fh) else {
             return Err(Errno::EBADF);
         };
@@ -441,12 +436,12 @@ impl DepFs {
 
     /// `releasedir`.
     pub fn releasedir(&self, fh: u64) {
-        self.tables.lock().handles.remove(&fh);
+        self.tables().handles.remove(&fh);
     }
 
     /// `forget`: the kernel dropped `n` references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
-        self.tables.lock().forget(ino, n);
+        self.tables().forget(ino, n);
     }
 
     /// Commits `tx` and updates the inode tables in the same critical section, so a
@@ -456,7 +451,7 @@ impl DepFs {
         tx: Tx<'_>,
         update: impl FnOnce(&mut Tables) -> T,
     ) -> FsResult<T> {
-        let mut tables = self.tables.lock();
+        let mut tables = self.tables();
         tx.commit(now_ms(), Durability::Process)?;
         Ok(update(&mut tables))
     }
@@ -535,7 +530,7 @@ impl DepFs {
     /// The kernel dropped its cached pages and attributes of `ino` (after an
     /// [`Invalidation::Inode`] was sent): the next open may use the page cache again.
     pub fn kernel_cache_dropped(&self, ino: u64) {
-        if let Some(inode) = self.tables.lock().inodes.get_mut(&ino) {
+        if let Some(inode) = self.tables().inodes.get_mut(&ino) {
             inode.cache_tag = None;
             inode.attr_tag = None;
         }
@@ -551,7 +546,7 @@ impl DepFs {
     /// the version from the peer stays as the winner or as a conflict.
     pub fn remote_changed(&self, paths: &[RelPath]) -> Vec<Invalidation> {
         let mut out = Vec::new();
-        let mut tables = self.tables.lock();
+        let mut tables = self.tables();
         for path in paths {
             let parent = path.parent().and_then(|p| tables.by_path.get(&p).copied());
             if let Some(&ino) = tables.by_path.get(path) {
@@ -562,7 +557,7 @@ impl DepFs {
                     .file
                     .as_ref()
                     .is_some_and(|f| f.dirty.load(std::sync::atomic::Ordering::Acquire));
-                if inode.pending || dirty {
+                if inode.is_pending() || dirty {
                     continue;
                 }
                 let now = match self.store.get(path) {
@@ -576,8 +571,8 @@ impl DepFs {
                 if same_kind && inode.file.is_none() {
                     out.push(Invalidation::Inode(ino));
                 } else {
-                    let last = inode.detached.clone();
-                    tables.detach(path, last);
+                    // A live inode has no last attributes of its own to keep.
+                    tables.detach(path, None);
                     if let Some(parent) = parent {
                         out.push(Invalidation::Entry {
                             parent,
@@ -597,5 +592,16 @@ impl DepFs {
         }
         out.dedup();
         out
+    }
+}
+
+/// What rename(2) allows to replace: a file by a file, a directory by an empty
+/// directory.
+fn check_replaceable(tx: &Tx<'_>, src: &Node, existing: &Node, dst: &RelPath) -> FsResult<()> {
+    match (src.meta.kind == Kind::Dir, existing.meta.kind == Kind::Dir) {
+        (true, false) => Err(Errno::ENOTDIR),
+        (false, true) => Err(Errno::EISDIR),
+        (true, true) if tx.has_children(dst)? => Err(Errno::ENOTEMPTY),
+        _ => Ok(()),
     }
 }

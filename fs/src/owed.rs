@@ -1,7 +1,8 @@
 //! Publishing large files after their `close` has returned.
 //!
-//! Cutting a file of hundreds of MiB into chunks, hashing and storing them takes most of
-//! a second; a writer waiting for that in `close` writes at a third of the disk's speed.
+//! Cutting a file of hundreds of MiB into chunks, hashing and storing them is slow; a
+//! writer waiting for that in `close` writes far below the disk's speed (figures in
+//! docs/measurements.md).
 //! A file of [`OWED_FROM`] bytes or more written from empty (created here, opened with
 //! `O_TRUNC` or truncated to 0) through passthrough (so its bytes are already in a file
 //! of the staging directory) is *owed* instead: `close` links its

@@ -8,28 +8,51 @@ use std::time::Instant;
 /// The operations measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FsOp {
+    /// `lookup` calls.
     Lookup,
+    /// `getattr` calls.
     Getattr,
+    /// `setattr` calls.
     Setattr,
+    /// `readlink` calls.
     Readlink,
+    /// `mknod` calls.
     Mknod,
+    /// `mkdir` calls.
     Mkdir,
+    /// `unlink` calls.
     Unlink,
+    /// `rmdir` calls.
     Rmdir,
+    /// `symlink` calls.
     Symlink,
+    /// `rename` calls.
     Rename,
+    /// `link` calls.
     Link,
+    /// `open` calls.
     Open,
+    /// `read` calls.
     Read,
+    /// `write` calls.
     Write,
+    /// `flush` calls.
     Flush,
+    /// `release` calls.
     Release,
+    /// `fsync` calls.
     Fsync,
+    /// `opendir` calls.
     Opendir,
+    /// `readdir` calls.
     Readdir,
+    /// `statfs` calls.
     Statfs,
+    /// `create` calls.
     Create,
+    /// `xattr` calls.
     Xattr,
+    /// `access` calls.
     Access,
 }
 
@@ -119,8 +142,11 @@ pub struct FsStats {
 /// One operation's figures: count, total seconds, and cumulative bucket counts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpSnapshot {
+    /// The operation.
     pub op: FsOp,
+    /// Calls completed.
     pub count: u64,
+    /// Their total time, in seconds.
     pub sum_s: f64,
     /// Cumulative counts for each bound of [`BUCKETS_S`], then +Inf.
     pub cumulative: Vec<u64>,

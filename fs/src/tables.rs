@@ -14,10 +14,27 @@ use crate::file::OpenFile;
 /// The root's inode number (FUSE's fixed `FUSE_ROOT_ID`).
 pub(crate) const ROOT_INO: u64 = 1;
 
+/// Where an inode's entry is. One value rather than separate flags, so that "has a
+/// path", "is pending" and "was detached" cannot disagree: an inode is created
+/// `Pending` (by `create`) or `Live` (by a lookup), a pending one becomes `Live` when its
+/// first publish commits it, and either becomes `Detached` for good when its path goes
+/// away (it never gets one back: a later lookup of that path makes a new inode).
+#[derive(Debug, Clone)]
+pub(crate) enum Place {
+    /// Created here and not yet committed: the entry exists only in this table until
+    /// its first close publishes it with its content.
+    Pending(RelPath),
+    /// Committed at this path.
+    Live(RelPath),
+    /// Unlinked or replaced while open or looked up; the entry's last attributes if
+    /// they were known.
+    Detached(Option<Meta>),
+}
+
 #[derive(Debug)]
 pub(crate) struct Inode {
-    /// Where the entry is; `None` once it was unlinked or replaced while open.
-    pub(crate) path: Option<RelPath>,
+    /// Where the entry is.
+    pub(crate) place: Place,
     pub(crate) kind: Kind,
     /// The kernel's lookup count (FUSE `nlookup`).
     pub(crate) lookups: u64,
@@ -25,11 +42,6 @@ pub(crate) struct Inode {
     pub(crate) open: u32,
     /// State shared by the open handles of a regular file.
     pub(crate) file: Option<Arc<OpenFile>>,
-    /// Created here and not yet committed: the entry exists only in this table until
-    /// its first close publishes it with its content.
-    pub(crate) pending: bool,
-    /// Attributes of an entry that was unlinked while open.
-    pub(crate) detached: Option<Meta>,
     /// The version of the content whose pages the kernel may hold for this inode (see
     /// `DepFs::open`); `None` when it holds none.
     pub(crate) cache_tag: Option<VersionTag>,
@@ -40,6 +52,79 @@ pub(crate) struct Inode {
     pub(crate) copy_arriving: bool,
     /// How many of its `open` handles are `flushed`.
     pub(crate) flushed: u32,
+}
+
+impl Inode {
+    /// An inode with no lookups, handles or file yet.
+    pub(crate) fn new(place: Place, kind: Kind) -> Self {
+        Inode {
+            place,
+            kind,
+            lookups: 0,
+            open: 0,
+            file: None,
+            cache_tag: None,
+            attr_tag: None,
+            copy_arriving: false,
+            flushed: 0,
+        }
+    }
+
+    /// Where the entry is, unless it was detached.
+    pub(crate) fn path(&self) -> Option<&RelPath> {
+        match &self.place {
+            Place::Pending(path) | Place::Live(path) => Some(path),
+            Place::Detached(_) => None,
+        }
+    }
+
+    /// Created here and not committed yet.
+    pub(crate) fn is_pending(&self) -> bool {
+        matches!(self.place, Place::Pending(_))
+    }
+
+    /// The last attributes of a detached entry, if known.
+    pub(crate) fn detached_meta_mut(&mut self) -> Option<&mut Meta> {
+        match &mut self.place {
+            Place::Detached(meta) => meta.as_mut(),
+            Place::Pending(_) | Place::Live(_) => None,
+        }
+    }
+
+    /// Its first publish committed it: a pending entry is live from now on.
+    pub(crate) fn committed(&mut self) {
+        if let Place::Pending(path) = &self.place {
+            self.place = Place::Live(path.clone());
+        }
+    }
+
+    /// Its entry moved to `to` (a rename), pending or live as before.
+    fn moved_to(&mut self, to: RelPath) {
+        debug_assert!(
+            self.path().is_some(),
+            "a detached inode has no by_path entry to move"
+        );
+        match &mut self.place {
+            Place::Pending(path) | Place::Live(path) => *path = to,
+            Place::Detached(_) => self.place = Place::Live(to),
+        }
+    }
+
+    /// Checks (in debug builds) what holds whenever the tables are unlocked: `flushed`
+    /// counts a subset of the `open` handles, and a pending inode has its file (the
+    /// only copy of its content) until its last handle goes, which detaches it.
+    pub(crate) fn check(&self) {
+        debug_assert!(
+            self.flushed <= self.open,
+            "flushed handles ({}) beyond open ones ({})",
+            self.flushed,
+            self.open
+        );
+        debug_assert!(
+            !self.is_pending() || self.file.is_some(),
+            "a pending inode without its file"
+        );
+    }
 }
 
 /// Identifies a committed version of a file's content for the kernel page cache.
@@ -72,22 +157,9 @@ pub(crate) struct Tables {
 impl Tables {
     pub(crate) fn new() -> Self {
         let mut inodes = HashMap::new();
-        inodes.insert(
-            ROOT_INO,
-            Inode {
-                path: Some(RelPath::root()),
-                kind: Kind::Dir,
-                lookups: 1,
-                open: 0,
-                file: None,
-                pending: false,
-                detached: None,
-                cache_tag: None,
-                attr_tag: None,
-                copy_arriving: false,
-                flushed: 0,
-            },
-        );
+        let mut root = Inode::new(Place::Live(RelPath::root()), Kind::Dir);
+        root.lookups = 1;
+        inodes.insert(ROOT_INO, root);
         let mut by_path = HashMap::new();
         by_path.insert(RelPath::root(), ROOT_INO);
         Tables {
@@ -101,7 +173,7 @@ impl Tables {
 
     /// The path of a live inode.
     pub(crate) fn path(&self, ino: u64) -> Option<&RelPath> {
-        self.inodes.get(&ino).and_then(|i| i.path.as_ref())
+        self.inodes.get(&ino).and_then(Inode::path)
     }
 
     /// The inode for `path`, created if needed, with its lookup count raised by one.
@@ -118,22 +190,9 @@ impl Tables {
         }
         let ino = self.next_ino;
         self.next_ino += 1;
-        self.inodes.insert(
-            ino,
-            Inode {
-                path: Some(path.clone()),
-                kind,
-                lookups: 1,
-                open: 0,
-                file: None,
-                pending: false,
-                detached: None,
-                cache_tag: None,
-                attr_tag: None,
-                copy_arriving: false,
-                flushed: 0,
-            },
-        );
+        let mut inode = Inode::new(Place::Live(path.clone()), kind);
+        inode.lookups = 1;
+        self.inodes.insert(ino, inode);
         self.by_path.insert(path.clone(), ino);
         ino
     }
@@ -153,12 +212,15 @@ impl Tables {
     pub(crate) fn detach(&mut self, path: &RelPath, last: Option<Meta>) {
         if let Some(ino) = self.by_path.remove(path) {
             if let Some(inode) = self.inodes.get_mut(&ino) {
-                inode.path = None;
-                inode.pending = false;
-                if inode.detached.is_none() {
-                    inode.detached = last;
-                }
+                inode.place = match std::mem::replace(&mut inode.place, Place::Detached(None)) {
+                    Place::Detached(Some(meta)) => Place::Detached(Some(meta)),
+                    _ => Place::Detached(last),
+                };
             }
+            debug_assert!(
+                !self.by_path.values().any(|&other| other == ino),
+                "a detached inode is still reachable by a path"
+            );
             self.maybe_drop(ino);
         }
     }
@@ -177,7 +239,7 @@ impl Tables {
         for (old, ino) in moved {
             if let Some(new) = from.rebase(&old, to) {
                 if let Some(inode) = self.inodes.get_mut(&ino) {
-                    inode.path = Some(new.clone());
+                    inode.moved_to(new.clone());
                 }
                 self.by_path.insert(new, ino);
             }
@@ -200,12 +262,12 @@ impl Tables {
         let unused = self
             .inodes
             .get(&ino)
-            .is_some_and(|i| i.lookups == 0 && i.open == 0 && !i.pending);
+            .is_some_and(|i| i.lookups == 0 && i.open == 0 && !i.is_pending());
         if unused {
             if let Some(inode) = self.inodes.remove(&ino) {
-                if let Some(path) = inode.path {
-                    if self.by_path.get(&path) == Some(&ino) {
-                        self.by_path.remove(&path);
+                if let Some(path) = inode.path() {
+                    if self.by_path.get(path) == Some(&ino) {
+                        self.by_path.remove(path);
                     }
                 }
             }
@@ -223,10 +285,11 @@ impl Tables {
     pub(crate) fn pending_children(&self, dir: &RelPath) -> Vec<(u64, Vec<u8>)> {
         self.inodes
             .iter()
-            .filter(|(_, i)| i.pending)
-            .filter_map(|(&ino, i)| {
-                let path = i.path.as_ref()?;
-                (path.parent().as_ref() == Some(dir)).then(|| (ino, path.name().to_vec()))
+            .filter_map(|(&ino, i)| match &i.place {
+                Place::Pending(path) if path.parent().as_ref() == Some(dir) => {
+                    Some((ino, path.name().to_vec()))
+                }
+                _ => None,
             })
             .collect()
     }
@@ -235,12 +298,9 @@ impl Tables {
     pub(crate) fn pending_under(&self, dir: &RelPath) -> Vec<u64> {
         self.inodes
             .iter()
-            .filter(|(_, i)| i.pending)
-            .filter(|(_, i)| {
-                i.path
-                    .as_ref()
-                    .is_some_and(|p| p == dir || dir.is_ancestor_of(p))
-            })
+            .filter(
+                |(_, i)| matches!(&i.place, Place::Pending(p) if p == dir || dir.is_ancestor_of(p)),
+            )
             .map(|(&ino, _)| ino)
             .collect()
     }
@@ -248,7 +308,10 @@ impl Tables {
     /// The pending inode at `path`, if any.
     pub(crate) fn pending_at(&self, path: &RelPath) -> Option<u64> {
         let &ino = self.by_path.get(path)?;
-        self.inodes.get(&ino).filter(|i| i.pending).map(|_| ino)
+        self.inodes
+            .get(&ino)
+            .filter(|i| i.is_pending())
+            .map(|_| ino)
     }
 }
 
@@ -273,7 +336,7 @@ impl Tables {
             for (old, ino) in list {
                 if let Some(new) = from.rebase(&old, to) {
                     if let Some(inode) = self.inodes.get_mut(&ino) {
-                        inode.path = Some(new.clone());
+                        inode.moved_to(new.clone());
                     }
                     self.by_path.insert(new, ino);
                 }

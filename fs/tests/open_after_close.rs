@@ -4,6 +4,8 @@
 //! it must wait for the release and get the local copy the release leaves (FUSE
 //! passthrough), not join the writer's file and be read through the daemon.
 
+#![cfg(test)]
+
 use std::time::{Duration, Instant};
 
 mod common;

@@ -2,6 +2,8 @@
 //! without a kernel: the publishing thread, the order of later changes, and the local
 //! copy an owed file leaves.
 
+#![cfg(test)]
+
 mod common;
 
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use depfs_fs::{CacheMode, Caller, DepFs};
 use depfs_proto::RelPath;
+use depfs_testkit::pattern as content;
 
 const ROOT_INO: u64 = 1;
 const MIB: usize = 1 << 20;
@@ -24,18 +27,6 @@ fn filesystem(dir: &std::path::Path) -> Option<Arc<DepFs>> {
     }
     fs.start_publisher().unwrap();
     Some(fs)
-}
-
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn write_all(fs: &DepFs, fh: u64, data: &[u8]) {

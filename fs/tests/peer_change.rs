@@ -2,29 +2,21 @@
 //! handling it (`DepFs::remote_changed`): the replicator and the kernel run
 //! concurrently, so requests arrive in that window.
 
+#![cfg(test)]
+
 use depfs_fs::{DepFs, FsConfig};
-use depfs_proto::{Content, Kind, Meta, Node, NodeName, RelPath, Timespec};
+use depfs_proto::{Content, Kind, Node, NodeName, RelPath};
 use depfs_store::{Durability, Store, StoreOptions};
+use depfs_testkit::meta_at;
 
 const ROOT_INO: u64 = 1;
-
-fn meta(kind: Kind, secs: i64) -> Meta {
-    Meta {
-        kind,
-        perm: if kind == Kind::Dir { 0o755 } else { 0o644 },
-        uid: 0,
-        gid: 0,
-        mtime: Timespec::new(secs, 0),
-        ctime: Timespec::new(secs, 0),
-    }
-}
 
 fn open_store(dir: &std::path::Path, name: &str) -> Store {
     let node = NodeName::new(name).unwrap();
     Store::open(
         &dir.join(name),
         &node,
-        &StoreOptions::new(meta(Kind::Dir, 0)),
+        &StoreOptions::new(meta_at(Kind::Dir, 0)),
     )
     .unwrap()
 }
@@ -34,7 +26,7 @@ fn put(store: &Store, path: &str, bytes: &[u8], secs: i64, wall_ms: u64) {
     tx.put(
         RelPath::parse(path.as_bytes()).unwrap(),
         Node {
-            meta: meta(Kind::File, secs),
+            meta: meta_at(Kind::File, secs),
             content: Content::Inline(bytes.to_vec()),
         },
     );

@@ -1,20 +1,13 @@
 //! What the kernel-less filesystem tests share: a filesystem over a fresh store.
 
 use depfs_fs::{DepFs, FsConfig};
-use depfs_proto::{Kind, Meta, NodeName, Timespec};
+use depfs_proto::{Kind, NodeName};
 use depfs_store::{Store, StoreOptions};
 
 /// A filesystem over a new store in `dir` (node `gw1`), staging in `dir/staging`,
 /// its config adjusted by `configure`.
 pub fn filesystem(dir: &std::path::Path, configure: impl FnOnce(&mut FsConfig)) -> DepFs {
-    let root = Meta {
-        kind: Kind::Dir,
-        perm: 0o755,
-        uid: 0,
-        gid: 0,
-        mtime: Timespec::new(0, 0),
-        ctime: Timespec::new(0, 0),
-    };
+    let root = depfs_testkit::meta_at(Kind::Dir, 0);
     let store = Store::open(
         &dir.join("store"),
         &NodeName::new("gw1").unwrap(),
