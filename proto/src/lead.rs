@@ -20,9 +20,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::encode_after;
+use crate::dot::Dot;
 use crate::name::NodeName;
 use crate::seal::{Digest, SignChanges};
-use crate::version::Dot;
 use crate::vv::VersionVector;
 
 /// Most terms a leadership history holds. A history is a few entries in practice (one

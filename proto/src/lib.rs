@@ -16,6 +16,7 @@
 //! * [`limits`]: every size bound in one place.
 
 pub mod codec;
+pub mod dot;
 pub mod entry;
 pub mod hlc;
 pub mod lead;
@@ -29,6 +30,7 @@ pub mod vv;
 pub mod wire;
 
 pub use codec::{decode_value, encode_value, DecodeError};
+pub use dot::Dot;
 pub use entry::{
     ChunkHash, ChunkHashState, ChunkMap, ChunkRef, ChunkSet, Content, Kind, Meta, Node, Timespec,
 };
@@ -37,6 +39,6 @@ pub use lead::{Authority, Leadership, Term};
 pub use name::{FileName, NameError, NodeName};
 pub use path::RelPath;
 pub use seal::{Digest, Seal, SealError, SignChanges};
-pub use version::{Dot, Stamp, State, Version};
+pub use version::{Stamp, State, Version};
 pub use vv::VersionVector;
 pub use wire::{Certificate, Change, ChangeOp, ChunkData, Message};

@@ -3,7 +3,7 @@
 //! Every `stat`, `lookup` and `open` of a file reads its entry, and a large file's entry is
 //! mostly its chunk list: 256 MiB in 16 KiB chunks is 16,384 chunk references, 590 KB.
 //! Through serde, postcard reads each 32-byte hash one byte at a time (a hash is a tuple
-//! of 32 `u8`s); that took most of a millisecond per call. This decoder reads exactly
+//! of 32 `u8`s), which is slow (docs/measurements.md). This decoder reads exactly
 //! the same bytes — the format is unchanged, [`encode_value`](crate::codec::encode_value)
 //! still writes them — copying each hash at once. It accepts exactly what
 //! [`decode_value::<Node>`](crate::codec::decode_value) accepts and yields the same

@@ -18,12 +18,12 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::encode_after;
+use crate::dot::Dot;
 use crate::hlc::Hlc;
 use crate::limits::MAX_SIGNATURE_LEN;
 use crate::path::RelPath;
-use crate::version::{Dot, State};
+use crate::version::State;
 use crate::vv::VersionVector;
-use crate::wire::{Change, ChangeOp};
 
 /// A blake3 digest of a version or of a change.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -103,46 +103,10 @@ impl Seal {
         Seal { ops, signature }
     }
 
-    /// Seals the change `dot` made at `hlc` whose versions are `ops`.
-    pub fn of_ops(dot: &Dot, hlc: Hlc, ops: &[ChangeOp], signer: &dyn SignChanges) -> Seal {
-        let digests = ops
-            .iter()
-            .map(|op| op_digest(&op.path, &op.ctx, &op.state))
-            .collect();
-        Seal::new(dot, hlc, digests, signer)
-    }
-
     /// True if the change was sealed by a signer (stores written before seals existed
     /// hold unsigned records).
     pub fn is_signed(&self) -> bool {
         !self.signature.is_empty()
-    }
-}
-
-impl Change {
-    /// The digest the origin's signature must verify for this change, once every version
-    /// sent has been found among those the origin sealed.
-    pub fn sealed_digest(&self) -> Result<Digest, SealError> {
-        let seal = &self.seal;
-        if !seal.is_signed() {
-            return Err(SealError::Unsigned(self.dot.clone()));
-        }
-        if seal.signature.len() > MAX_SIGNATURE_LEN {
-            return Err(SealError::SignatureTooLong {
-                dot: self.dot.clone(),
-                len: seal.signature.len(),
-            });
-        }
-        let sealed: std::collections::HashSet<&Digest> = seal.ops.iter().collect();
-        for op in &self.ops {
-            if !sealed.contains(&op_digest(&op.path, &op.ctx, &op.state)) {
-                return Err(SealError::NotSealed {
-                    dot: self.dot.clone(),
-                    path: op.path.clone(),
-                });
-            }
-        }
-        Ok(change_digest(&self.dot, self.hlc, &seal.ops))
     }
 }
 
@@ -151,6 +115,7 @@ mod tests {
     use super::*;
     use crate::entry::{Content, Kind, Meta, Node, Timespec};
     use crate::name::NodeName;
+    use crate::wire::{Change, ChangeOp};
 
     /// A stand-in signer: the "signature" is the digest itself.
     struct Echo;

@@ -1,42 +1,12 @@
 //! One version of one path: who made it, when, what it replaced, and what it holds.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
+pub use crate::dot::Dot;
 use crate::entry::Node;
 use crate::hlc::Hlc;
 use crate::name::NodeName;
 use crate::vv::VersionVector;
-
-/// The identity of a change: the node that made it and its sequence number there.
-/// Sequence numbers start at 1 and grow by one per committed change.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Dot {
-    /// The origin node.
-    pub node: NodeName,
-    /// Its sequence number on that node.
-    pub seq: u64,
-}
-
-impl Dot {
-    /// Builds a dot.
-    pub fn new(node: NodeName, seq: u64) -> Self {
-        Dot { node, seq }
-    }
-}
-
-impl fmt::Debug for Dot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.node, self.seq)
-    }
-}
-
-impl fmt::Display for Dot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
 
 /// The total order used to pick a winner among concurrent versions: later HLC time wins,
 /// ties broken by node name.

@@ -10,14 +10,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dot::Dot;
 use crate::limits::MAX_MEMBERS;
 use crate::name::NodeName;
-use crate::version::Dot;
 
 /// A map from node to the highest covered sequence number; absent means 0. At most
 /// [`MAX_MEMBERS`] nodes: a decoded one with more is refused (one naming a million
-/// invented nodes took a node's memory from 20 MB to 1 GB, and made its own `Hello`
-/// too large for any peer to read).
+/// invented nodes multiplied a node's memory and made its own `Hello` too large for
+/// any peer to read; docs/measurements.md has the figure).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct VersionVector(BTreeMap<NodeName, u64>);
 

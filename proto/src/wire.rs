@@ -4,13 +4,15 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::dot::Dot;
 use crate::entry::ChunkHash;
 use crate::hlc::Hlc;
 use crate::lead::Leadership;
+use crate::limits::MAX_SIGNATURE_LEN;
 use crate::name::NodeName;
 use crate::path::RelPath;
-use crate::seal::Seal;
-use crate::version::{Dot, State, Version};
+use crate::seal::{change_digest, op_digest, Digest, Seal, SealError, SignChanges};
+use crate::version::{State, Version};
 use crate::vv::VersionVector;
 
 /// One path's part of a change.
@@ -136,4 +138,44 @@ pub enum Message {
         /// Its progress.
         vv: VersionVector,
     },
+}
+
+// What of a seal reads a change lives here, next to the change, so that the seal's
+// module depends only on the parts it digests.
+impl Seal {
+    /// Seals the change `dot` made at `hlc` whose versions are `ops`.
+    pub fn of_ops(dot: &Dot, hlc: Hlc, ops: &[ChangeOp], signer: &dyn SignChanges) -> Seal {
+        let digests = ops
+            .iter()
+            .map(|op| op_digest(&op.path, &op.ctx, &op.state))
+            .collect();
+        Seal::new(dot, hlc, digests, signer)
+    }
+}
+
+impl Change {
+    /// The digest the origin's signature must verify for this change, once every version
+    /// sent has been found among those the origin sealed.
+    pub fn sealed_digest(&self) -> Result<Digest, SealError> {
+        let seal = &self.seal;
+        if !seal.is_signed() {
+            return Err(SealError::Unsigned(self.dot.clone()));
+        }
+        if seal.signature.len() > MAX_SIGNATURE_LEN {
+            return Err(SealError::SignatureTooLong {
+                dot: self.dot.clone(),
+                len: seal.signature.len(),
+            });
+        }
+        let sealed: std::collections::HashSet<&Digest> = seal.ops.iter().collect();
+        for op in &self.ops {
+            if !sealed.contains(&op_digest(&op.path, &op.ctx, &op.state)) {
+                return Err(SealError::NotSealed {
+                    dot: self.dot.clone(),
+                    path: op.path.clone(),
+                });
+            }
+        }
+        Ok(change_digest(&self.dot, self.hlc, &seal.ops))
+    }
 }

@@ -64,6 +64,8 @@
 //!     cargo test -p depfs-proto --test fuzz_decoders replay -- --nocapture
 //! ```
 
+#![cfg(test)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::BTreeMap;
