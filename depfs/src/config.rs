@@ -1,4 +1,4 @@
-//! The node configuration file (TOML, SPEC §3).
+//! The node configuration file (TOML; docs/operations.md, "Configure a node").
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -120,33 +120,89 @@ impl Config {
         Self::parse(&text, path)
     }
 
-    /// Parses and validates configuration text read from `source`.
+    /// Parses and validates configuration text read from `source`: the TOML first
+    /// ([`read_toml`]), then the values ([`RawConfig::check`]), then relative paths are
+    /// resolved against the file's directory ([`RawConfig::into_config`]).
     pub fn parse(text: &str, source: &Path) -> Result<Config> {
         let at = source.display();
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let message = e.message().trim().to_string();
-            match e.span() {
-                Some(span) => {
-                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                    anyhow::anyhow!("config {at}, line {line}: {message}")
-                }
-                None => anyhow::anyhow!("config {at}: {message}"),
+        let raw = read_toml(text, &at)?;
+        let checked = raw.check(&at)?;
+        Ok(raw.into_config(checked, source))
+    }
+
+    /// True if this node must refuse local writes.
+    pub fn read_only(&self) -> bool {
+        self.role == Some(Role::Worker)
+    }
+}
+
+/// The TOML of a config file, with syntax errors naming the file (`at`) and the line.
+fn read_toml(text: &str, at: &std::path::Display<'_>) -> Result<RawConfig> {
+    toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().to_string();
+        match e.span() {
+            Some(span) => {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                anyhow::anyhow!("config {at}, line {line}: {message}")
             }
-        })?;
-        let node = NodeName::new(&raw.node).map_err(|e| {
+            None => anyhow::anyhow!("config {at}: {message}"),
+        }
+    })
+}
+
+/// The values of a [`RawConfig`] that [`RawConfig::check`] parsed or defaulted.
+struct Checked {
+    node: NodeName,
+    listen: SocketAddr,
+    mode: Mode,
+    metrics: Option<SocketAddr>,
+    max_clock_ahead_s: u64,
+}
+
+impl RawConfig {
+    /// Validates the values, in the order their errors are reported: node name,
+    /// data_dir, listen address, the cluster settings ([`RawConfig::check_cluster`]),
+    /// metrics address, clock limit.
+    fn check(&self, at: &std::path::Display<'_>) -> Result<Checked> {
+        let node = NodeName::new(&self.node).map_err(|e| {
             anyhow::anyhow!(
                 "config {at}: node {:?} is not a valid node name: {e}",
-                raw.node
+                self.node
             )
         })?;
-        if raw.data_dir.as_os_str().is_empty() {
+        if self.data_dir.as_os_str().is_empty() {
             bail!("config {at}: data_dir is empty");
         }
-        let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen_text = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
             anyhow::anyhow!("config {at}: listen {listen_text:?} is not an address:port")
         })?;
-        for peer in &raw.peers {
+        let mode = self.check_cluster(at)?;
+        let metrics = match &self.metrics {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                anyhow::anyhow!("config {at}: metrics {text:?} is not an address:port")
+            })?),
+        };
+        let max_clock_ahead_s = self.max_clock_ahead_s.unwrap_or(DEFAULT_MAX_CLOCK_AHEAD_S);
+        if !(1..=MAX_CLOCK_AHEAD_S).contains(&max_clock_ahead_s) {
+            bail!(
+                "config {at}: max_clock_ahead_s = {max_clock_ahead_s} is outside 1..={MAX_CLOCK_AHEAD_S}"
+            );
+        }
+        Ok(Checked {
+            node,
+            listen,
+            mode,
+            metrics,
+            max_clock_ahead_s,
+        })
+    }
+
+    /// Checks how the node joins its cluster (every peer is host:port, a role is given
+    /// exactly in one-way mode, peers need a [tls] section) and returns the mode.
+    fn check_cluster(&self, at: &std::path::Display<'_>) -> Result<Mode> {
+        for peer in &self.peers {
             let port_ok = peer
                 .rsplit_once(':')
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
@@ -154,8 +210,8 @@ impl Config {
                 bail!("config {at}: peer {peer:?} is not host:port");
             }
         }
-        let mode = raw.mode.unwrap_or(Mode::MultiWriter);
-        match (mode, raw.role) {
+        let mode = self.mode.unwrap_or(Mode::MultiWriter);
+        match (mode, self.role) {
             (Mode::MultiWriter, Some(_)) => {
                 bail!("config {at}: role is only meaningful with mode = \"one-way\"")
             }
@@ -164,21 +220,15 @@ impl Config {
             }
             _ => {}
         }
-        if !raw.peers.is_empty() && raw.tls.is_none() {
+        if !self.peers.is_empty() && self.tls.is_none() {
             bail!("config {at}: a [tls] section (ca, cert, key) is required when peers are configured");
         }
-        let metrics = match &raw.metrics {
-            None => None,
-            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
-                anyhow::anyhow!("config {at}: metrics {text:?} is not an address:port")
-            })?),
-        };
-        let max_clock_ahead_s = raw.max_clock_ahead_s.unwrap_or(DEFAULT_MAX_CLOCK_AHEAD_S);
-        if !(1..=MAX_CLOCK_AHEAD_S).contains(&max_clock_ahead_s) {
-            bail!(
-                "config {at}: max_clock_ahead_s = {max_clock_ahead_s} is outside 1..={MAX_CLOCK_AHEAD_S}"
-            );
-        }
+        Ok(mode)
+    }
+
+    /// The [`Config`]: sizes in bytes, defaults filled in, and relative paths resolved
+    /// against the directory of `source`.
+    fn into_config(self, checked: Checked, source: &Path) -> Config {
         let base = source.parent().unwrap_or(Path::new("."));
         let resolve = |p: &Path| {
             if p.is_absolute() {
@@ -187,41 +237,36 @@ impl Config {
                 base.join(p)
             }
         };
-        Ok(Config {
+        Config {
             source: source.to_path_buf(),
-            node,
-            data_dir: resolve(&raw.data_dir),
-            listen,
-            peers: raw.peers,
-            mode,
-            role: raw.role,
-            min_free_bytes: raw
+            node: checked.node,
+            data_dir: resolve(&self.data_dir),
+            listen: checked.listen,
+            peers: self.peers,
+            mode: checked.mode,
+            role: self.role,
+            min_free_bytes: self
                 .min_free_mib
                 .map_or(depfs_store::DEFAULT_MIN_FREE_BYTES, |m| {
                     m.saturating_mul(1 << 20)
                 }),
-            metrics,
-            local_copies_bytes: raw
+            metrics: checked.metrics,
+            local_copies_bytes: self
                 .local_copies_mib
                 .unwrap_or(DEFAULT_LOCAL_COPIES_MIB)
                 .saturating_mul(1 << 20),
-            local_copy_min_bytes: raw
+            local_copy_min_bytes: self
                 .local_copy_min_kib
                 .unwrap_or(DEFAULT_LOCAL_COPY_MIN_KIB)
                 .saturating_mul(1 << 10),
-            max_clock_ahead_ms: max_clock_ahead_s * 1000,
-            tls: raw.tls.map(|t| TlsPaths {
+            max_clock_ahead_ms: checked.max_clock_ahead_s * 1000,
+            tls: self.tls.map(|t| TlsPaths {
                 ca: resolve(&t.ca),
                 cert: resolve(&t.cert),
                 key: resolve(&t.key),
                 revoked: t.revoked.as_deref().map(resolve),
             }),
-        })
-    }
-
-    /// True if this node must refuse local writes.
-    pub fn read_only(&self) -> bool {
-        self.role == Some(Role::Worker)
+        }
     }
 }
 
@@ -243,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn the_spec_example_parses() {
+    fn a_one_way_worker_example_parses() {
         let c = parse(
             r#"
 node = "gw1"

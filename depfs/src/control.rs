@@ -6,12 +6,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use depfs_replicator::pki::CertRole;
-use depfs_replicator::Service;
-use depfs_store::Store;
+use depfs_replicator::{PeerStatus, Service, ServiceStatus};
+use depfs_store::sys::now_ms;
+use depfs_store::{Store, StoreStats};
 use serde_json::{json, Value};
 
 use crate::config::{Config, Mode};
@@ -101,13 +102,9 @@ fn handle(state: &State, stream: UnixStream) -> Result<()> {
     Ok(())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
+/// The reply to `status`: who this node is, its peers, its last change, how far it
+/// is from caught up, and its store. The parts are computed by the functions below;
+/// the keys stay in this order.
 fn status(state: &State) -> Value {
     let store = &state.store;
     let stats = store.stats().ok();
@@ -115,43 +112,11 @@ fn status(state: &State) -> Value {
     let peers: Vec<Value> = service
         .iter()
         .flat_map(|s| s.peers.iter())
-        .map(|p| {
-            json!({
-                "name": p.name,
-                "addr": p.addr,
-                "connected": p.connected,
-                "since_ms": p.since_ms,
-                "rtt_ms": p.rtt_ms,
-                "lag_changes": p.lag_changes,
-                "behind_changes": p.behind_changes,
-                "lag_ms": p.lag_ms,
-                "bytes_sent": p.bytes_sent,
-                "bytes_received": p.bytes_received,
-            })
-        })
+        .map(peer_status)
         .collect();
-    let last = store
-        .recent_changes(1)
-        .ok()
-        .and_then(|v| v.into_iter().next())
-        .map(|(dot, r)| {
-            json!({
-                "change": dot.to_string(),
-                "node": dot.node.to_string(),
-                "time_ms": r.hlc.wall_ms,
-                "paths": r.paths.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-            })
-        });
-    let mode = match state.config.mode {
-        Mode::MultiWriter => "multi-writer",
-        Mode::OneWay => "one-way",
-    };
+    let last = last_change(store);
     let lead = store.leadership();
-    let role = match state.config.mode {
-        Mode::MultiWriter => "writer",
-        Mode::OneWay if lead.manager() == Some(store.node()) => "manager",
-        Mode::OneWay => "worker",
-    };
+    let (mode, role) = mode_and_role(state.config.mode, lead.manager() == Some(store.node()));
     json!({
         "node": state.config.node.to_string(),
         "mode": mode,
@@ -172,23 +137,74 @@ fn status(state: &State) -> Value {
         "peers": peers,
         "last_change": last,
         "pending_transfers": service.as_ref().map_or(0, |s| s.pending_transfers),
-        // Catching up (bootstrap of a new node): the most changes a peer has that this
-        // node still lacks, and the content received so far.
-        "catching_up": {
-            "changes_remaining": service.as_ref().map_or(0, |s| s.peers.iter().map(|p| p.behind_changes).max().unwrap_or(0)),
-            "changes_applied": service.as_ref().map_or(0, |s| s.counters.versions_applied),
-            "bytes_received": service.as_ref().map_or(0, |s| s.peers.iter().map(|p| p.bytes_received).sum::<u64>()),
-        },
+        "catching_up": catching_up(service.as_ref()),
         "conflicts": stats.as_ref().map_or(0, |s| s.conflicts),
-        "store": {
-            "entries": stats.as_ref().map_or(0, |s| s.entries),
-            "versions": stats.as_ref().map_or(0, |s| s.heads),
-            "tombstones": stats.as_ref().map_or(0, |s| s.tombstones),
-            "chunks": stats.as_ref().map_or(0, |s| s.chunks),
-            "log_records": stats.as_ref().map_or(0, |s| s.log_records),
-            "size_bytes": dir_size(&state.config.data_dir.join("db")),
-        },
+        "store": store_figures(stats.as_ref(), &state.config.data_dir),
         "progress": store.version_vector().iter().map(|(n, s)| (n.to_string(), json!(s))).collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+/// One peer in the `status` reply.
+fn peer_status(p: &PeerStatus) -> Value {
+    json!({
+        "name": p.name,
+        "addr": p.addr,
+        "connected": p.connected,
+        "since_ms": p.since_ms,
+        "rtt_ms": p.rtt_ms,
+        "lag_changes": p.lag_changes,
+        "behind_changes": p.behind_changes,
+        "lag_ms": p.lag_ms,
+        "bytes_sent": p.bytes_sent,
+        "bytes_received": p.bytes_received,
+    })
+}
+
+/// The newest change in the log, if any (null in the reply otherwise).
+fn last_change(store: &Store) -> Option<Value> {
+    store
+        .recent_changes(1)
+        .ok()
+        .and_then(|v| v.into_iter().next())
+        .map(|(dot, r)| {
+            json!({
+                "change": dot.to_string(),
+                "node": dot.node.to_string(),
+                "time_ms": r.hlc.wall_ms,
+                "paths": r.paths.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            })
+        })
+}
+
+/// The names of the cluster's mode and of this node's role in it. In one-way mode the
+/// role follows the store's manager terms (`manages`), not the config.
+fn mode_and_role(mode: Mode, manages: bool) -> (&'static str, &'static str) {
+    match mode {
+        Mode::MultiWriter => ("multi-writer", "writer"),
+        Mode::OneWay if manages => ("one-way", "manager"),
+        Mode::OneWay => ("one-way", "worker"),
+    }
+}
+
+/// Catching up (bootstrap of a new node): the most changes a peer has that this node
+/// still lacks, and the content received so far. Zeros without a replicator.
+fn catching_up(service: Option<&ServiceStatus>) -> Value {
+    json!({
+        "changes_remaining": service.map_or(0, |s| s.peers.iter().map(|p| p.behind_changes).max().unwrap_or(0)),
+        "changes_applied": service.map_or(0, |s| s.counters.versions_applied),
+        "bytes_received": service.map_or(0, |s| s.peers.iter().map(|p| p.bytes_received).sum::<u64>()),
+    })
+}
+
+/// The store's counts (zeros if they could not be read) and the size of its database.
+fn store_figures(stats: Option<&StoreStats>, data_dir: &Path) -> Value {
+    json!({
+        "entries": stats.map_or(0, |s| s.entries),
+        "versions": stats.map_or(0, |s| s.heads),
+        "tombstones": stats.map_or(0, |s| s.tombstones),
+        "chunks": stats.map_or(0, |s| s.chunks),
+        "log_records": stats.map_or(0, |s| s.log_records),
+        "size_bytes": dir_size(&data_dir.join("db")),
     })
 }
 

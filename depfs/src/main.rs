@@ -357,34 +357,62 @@ fn find_config(config: Option<PathBuf>) -> Result<Config> {
     }
 }
 
+/// `depfs status`: the daemon's reply as JSON, or as the text of [`status_text`].
 fn status(config: Option<PathBuf>, as_json: bool) -> Result<()> {
     let config = find_config(config)?;
     let reply = control::request(&config, json!({"cmd": "status"}))?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
-        return Ok(());
+    } else {
+        print!("{}", status_text(&reply));
     }
-    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
-    println!(
+    Ok(())
+}
+
+/// A string field of a reply, or "" if it is missing.
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+/// The text `depfs status` prints for a `status` reply: the node's summary, then its
+/// peers. Computed apart from printing so that the format can be read (and tested) in
+/// one place.
+fn status_text(reply: &Value) -> String {
+    let mut out = node_summary(reply);
+    out.push_str(&peer_table(
+        reply["peers"].as_array().map_or(&[], Vec::as_slice),
+    ));
+    out
+}
+
+/// The lines about the node itself: who it is, its mount, its last change, transfers,
+/// catching up (only while behind), conflicts and the store.
+fn node_summary(reply: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let (node, mode, role) = (&reply["node"], &reply["mode"], &reply["role"]);
+    let _ = writeln!(
+        out,
         "node        {} ({} {})",
-        s(&reply["node"]),
-        s(&reply["mode"]),
-        s(&reply["role"])
+        text(node),
+        text(mode),
+        text(role)
     );
     if reply["mode"] == "one-way" {
-        match reply["manager"].as_str() {
-            Some(m) => println!("manager     {m} (term {})", reply["term"]),
-            None => println!("manager     not known yet"),
-        }
+        let _ = match reply["manager"].as_str() {
+            Some(m) => writeln!(out, "manager     {m} (term {})", reply["term"]),
+            None => writeln!(out, "manager     not known yet"),
+        };
         if let Some(note) = reply["contested_term"].as_str() {
-            println!("contested   {note}");
+            let _ = writeln!(out, "contested   {note}");
         }
     }
-    println!("mount       {}", s(&reply["mountpoint"]));
-    println!("data_dir    {}", s(&reply["data_dir"]));
-    println!("uptime      {} s", reply["uptime_s"]);
+    let _ = writeln!(out, "mount       {}", text(&reply["mountpoint"]));
+    let _ = writeln!(out, "data_dir    {}", text(&reply["data_dir"]));
+    let _ = writeln!(out, "uptime      {} s", reply["uptime_s"]);
     if let Some(last) = reply["last_change"].as_object() {
-        println!(
+        let _ = writeln!(
+            out,
             "last change {} by {} at {} ms: {}",
             last["change"].as_str().unwrap_or(""),
             last["node"].as_str().unwrap_or(""),
@@ -392,47 +420,57 @@ fn status(config: Option<PathBuf>, as_json: bool) -> Result<()> {
             last["paths"]
         );
     }
-    println!("transfers   {} pending", reply["pending_transfers"]);
-    let behind = reply["catching_up"]["changes_remaining"]
-        .as_u64()
-        .unwrap_or(0);
+    let _ = writeln!(out, "transfers   {} pending", reply["pending_transfers"]);
+    let catching_up = &reply["catching_up"];
+    let behind = catching_up["changes_remaining"].as_u64().unwrap_or(0);
     if behind > 0 {
-        println!(
+        let _ = writeln!(
+            out,
             "catching up {} changes remaining, {} applied, {} bytes received",
-            behind, reply["catching_up"]["changes_applied"], reply["catching_up"]["bytes_received"]
+            behind, catching_up["changes_applied"], catching_up["bytes_received"]
         );
     }
-    println!("conflicts   {}", reply["conflicts"]);
+    let _ = writeln!(out, "conflicts   {}", reply["conflicts"]);
     let st = &reply["store"];
-    println!(
+    let _ = writeln!(
+        out,
         "store       {} entries, {} chunks, {} log records, {} bytes",
         st["entries"], st["chunks"], st["log_records"], st["size_bytes"]
     );
-    let peers = reply["peers"].as_array().cloned().unwrap_or_default();
+    out
+}
+
+/// The peers as a table (or "none"): address, state, round-trip time and lag.
+fn peer_table(peers: &[Value]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     if peers.is_empty() {
-        println!("peers       none");
-    } else {
-        println!(
-            "{:<16} {:<22} {:<10} {:>9} {:>12} {:>10}",
-            "PEER", "ADDRESS", "STATE", "RTT ms", "LAG changes", "LAG ms"
-        );
-        for p in peers {
-            println!(
-                "{:<16} {:<22} {:<10} {:>9.2} {:>12} {:>10}",
-                s(&p["name"]),
-                s(&p["addr"]),
-                if p["connected"].as_bool() == Some(true) {
-                    "connected"
-                } else {
-                    "down"
-                },
-                p["rtt_ms"].as_f64().unwrap_or(0.0),
-                p["lag_changes"],
-                p["lag_ms"]
-            );
-        }
+        let _ = writeln!(out, "peers       none");
+        return out;
     }
-    Ok(())
+    let _ = writeln!(
+        out,
+        "{:<16} {:<22} {:<10} {:>9} {:>12} {:>10}",
+        "PEER", "ADDRESS", "STATE", "RTT ms", "LAG changes", "LAG ms"
+    );
+    for p in peers {
+        let state = if p["connected"].as_bool() == Some(true) {
+            "connected"
+        } else {
+            "down"
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<22} {:<10} {:>9.2} {:>12} {:>10}",
+            text(&p["name"]),
+            text(&p["addr"]),
+            state,
+            p["rtt_ms"].as_f64().unwrap_or(0.0),
+            p["lag_changes"],
+            p["lag_ms"]
+        );
+    }
+    out
 }
 
 fn sync(config: Option<PathBuf>, timeout: f64) -> Result<()> {
@@ -628,5 +666,68 @@ pub(crate) fn init_logging(file: Option<&Path>) {
         None => {
             let _ = builder.with_writer(std::io::stderr).try_init();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_text_of_a_worker_catching_up() {
+        let reply = json!({
+            "node": "gw2", "mode": "one-way", "role": "worker",
+            "manager": "gw1", "term": 3, "contested_term": "term 2: gw1 and gw3",
+            "mountpoint": "/srv/deploy", "data_dir": "/var/lib/depfs/gw2", "uptime_s": 12,
+            "last_change": {"change": "gw1:5", "node": "gw1", "time_ms": 1000, "paths": ["a", "b"]},
+            "pending_transfers": 2,
+            "catching_up": {"changes_remaining": 4, "changes_applied": 7, "bytes_received": 99},
+            "conflicts": 1,
+            "store": {"entries": 10, "chunks": 3, "log_records": 5, "size_bytes": 4096},
+            "peers": [
+                {"name": "gw1", "addr": "10.0.0.1:7400", "connected": true, "rtt_ms": 1.5, "lag_changes": 0, "lag_ms": 0},
+                {"name": "gw3", "addr": "", "connected": false, "rtt_ms": 0.0, "lag_changes": 12, "lag_ms": 800},
+            ],
+        });
+        // Numbers from the reply are JSON values, which take no padding.
+        let expected = "\
+node        gw2 (one-way worker)
+manager     gw1 (term 3)
+contested   term 2: gw1 and gw3
+mount       /srv/deploy
+data_dir    /var/lib/depfs/gw2
+uptime      12 s
+last change gw1:5 by gw1 at 1000 ms: [\"a\",\"b\"]
+transfers   2 pending
+catching up 4 changes remaining, 7 applied, 99 bytes received
+conflicts   1
+store       10 entries, 3 chunks, 5 log records, 4096 bytes
+PEER             ADDRESS                STATE         RTT ms  LAG changes     LAG ms
+gw1              10.0.0.1:7400          connected       1.50 0 0
+gw3                                     down            0.00 12 800
+";
+        assert_eq!(status_text(&reply), expected);
+    }
+
+    #[test]
+    fn status_text_of_a_lone_writer() {
+        let reply = json!({
+            "node": "gw1", "mode": "multi-writer", "role": "writer",
+            "mountpoint": "/srv", "data_dir": "/d", "uptime_s": 0, "last_change": null,
+            "pending_transfers": 0, "catching_up": {"changes_remaining": 0},
+            "conflicts": 0, "store": {"entries": 1, "chunks": 0, "log_records": 0, "size_bytes": 0},
+            "peers": [],
+        });
+        let expected = "\
+node        gw1 (multi-writer writer)
+mount       /srv
+data_dir    /d
+uptime      0 s
+transfers   0 pending
+conflicts   0
+store       1 entries, 0 chunks, 0 log records, 0 bytes
+peers       none
+";
+        assert_eq!(status_text(&reply), expected);
     }
 }

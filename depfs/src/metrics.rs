@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use depfs_fs::stats::BUCKETS_S;
 use depfs_fs::DepFs;
-use depfs_replicator::Service;
+use depfs_replicator::{PeerStatus, Service, ServiceStatus};
 
 /// What the endpoint reads from.
 pub struct Sources {
@@ -100,181 +100,236 @@ fn label(key: &str, value: &str) -> String {
     format!("{{{key}=\"{escaped}\"}}")
 }
 
-/// The whole exposition.
+/// A metric family with one sample and no labels.
+struct Single {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: f64,
+}
+
+impl Single {
+    fn counter(name: &'static str, help: &'static str, value: f64) -> Self {
+        Single {
+            name,
+            kind: "counter",
+            help,
+            value,
+        }
+    }
+
+    fn gauge(name: &'static str, help: &'static str, value: f64) -> Self {
+        Single {
+            name,
+            kind: "gauge",
+            help,
+            value,
+        }
+    }
+}
+
+/// Writes families of one unlabelled sample each, in order.
+fn singles(out: &mut String, families: &[Single]) {
+    for f in families {
+        family(out, f.name, f.kind, f.help, &[(String::new(), f.value)]);
+    }
+}
+
+/// The whole exposition: the store's families, then (with replication) the replica's
+/// and each peer's, then the filesystem's. The order is part of the output.
 pub fn render(sources: &Sources) -> String {
     let mut out = String::new();
-    let store = sources.fs.store();
-    let one = |v: f64| vec![(String::new(), v)];
-    family(
-        &mut out,
-        "depfs_changes_committed_total",
-        "counter",
-        "Changes committed on this node.",
-        &one(store.last_seq() as f64),
-    );
-    family(
-        &mut out,
-        "depfs_conflicts",
-        "gauge",
-        "Recorded conflicts.",
-        &one(store.conflict_count().unwrap_or(0) as f64),
-    );
-    family(
-        &mut out,
-        "depfs_entries",
-        "gauge",
-        "Files, directories and symlinks (RocksDB estimate).",
-        &one(store.estimated_entries().unwrap_or(0) as f64),
-    );
+    singles(&mut out, &store_families(sources.fs.store()));
     if let Some(service) = &sources.service {
+        // One status for all replication families, so that they agree with each other.
         let status = service.status();
-        family(
-            &mut out,
-            "depfs_peers_disconnected_slow_total",
-            "counter",
-            "Peers disconnected for asking for more chunks than they read.",
-            &[(String::new(), status.slow_readers_disconnected as f64)],
-        );
-        let c = status.counters;
-        for (name, help, value) in [
-            (
-                "depfs_changes_sent_total",
-                "Changes sent to peers.",
-                c.changes_sent,
-            ),
-            (
-                "depfs_versions_applied_total",
-                "Versions received from peers and applied.",
-                c.versions_applied,
-            ),
-            (
-                "depfs_versions_obsolete_total",
-                "Versions received that were already known or superseded.",
-                c.versions_obsolete,
-            ),
-            (
-                "depfs_changes_refused_total",
-                "Changes refused (one-way mode: not made by a manager).",
-                c.changes_refused,
-            ),
-            (
-                "depfs_changes_forged_total",
-                "Changes refused because their origin's signature did not fit them (the sender is disconnected).",
-                c.changes_forged,
-            ),
-            (
-                "depfs_terms_refused_total",
-                "Manager histories not followed: a term not signed by the manager it names under a manager-capable certificate.",
-                c.terms_refused,
-            ),
-            (
-                "depfs_changes_ahead_of_clock_total",
-                "Batches refused: a change stamped further ahead of this node's clock than max_clock_ahead_s.",
-                c.changes_from_the_future,
-            ),
-            (
-                "depfs_progress_claims_cut_total",
-                "Progress claims from peers cut to what they backed with changes.",
-                c.progress_claims_cut,
-            ),
-            (
-                "depfs_chunks_received_total",
-                "Content chunks received from peers.",
-                c.chunks_received,
-            ),
-            (
-                "depfs_chunks_sent_total",
-                "Content chunks sent to peers.",
-                c.chunks_sent,
-            ),
-        ] {
-            family(&mut out, name, "counter", help, &one(value as f64));
-        }
-        family(
-            &mut out,
-            "depfs_pending_transfers",
-            "gauge",
-            "Received changes waiting for their content.",
-            &one(status.pending_transfers as f64),
-        );
-        let per_peer = |f: &dyn Fn(&depfs_replicator::PeerStatus) -> f64| -> Vec<(String, f64)> {
-            status
-                .peers
-                .iter()
-                .map(|p| (label("peer", &p.name), f(p)))
-                .collect()
-        };
-        family(
-            &mut out,
-            "depfs_peer_connected",
-            "gauge",
-            "1 while connected to the peer.",
-            &per_peer(&|p| f64::from(u8::from(p.connected))),
-        );
-        family(
-            &mut out,
-            "depfs_peer_rtt_seconds",
-            "gauge",
-            "Round-trip time to the peer.",
-            &per_peer(&|p| p.rtt_ms / 1000.0),
-        );
-        family(
-            &mut out,
-            "depfs_peer_lag_changes",
-            "gauge",
-            "Changes the peer has not acknowledged.",
-            &per_peer(&|p| p.lag_changes as f64),
-        );
-        family(
-            &mut out,
-            "depfs_peer_lag_seconds",
-            "gauge",
-            "Age of the oldest change the peer has not acknowledged.",
-            &per_peer(&|p| p.lag_ms as f64 / 1000.0),
-        );
-        family(
-            &mut out,
-            "depfs_peer_sent_bytes_total",
-            "counter",
-            "Protocol bytes sent to the peer.",
-            &per_peer(&|p| p.bytes_sent as f64),
-        );
-        family(
-            &mut out,
-            "depfs_peer_received_bytes_total",
-            "counter",
-            "Protocol bytes received from the peer.",
-            &per_peer(&|p| p.bytes_received as f64),
-        );
+        singles(&mut out, &replication_families(&status));
+        peer_families(&mut out, &status.peers);
     }
+    fs_families(&mut out, &sources.fs);
+    op_durations(&mut out, &sources.fs);
+    out
+}
+
+/// What the store knows without asking the replicator.
+fn store_families(store: &depfs_store::Store) -> [Single; 3] {
+    [
+        Single::counter(
+            "depfs_changes_committed_total",
+            "Changes committed on this node.",
+            store.last_seq() as f64,
+        ),
+        Single::gauge(
+            "depfs_conflicts",
+            "Recorded conflicts.",
+            store.conflict_count().unwrap_or(0) as f64,
+        ),
+        Single::gauge(
+            "depfs_entries",
+            "Files, directories and symlinks (RocksDB estimate).",
+            store.estimated_entries().unwrap_or(0) as f64,
+        ),
+    ]
+}
+
+/// The replica's running totals, as counters, between the slow-reader counter and the
+/// pending-transfers gauge.
+fn replication_families(status: &ServiceStatus) -> Vec<Single> {
+    let c = status.counters;
+    let totals = [
+        ("depfs_changes_sent_total", "Changes sent to peers.", c.changes_sent),
+        (
+            "depfs_versions_applied_total",
+            "Versions received from peers and applied.",
+            c.versions_applied,
+        ),
+        (
+            "depfs_versions_obsolete_total",
+            "Versions received that were already known or superseded.",
+            c.versions_obsolete,
+        ),
+        (
+            "depfs_changes_refused_total",
+            "Changes refused (one-way mode: not made by a manager).",
+            c.changes_refused,
+        ),
+        (
+            "depfs_changes_forged_total",
+            "Changes refused because their origin's signature did not fit them (the sender is disconnected).",
+            c.changes_forged,
+        ),
+        (
+            "depfs_terms_refused_total",
+            "Manager histories not followed: a term not signed by the manager it names under a manager-capable certificate.",
+            c.terms_refused,
+        ),
+        (
+            "depfs_changes_ahead_of_clock_total",
+            "Batches refused: a change stamped further ahead of this node's clock than max_clock_ahead_s.",
+            c.changes_from_the_future,
+        ),
+        (
+            "depfs_progress_claims_cut_total",
+            "Progress claims from peers cut to what they backed with changes.",
+            c.progress_claims_cut,
+        ),
+        ("depfs_chunks_received_total", "Content chunks received from peers.", c.chunks_received),
+        ("depfs_chunks_sent_total", "Content chunks sent to peers.", c.chunks_sent),
+    ];
+    let mut families = vec![Single::counter(
+        "depfs_peers_disconnected_slow_total",
+        "Peers disconnected for asking for more chunks than they read.",
+        status.slow_readers_disconnected as f64,
+    )];
+    families.extend(
+        totals
+            .into_iter()
+            .map(|(name, help, value)| Single::counter(name, help, value as f64)),
+    );
+    families.push(Single::gauge(
+        "depfs_pending_transfers",
+        "Received changes waiting for their content.",
+        status.pending_transfers as f64,
+    ));
+    families
+}
+
+/// A metric family with one sample per peer, labelled with the peer's name.
+struct PeerFamily {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    /// The peer's sample.
+    figure: fn(&PeerStatus) -> f64,
+}
+
+/// The families with one sample per peer, in output order.
+const PEER_FAMILIES: [PeerFamily; 6] = [
+    PeerFamily {
+        name: "depfs_peer_connected",
+        kind: "gauge",
+        help: "1 while connected to the peer.",
+        figure: |p| f64::from(u8::from(p.connected)),
+    },
+    PeerFamily {
+        name: "depfs_peer_rtt_seconds",
+        kind: "gauge",
+        help: "Round-trip time to the peer.",
+        figure: |p| p.rtt_ms / 1000.0,
+    },
+    PeerFamily {
+        name: "depfs_peer_lag_changes",
+        kind: "gauge",
+        help: "Changes the peer has not acknowledged.",
+        figure: |p| p.lag_changes as f64,
+    },
+    PeerFamily {
+        name: "depfs_peer_lag_seconds",
+        kind: "gauge",
+        help: "Age of the oldest change the peer has not acknowledged.",
+        figure: |p| p.lag_ms as f64 / 1000.0,
+    },
+    PeerFamily {
+        name: "depfs_peer_sent_bytes_total",
+        kind: "counter",
+        help: "Protocol bytes sent to the peer.",
+        figure: |p| p.bytes_sent as f64,
+    },
+    PeerFamily {
+        name: "depfs_peer_received_bytes_total",
+        kind: "counter",
+        help: "Protocol bytes received from the peer.",
+        figure: |p| p.bytes_received as f64,
+    },
+];
+
+/// Each of [`PEER_FAMILIES`], with a `peer` label per peer.
+fn peer_families(out: &mut String, peers: &[PeerStatus]) {
+    for f in PEER_FAMILIES {
+        let samples: Vec<(String, f64)> = peers
+            .iter()
+            .map(|p| (label("peer", &p.name), (f.figure)(p)))
+            .collect();
+        family(out, f.name, f.kind, f.help, &samples);
+    }
+}
+
+/// The filesystem's counters and gauges. Passthrough opens are written as an integer
+/// (not through `f64`), as they always were.
+fn fs_families(out: &mut String, fs: &DepFs) {
     let name = "depfs_fs_passthrough_opens_total";
     let _ = writeln!(
         out,
         "# HELP {name} Opens served by the kernel from a local copy (FUSE passthrough)."
     );
     let _ = writeln!(out, "# TYPE {name} counter");
-    let _ = writeln!(out, "{name} {}", sources.fs.stats().passthrough_opens());
-    family(
-        &mut out,
-        "depfs_fs_panics_total",
-        "counter",
-        "Filesystem operations that panicked (a bug) and were answered EIO; the mount went on.",
-        &[(String::new(), sources.fs.stats().panics() as f64)],
+    let _ = writeln!(out, "{name} {}", fs.stats().passthrough_opens());
+    singles(
+        out,
+        &[
+            Single::counter(
+                "depfs_fs_panics_total",
+                "Filesystem operations that panicked (a bug) and were answered EIO; the mount went on.",
+                fs.stats().panics() as f64,
+            ),
+            Single::gauge(
+                "depfs_fs_owed_files",
+                "Large files closed here and not yet published (see docs/design.md, Owed files).",
+                fs.owed_files() as f64,
+            ),
+        ],
     );
-    family(
-        &mut out,
-        "depfs_fs_owed_files",
-        "gauge",
-        "Large files closed here and not yet published (see docs/design.md, Owed files).",
-        &[(String::new(), sources.fs.owed_files() as f64)],
-    );
+}
+
+/// The latency histogram of filesystem operations, one series per operation.
+fn op_durations(out: &mut String, fs: &DepFs) {
     let name = "depfs_fs_op_duration_seconds";
     let _ = writeln!(
         out,
         "# HELP {name} Latency of filesystem operations served."
     );
     let _ = writeln!(out, "# TYPE {name} histogram");
-    for op in sources.fs.stats().snapshot() {
+    for op in fs.stats().snapshot() {
         let op_name = op.op.name();
         for (i, count) in op.cumulative.iter().enumerate() {
             let le = BUCKETS_S
@@ -285,5 +340,4 @@ pub fn render(sources: &Sources) -> String {
         let _ = writeln!(out, "{name}_sum{{op=\"{op_name}\"}} {}", op.sum_s);
         let _ = writeln!(out, "{name}_count{{op=\"{op_name}\"}} {}", op.count);
     }
-    out
 }

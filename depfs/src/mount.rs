@@ -13,6 +13,7 @@ use depfs_fs::ops::FuseAdapter;
 use depfs_fs::{DepFs, FsConfig, Invalidation};
 use depfs_proto::{Kind, Leadership, Meta, Timespec};
 use depfs_replicator::{Callbacks, ReplicaConfig, RoleChange, Service, ServiceConfig};
+use depfs_store::sys::now_ms;
 use depfs_store::{Store, StoreOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::os::unix::ffi::OsStrExt;
@@ -213,6 +214,13 @@ fn detach_stdio() {
 
 /// Opens the store, imports on first mount, mounts, reports readiness through `ready`,
 /// and serves until unmounted (by `umount`, SIGTERM, SIGINT or SIGHUP).
+///
+/// Each phase has a function of its own, called in this order (which matters: the
+/// store's signer is set and its mode checked before the import writes to it, and the
+/// mount is reported ready only once the control socket listens): [`open_node`],
+/// [`import_on_first_mount`], [`start_replicator`], [`start_fs`], the FUSE session and
+/// the threads feeding it ([`feed_kernel`]), [`start_endpoints`], [`watch_signals`];
+/// then the session runs, and [`shut_down`] stops the rest.
 fn serve(
     config: &Config,
     mountpoint: &Path,
@@ -221,10 +229,53 @@ fn serve(
     ready: impl FnOnce(&str),
 ) -> Result<()> {
     raise_open_file_limit();
+    let (store, tls) = open_node(config, mountpoint)?;
+    if !store.is_initialized()? {
+        import_on_first_mount(config, &store, mountpoint, progress)?;
+        store.mark_initialized()?;
+    }
+
+    // Paths changed behind the kernel's back (by peers, or by control commands such as
+    // restoring a conflict) go to one invalidation thread, started with the session.
+    let (changed_tx, changed_rx) = std::sync::mpsc::channel();
+    let (role_tx, role_rx) = std::sync::mpsc::channel();
+    let service = start_replicator(config, tls, &store, changed_tx.clone(), role_tx)?;
+    let read_only = options.read_only || !may_write(config, &store);
+    let fs = start_fs(config, store, read_only)?;
+
+    let mut session = fuser::Session::new(
+        FuseAdapter::new(fs.clone()),
+        mountpoint,
+        &fuse_config(config, options, read_only),
+    )
+    .map_err(|e| anyhow!("cannot mount {}: {e}", mountpoint.display()))?;
+    let unmounter = session.unmount_callable();
+    feed_kernel(&session, &fs, changed_rx);
+    if !options.read_only {
+        spawn_role_keeper(fs.clone(), mountpoint.to_path_buf(), role_rx);
+    }
+    start_endpoints(config, mountpoint, &fs, &service, changed_tx)?;
+    let signals = watch_signals(mountpoint, unmounter)?;
+    tracing::info!(node = %config.node, mountpoint = %mountpoint.display(), "mounted");
+    ready(READY);
+    let result = session.run();
+    signals.stop();
+    shut_down(config, &fs, service);
+    tracing::info!("unmounted");
+    result.map_err(|e| anyhow!("serving {} failed: {e}", mountpoint.display()))
+}
+
+/// Opens the node's store and loads its TLS identity, if it has one. Every change this
+/// node makes is signed with its key, its import included: peers refuse unsigned
+/// changes (docs/reliability.md, "Threat model"). So the signer is set, and changes
+/// made before the node had a key are signed, before anything else writes; then the
+/// store's mode is checked against the config.
+fn open_node(
+    config: &Config,
+    mountpoint: &Path,
+) -> Result<(Store, Option<depfs_replicator::tls::TlsConfig>)> {
     let root_md = std::fs::metadata(mountpoint)?;
     let store = open_store(config, &root_md)?;
-    // Every change this node makes is signed with its key, its import included: peers
-    // refuse unsigned changes (docs/reliability.md, "Threat model").
     let tls = load_tls(config)?;
     if let Some(tls) = &tls {
         let sealed = store
@@ -238,47 +289,61 @@ fn serve(
         }
     }
     check_mode(config, &store)?;
-    if !store.is_initialized()? {
-        let non_empty = std::fs::read_dir(mountpoint)?.next().is_some();
-        if non_empty && config.read_only() {
-            tracing::warn!(dir = %mountpoint.display(), "a worker does not import: its tree comes from the manager");
-        } else if non_empty {
-            tracing::info!(dir = %mountpoint.display(), "first mount over a non-empty directory: importing it");
-            let mut last_report = std::time::Instant::now();
-            let stats = depfs_fs::import_dir(&store, mountpoint, now_ms, &mut |p| {
-                let line = format!(
-                    "importing {}: {}/{} files, {:.1}/{:.1} MiB ({:.0}%)",
-                    mountpoint.display(),
-                    p.done.files,
-                    p.total_files,
-                    p.done.bytes as f64 / 1048576.0,
-                    p.total_bytes as f64 / 1048576.0,
-                    if p.total_bytes > 0 {
-                        100.0 * p.done.bytes as f64 / p.total_bytes as f64
-                    } else {
-                        100.0 * p.done.files as f64 / p.total_files.max(1) as f64
-                    }
-                );
-                progress(&line);
-                let finished = p.done.files == p.total_files;
-                if finished || last_report.elapsed() >= std::time::Duration::from_secs(2) {
-                    last_report = std::time::Instant::now();
-                    tracing::info!("{line}");
-                }
-            })
-            .with_context(|| format!("cannot import {}", mountpoint.display()))?;
-            tracing::info!(?stats, "import complete");
-        }
-        store.mark_initialized()?;
+    Ok((store, tls))
+}
+
+/// The first mount of a store over a non-empty directory imports that directory, with
+/// its progress shown through `progress` and logged every 2 s. A worker does not
+/// import: its tree comes from the manager.
+fn import_on_first_mount(
+    config: &Config,
+    store: &Store,
+    mountpoint: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let non_empty = std::fs::read_dir(mountpoint)?.next().is_some();
+    if non_empty && config.read_only() {
+        tracing::warn!(dir = %mountpoint.display(), "a worker does not import: its tree comes from the manager");
+    } else if non_empty {
+        tracing::info!(dir = %mountpoint.display(), "first mount over a non-empty directory: importing it");
+        let mut last_report = std::time::Instant::now();
+        let stats = depfs_fs::import_dir(store, mountpoint, now_ms, &mut |p| {
+            let line = import_progress_line(mountpoint, p);
+            progress(&line);
+            let finished = p.done.files == p.total_files;
+            if finished || last_report.elapsed() >= std::time::Duration::from_secs(2) {
+                last_report = std::time::Instant::now();
+                tracing::info!("{line}");
+            }
+        })
+        .with_context(|| format!("cannot import {}", mountpoint.display()))?;
+        tracing::info!(?stats, "import complete");
     }
+    Ok(())
+}
 
-    // Paths changed behind the kernel's back (by peers, or by control commands such as
-    // restoring a conflict) go to one invalidation thread, started with the session.
-    let (changed_tx, changed_rx) = std::sync::mpsc::channel();
-    let (role_tx, role_rx) = std::sync::mpsc::channel();
-    let service = start_replicator(config, tls, &store, changed_tx.clone(), role_tx)?;
-    let read_only = options.read_only || !may_write(config, &store);
+/// One line of import progress: files and MiB done out of the totals, and how far
+/// along that is (by bytes, or by files when there are no bytes).
+fn import_progress_line(mountpoint: &Path, p: &depfs_fs::ImportProgress) -> String {
+    format!(
+        "importing {}: {}/{} files, {:.1}/{:.1} MiB ({:.0}%)",
+        mountpoint.display(),
+        p.done.files,
+        p.total_files,
+        p.done.bytes as f64 / 1048576.0,
+        p.total_bytes as f64 / 1048576.0,
+        if p.total_bytes > 0 {
+            100.0 * p.done.bytes as f64 / p.total_bytes as f64
+        } else {
+            100.0 * p.done.files as f64 / p.total_files.max(1) as f64
+        }
+    )
+}
 
+/// The filesystem over `store`, before it is mounted: its staging directory made, the
+/// large files closed just before the last daemon stopped published (see depfs_fs's
+/// `owed`), and the thread publishing large files started.
+fn start_fs(config: &Config, store: Store, read_only: bool) -> Result<Arc<DepFs>> {
     let staging = config.data_dir.join("staging");
     std::fs::create_dir_all(&staging)
         .with_context(|| format!("cannot create {}", staging.display()))?;
@@ -287,7 +352,6 @@ fn serve(
     fs_config.local_copy_budget = config.local_copies_bytes;
     fs_config.spill_threshold = config.local_copy_min_bytes;
     let fs = Arc::new(DepFs::new(store, fs_config));
-    // Large files closed just before the last daemon stopped (see depfs_fs's `owed`).
     let recovered = fs
         .publish_left_over()
         .map_err(|e| anyhow!("cannot publish files closed before the last stop: {e}"))?;
@@ -299,24 +363,31 @@ fn serve(
     }
     fs.start_publisher()
         .context("cannot start the thread publishing large files")?;
+    Ok(fs)
+}
 
-    let mut session = fuser::Session::new(
-        FuseAdapter::new(fs.clone()),
-        mountpoint,
-        &fuse_config(config, options, read_only),
-    )
-    .map_err(|e| anyhow!("cannot mount {}: {e}", mountpoint.display()))?;
-    let mut unmounter = session.unmount_callable();
-    spawn_invalidator(fs.clone(), session.notifier(), changed_rx);
-    spawn_page_dropper(&fs, session.notifier());
+/// Starts the threads that talk to the kernel through the session's notifiers: cache
+/// invalidations for paths changed behind its back, dropping written pages, and filling
+/// pages of files being read.
+fn feed_kernel(session: &fuser::Session<FuseAdapter>, fs: &Arc<DepFs>, changed: ChangedPaths) {
+    spawn_invalidator(fs.clone(), session.notifier(), changed);
+    spawn_page_dropper(fs, session.notifier());
     let filler = session.notifier();
     fs.fill_pages_with(Box::new(move |ino, data| {
         filler.store(fuser::INodeNo(ino), 0, data)
     }));
-    if !options.read_only {
-        spawn_role_keeper(fs.clone(), mountpoint.to_path_buf(), role_rx);
-    }
+}
 
+/// Starts the control socket (what `depfs status` and the other commands talk to) and,
+/// when configured, the metrics endpoint. Paths the control commands change are sent
+/// to `changed`, like those peers change.
+fn start_endpoints(
+    config: &Config,
+    mountpoint: &Path,
+    fs: &Arc<DepFs>,
+    service: &Option<Arc<Service>>,
+    changed: std::sync::mpsc::Sender<Vec<depfs_proto::RelPath>>,
+) -> Result<()> {
     let control = Arc::new(crate::control::State {
         config: config.clone(),
         mountpoint: mountpoint.to_path_buf(),
@@ -324,7 +395,7 @@ fn serve(
         service: service.clone(),
         started: std::time::Instant::now(),
         on_change: Box::new(move |paths| {
-            let _ = changed_tx.send(paths);
+            let _ = changed.send(paths);
         }),
         settle_owed: {
             let fs = fs.clone();
@@ -341,10 +412,30 @@ fn serve(
             }),
         )?;
     }
+    Ok(())
+}
+
+/// The thread that unmounts on the first SIGTERM, SIGINT or SIGHUP (lazily, if the
+/// unmount fails), and what stops it once the session has ended.
+struct SignalWatch {
+    handle: signal_hook::iterator::Handle,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SignalWatch {
+    /// Stops watching and waits for the thread.
+    fn stop(self) {
+        self.handle.close();
+        let _ = self.thread.join();
+    }
+}
+
+/// Starts the [`SignalWatch`] of the mount at `mountpoint`.
+fn watch_signals(mountpoint: &Path, mut unmounter: fuser::SessionUnmounter) -> Result<SignalWatch> {
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
-    let signal_handle = signals.handle();
+    let handle = signals.handle();
     let mp = mountpoint.to_path_buf();
-    let signal_thread = std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("depfs-signals".into())
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
@@ -355,11 +446,13 @@ fn serve(
                 }
             }
         })?;
-    tracing::info!(node = %config.node, mountpoint = %mountpoint.display(), "mounted");
-    ready(READY);
-    let result = session.run();
-    signal_handle.close();
-    let _ = signal_thread.join();
+    Ok(SignalWatch { handle, thread })
+}
+
+/// Once unmounted: publishes what is still open for writing, removes the control
+/// socket, and stops replication (only if nothing else holds the service; a control
+/// or metrics thread that does lets it go when the process exits).
+fn shut_down(config: &Config, fs: &DepFs, service: Option<Arc<Service>>) {
     fs.publish_all();
     crate::control::remove(config);
     if let Some(service) = service {
@@ -368,8 +461,6 @@ fn serve(
             Err(service) => drop(service),
         }
     }
-    tracing::info!("unmounted");
-    result.map_err(|e| anyhow!("serving {} failed: {e}", mountpoint.display()))
 }
 
 /// Raises the soft limit on open files to the hard limit, as long-running servers do:
@@ -492,11 +583,7 @@ fn spawn_role_keeper(
 /// Remounts `mountpoint` read-only or read-write, keeping its other flags.
 fn remount(mountpoint: &Path, read_only: bool) -> std::io::Result<()> {
     let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a valid C string and `st` a valid out-pointer.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let space = depfs_store::sys::statvfs(mountpoint)?;
     // The ST_* flags of statvfs have the values of the matching MS_* mount flags.
     let keep = libc::ST_NOSUID
         | libc::ST_NODEV
@@ -505,7 +592,7 @@ fn remount(mountpoint: &Path, read_only: bool) -> std::io::Result<()> {
         | libc::ST_NOATIME
         | libc::ST_NODIRATIME
         | libc::ST_RELATIME;
-    let mut flags = libc::MS_REMOUNT | (st.f_flag & keep) as libc::c_ulong;
+    let mut flags = libc::MS_REMOUNT | (space.flags as libc::c_ulong & keep);
     if read_only {
         flags |= libc::MS_RDONLY;
     }
@@ -683,11 +770,4 @@ fn lazy_unmount(mountpoint: &Path) {
     if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } != 0 {
         tracing::error!(error = %std::io::Error::last_os_error(), "lazy unmount failed");
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

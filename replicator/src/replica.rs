@@ -16,7 +16,7 @@ use depfs_proto::{
     Authority, Certificate, Change, ChunkData, ChunkHash, Dot, Leadership, Message, NodeName,
     RelPath, VersionVector,
 };
-use depfs_store::{PinGuard, Store, StoreError};
+use depfs_store::{Applied, PinGuard, Store, StoreError};
 
 use crate::members::{self, Learned, Members, TermRefusal};
 use crate::tls::Identity;
@@ -112,14 +112,21 @@ pub enum ReplicaError {
     },
 }
 
-/// A `Changes` part waiting for its chunks.
-struct Waiting {
+/// Where a `Changes` message stands in its batch.
+#[derive(Debug)]
+struct Part {
     batch: u64,
     part: u32,
     last: bool,
     base: VersionVector,
-    changes: Vec<Change>,
+    /// The sender's progress, carried by the last part only.
     upto: Option<VersionVector>,
+}
+
+/// A `Changes` part waiting for its chunks.
+struct Waiting {
+    part: Part,
+    changes: Vec<Change>,
     missing: BTreeSet<ChunkHash>,
     _pins: PinGuard,
 }
@@ -177,6 +184,78 @@ struct Peer {
 impl Peer {
     fn is_connected(&self) -> bool {
         self.certificate.is_some()
+    }
+
+    /// A `Hello` starts the session over: what was in flight either arrived or is
+    /// sent again.
+    fn restart_session(&mut self, known: VersionVector, now_ms: u64) {
+        self.known = Some(known);
+        self.outgoing = None;
+        self.in_flight = 0;
+        self.sent_beyond.clear();
+        self.certificates_sent.clear();
+        self.last_progress_ms = now_ms;
+    }
+
+    /// The next part of the outgoing batch, carrying `changes` and the certificates of
+    /// their origins not yet sent in this session; the last part ends the batch and
+    /// raises what the peer is known to have.
+    fn next_part(&mut self, changes: Vec<Change>, members: &Members) -> Option<Message> {
+        let mut certificates = Vec::new();
+        for change in &changes {
+            if self.certificates_sent.insert(change.dot.node.clone()) {
+                certificates.extend(members.certificates(&change.dot.node));
+            }
+        }
+        let outgoing = self.outgoing.as_mut()?;
+        let last = outgoing.dots.is_empty();
+        let part = outgoing.next_part;
+        outgoing.next_part += 1;
+        let msg = Message::Changes {
+            batch: outgoing.batch,
+            part,
+            last,
+            base: outgoing.base.clone(),
+            certificates,
+            changes,
+            upto: last.then(|| outgoing.upto.clone()),
+        };
+        if last {
+            let upto = outgoing.upto.clone();
+            self.outgoing = None;
+            if let Some(known) = &mut self.known {
+                known.merge(&upto);
+            }
+        }
+        Some(msg)
+    }
+
+    /// True if a waiting part lacks `hash`.
+    fn waits_for(&self, hash: &ChunkHash) -> bool {
+        self.waiting.iter().any(|w| w.missing.contains(hash))
+    }
+
+    /// Records `part` as applied; returns the batch's `base` and `upto` once every part
+    /// of it is, which is when the sender's progress may be adopted.
+    fn complete_part(&mut self, part: &Part) -> Option<(VersionVector, VersionVector)> {
+        let batch = self.incoming.entry(part.batch).or_default();
+        batch.applied.insert(part.part);
+        if let (true, Some(upto)) = (part.last, &part.upto) {
+            batch.last = Some((part.part, part.base.clone(), upto.clone()));
+        }
+        let done = match &batch.last {
+            Some((last, base, upto)) if batch.applied.len() as u64 == u64::from(*last) + 1 => {
+                Some((base.clone(), upto.clone()))
+            }
+            _ => None,
+        };
+        if done.is_some() {
+            self.incoming.remove(&part.batch);
+        }
+        while self.incoming.len() > INCOMING_BATCHES {
+            self.incoming.pop_first();
+        }
+        done
     }
 }
 
@@ -422,10 +501,9 @@ impl Replica {
         if self.mode == Mode::MultiWriter || claimed.is_empty() {
             return Ok(());
         }
-        claimed.validate().map_err(|e| ReplicaError::Protocol {
-            peer: from.clone(),
-            what: format!("leadership history: {e}"),
-        })?;
+        claimed
+            .validate()
+            .map_err(|e| protocol(from, format!("leadership history: {e}")))?;
         let ours = self.store.leadership();
         let later = claimed.supersedes(&ours);
         // Two nodes promoted to the same term: the claim or ours names the other.
@@ -441,22 +519,8 @@ impl Replica {
         if !later && !signs_more && contest.is_none() {
             return Ok(());
         }
-        for term in claimed.unknown_terms(&ours) {
-            match self.members.verify_term(term) {
-                Ok(()) => {}
-                Err(refusal @ TermRefusal::Forged { .. }) => {
-                    self.counters.terms_refused += 1;
-                    return Err(ReplicaError::Protocol {
-                        peer: from.clone(),
-                        what: format!("sent a manager term its manager did not make: {refusal}"),
-                    });
-                }
-                Err(refusal) => {
-                    self.counters.terms_refused += 1;
-                    tracing::warn!(peer = %from, "a manager history is not followed: {refusal}");
-                    return Ok(());
-                }
-            }
+        if !self.terms_verify(from, &claimed, &ours)? {
+            return Ok(());
         }
         if let Some((theirs, mine)) = &contest {
             let (followed, other) = if later {
@@ -471,13 +535,51 @@ impl Replica {
                 // The same terms, signed since this node stored them: keep them.
                 self.store
                     .set_leadership(claimed)
-                    .map_err(|source| ReplicaError::Store {
-                        peer: from.clone(),
-                        source,
-                    })?;
+                    .map_err(store_error(from))?;
             }
             return Ok(());
         }
+        self.follow(from, claimed, now_ms, out)
+    }
+
+    /// Checks the terms of `claimed` this node does not hold: true if all verify. A
+    /// forged signature ends the session; a term that is merely not followable (an
+    /// unknown manager, a worker's certificate) is ignored with a warning.
+    fn terms_verify(
+        &mut self,
+        from: &NodeName,
+        claimed: &Leadership,
+        ours: &Leadership,
+    ) -> Result<bool, ReplicaError> {
+        for term in claimed.unknown_terms(ours) {
+            match self.members.verify_term(term) {
+                Ok(()) => {}
+                Err(refusal @ TermRefusal::Forged { .. }) => {
+                    self.counters.terms_refused += 1;
+                    return Err(protocol(
+                        from,
+                        format!("sent a manager term its manager did not make: {refusal}"),
+                    ));
+                }
+                Err(refusal) => {
+                    self.counters.terms_refused += 1;
+                    tracing::warn!(peer = %from, "a manager history is not followed: {refusal}");
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Follows a verified, later manager history: this node may step down, and the
+    /// other peers hear of it.
+    fn follow(
+        &mut self,
+        from: &NodeName,
+        claimed: Leadership,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ReplicaError> {
         let Some(term) = claimed.current().cloned() else {
             return Ok(());
         };
@@ -491,10 +593,7 @@ impl Replica {
         let changed = self
             .store
             .set_leadership(claimed)
-            .map_err(|source| ReplicaError::Store {
-                peer: from.clone(),
-                source,
-            })?;
+            .map_err(store_error(from))?;
         if was_manager {
             tracing::warn!(manager = %term.manager, term = term.number, via = %from, "another node was promoted: this node steps down to worker; its changes the new manager lacked are kept as conflicts");
         } else {
@@ -525,14 +624,11 @@ impl Replica {
             "term {}: {} and {} were both promoted; {} is followed",
             followed.number, other.manager, followed.manager, followed.manager
         );
-        let store_err = |source| ReplicaError::Store {
-            peer: from.clone(),
-            source,
-        };
+        let store_err = store_error(from);
         if self
             .store
             .app_meta(CONTESTED_TERM_KEY)
-            .map_err(store_err)?
+            .map_err(&store_err)?
             .as_deref()
             == Some(note.as_bytes())
         {
@@ -609,10 +705,10 @@ impl Replica {
     ) -> Result<Vec<Output>, ReplicaError> {
         let learned = self.learn_certificate(certificate)?;
         if &learned.node != peer {
-            return Err(ReplicaError::Protocol {
-                peer: peer.clone(),
-                what: format!("its certificate names {}", learned.node),
-            });
+            return Err(protocol(
+                peer,
+                format!("its certificate names {}", learned.node),
+            ));
         }
         let p = self.peers.entry(peer.clone()).or_default();
         *p = Peer {
@@ -790,15 +886,8 @@ impl Replica {
         msg: Message,
         now_ms: u64,
     ) -> Result<Vec<Output>, ReplicaError> {
-        let store_err = |source| ReplicaError::Store {
-            peer: from.clone(),
-            source,
-        };
         if !self.peers.get(from).is_some_and(Peer::is_connected) {
-            return Err(ReplicaError::Protocol {
-                peer: from.clone(),
-                what: "message outside a session".into(),
-            });
+            return Err(protocol(from, "message outside a session"));
         }
         let mut out = Vec::new();
         match msg {
@@ -808,42 +897,13 @@ impl Replica {
                 lead,
                 certificates,
             } => {
-                tracing::debug!(peer = %from, ?vv, "hello received");
                 if &node != from {
-                    return Err(ReplicaError::Protocol {
-                        peer: from.clone(),
-                        what: format!("claims to be {node}"),
-                    });
+                    return Err(protocol(from, format!("claims to be {node}")));
                 }
                 self.learn_sent(from, &certificates)?;
-                self.leadership_claim(from, lead, now_ms, &mut out)?;
-                let own = self.store.node().clone();
-                let (theirs, ours) = (vv.get(&own), self.store.own_seq());
-                if theirs > ours {
-                    tracing::error!(peer = %from, theirs, ours, "the peer has changes this node made that its store lost");
-                }
-                self.store.set_peer_acked(from, &vv).map_err(store_err)?;
-                if let Some(p) = self.peers.get_mut(from) {
-                    p.known = Some(vv);
-                    p.outgoing = None;
-                    p.in_flight = 0;
-                    p.sent_beyond.clear();
-                    p.certificates_sent.clear();
-                    p.last_progress_ms = now_ms;
-                }
-                self.push(from, now_ms, &mut out).map_err(store_err)?;
+                self.on_hello(from, vv, lead, now_ms, &mut out)?;
             }
-            Message::Ack { vv } => {
-                self.store.set_peer_acked(from, &vv).map_err(store_err)?;
-                if let Some(p) = self.peers.get_mut(from) {
-                    p.in_flight = p.in_flight.saturating_sub(1);
-                    p.last_progress_ms = now_ms;
-                    if let Some(known) = &mut p.known {
-                        known.merge(&vv);
-                    }
-                }
-                self.push(from, now_ms, &mut out).map_err(store_err)?;
-            }
+            Message::Ack { vv } => self.on_ack(from, vv, now_ms, &mut out)?,
             Message::Changes {
                 batch,
                 part,
@@ -856,133 +916,220 @@ impl Replica {
                 self.learn_sent(from, &certificates)?;
                 self.verify(from, &changes)?;
                 if last != upto.is_some() {
-                    return Err(ReplicaError::Protocol {
-                        peer: from.clone(),
-                        what: "progress on a part that is not the last".into(),
-                    });
+                    return Err(protocol(from, "progress on a part that is not the last"));
                 }
-                tracing::debug!(peer = %from, batch, part, last, ?base, ?upto, dots = ?changes.iter().map(|c| c.dot.to_string()).collect::<Vec<_>>(), "changes received");
-                let Some(changes) = self.admissible(from, changes).map_err(store_err)? else {
-                    // No manager known yet: nothing is applied; the peer resends after
-                    // our next Hello. The acknowledgement keeps its window open.
-                    out.push(Output::Send {
-                        to: from.clone(),
-                        msg: Message::Ack {
-                            vv: self.store.version_vector(),
-                        },
-                    });
-                    return Ok(out);
-                };
-                let (missing, pins) = self.store.missing_chunks(&changes).map_err(store_err)?;
-                let p = self.peers.entry(from.clone()).or_default();
-                let ask: Vec<ChunkHash> = missing
-                    .iter()
-                    .filter(|h| !p.asked.contains(h))
-                    .copied()
-                    .collect();
-                p.asked.extend(ask.iter().copied());
-                if !ask.is_empty() {
-                    p.fetch_activity_ms = now_ms;
-                }
-                p.waiting.push_back(Waiting {
+                let part = Part {
                     batch,
                     part,
                     last,
                     base,
-                    changes,
                     upto,
-                    missing: missing.into_iter().collect(),
-                    _pins: pins,
-                });
-                for hashes in ask.chunks(self.config.fetch_batch) {
-                    out.push(Output::Send {
-                        to: from.clone(),
-                        msg: Message::GetChunks {
-                            hashes: hashes.to_vec(),
-                        },
-                    });
-                }
-                self.apply_ready(from, now_ms, &mut out)?;
+                };
+                self.on_changes(from, part, changes, now_ms, &mut out)?;
             }
-            Message::Progress { vv } => {
-                self.store.set_peer_acked(from, &vv).map_err(store_err)?;
-                if let Some(known) = self.peers.get_mut(from).and_then(|p| p.known.as_mut()) {
-                    known.merge(&vv);
-                }
-            }
-            Message::GetChunks { hashes } => {
-                // Every hash is answered, as a chunk or as missing, in replies of
-                // bounded size.
-                let mut chunks = Vec::new();
-                let mut missing = Vec::new();
-                let mut bytes = 0;
-                for hash in hashes.into_iter().take(self.config.fetch_batch) {
-                    match self.store.chunk_if_present(&hash).map_err(store_err)? {
-                        Some(data) => {
-                            if bytes + data.len() > self.config.chunk_reply_bytes
-                                && !chunks.is_empty()
-                            {
-                                out.push(Output::Send {
-                                    to: from.clone(),
-                                    msg: Message::Chunks {
-                                        chunks: std::mem::take(&mut chunks),
-                                        missing: Vec::new(),
-                                    },
-                                });
-                                bytes = 0;
-                            }
-                            bytes += data.len();
-                            self.counters.chunks_sent += 1;
-                            chunks.push(ChunkData { hash, data });
-                        }
-                        None => missing.push(hash),
-                    }
-                }
-                out.push(Output::Send {
-                    to: from.clone(),
-                    msg: Message::Chunks { chunks, missing },
-                });
-            }
+            Message::Progress { vv } => self.on_progress(from, &vv)?,
+            Message::GetChunks { hashes } => self.on_get_chunks(from, hashes, &mut out)?,
             Message::Chunks { chunks, missing } => {
-                self.store.repair_chunks(&chunks).map_err(store_err)?;
-                // Keep only chunks that something waits for (late answers to requests
-                // dropped by a resync, or unsolicited data, are not stored).
-                let p = self.peers.entry(from.clone()).or_default();
-                let wanted: Vec<ChunkData> = chunks
-                    .into_iter()
-                    .filter(|c| p.waiting.iter().any(|w| w.missing.contains(&c.hash)))
-                    .collect();
-                let chunks = wanted;
-                let pins = self.store.put_chunks(&chunks).map_err(store_err)?;
-                self.counters.chunks_received += chunks.len() as u64;
-                let p = self.peers.entry(from.clone()).or_default();
-                p.fetched.push(pins);
-                p.fetch_activity_ms = now_ms;
-                for ChunkData { hash, .. } in &chunks {
-                    p.asked.remove(hash);
-                    for w in p.waiting.iter_mut() {
-                        w.missing.remove(hash);
-                    }
-                }
-                let needed = missing
-                    .iter()
-                    .any(|h| p.waiting.iter().any(|w| w.missing.contains(h)));
-                if needed {
-                    // The peer superseded those versions meanwhile: drop what waits and
-                    // ask again from our real progress.
-                    p.waiting.clear();
-                    p.asked.clear();
-                    out.push(self.hello(from, now_ms));
-                }
-                self.apply_ready(from, now_ms, &mut out)?;
-                if let Some(p) = self.peers.get_mut(from) {
-                    if p.waiting.is_empty() {
-                        p.fetched.clear();
-                    }
-                }
+                self.on_chunks(from, chunks, &missing, now_ms, &mut out)?;
             }
         }
         Ok(out)
+    }
+
+    /// A peer (re)starts its session: it says what it has and whom it follows.
+    fn on_hello(
+        &mut self,
+        from: &NodeName,
+        vv: VersionVector,
+        lead: Leadership,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ReplicaError> {
+        tracing::debug!(peer = %from, ?vv, "hello received");
+        self.leadership_claim(from, lead, now_ms, out)?;
+        let (theirs, ours) = (vv.get(self.store.node()), self.store.own_seq());
+        if theirs > ours {
+            tracing::error!(peer = %from, theirs, ours, "the peer has changes this node made that its store lost");
+        }
+        self.store
+            .set_peer_acked(from, &vv)
+            .map_err(store_error(from))?;
+        if let Some(p) = self.peers.get_mut(from) {
+            p.restart_session(vv, now_ms);
+        }
+        self.push(from, now_ms, out).map_err(store_error(from))
+    }
+
+    /// The peer applied what we sent: its window opens again.
+    fn on_ack(
+        &mut self,
+        from: &NodeName,
+        vv: VersionVector,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ReplicaError> {
+        self.store
+            .set_peer_acked(from, &vv)
+            .map_err(store_error(from))?;
+        if let Some(p) = self.peers.get_mut(from) {
+            p.in_flight = p.in_flight.saturating_sub(1);
+            p.last_progress_ms = now_ms;
+            if let Some(known) = &mut p.known {
+                known.merge(&vv);
+            }
+        }
+        self.push(from, now_ms, out).map_err(store_error(from))
+    }
+
+    /// The peer says what it has now (after it applied someone else's changes).
+    fn on_progress(&mut self, from: &NodeName, vv: &VersionVector) -> Result<(), ReplicaError> {
+        self.store
+            .set_peer_acked(from, vv)
+            .map_err(store_error(from))?;
+        if let Some(known) = self.peers.get_mut(from).and_then(|p| p.known.as_mut()) {
+            known.merge(vv);
+        }
+        Ok(())
+    }
+
+    /// A part of a batch of verified changes: it waits for the chunks it lacks, asked
+    /// for here, and is applied in order once they are all present.
+    fn on_changes(
+        &mut self,
+        from: &NodeName,
+        part: Part,
+        changes: Vec<Change>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ReplicaError> {
+        tracing::debug!(peer = %from, ?part, dots = ?changes.iter().map(|c| c.dot.to_string()).collect::<Vec<_>>(), "changes received");
+        let Some(changes) = self.admissible(from, changes).map_err(store_error(from))? else {
+            // No manager known yet: nothing is applied; the peer resends after our
+            // next Hello. The acknowledgement keeps its window open.
+            out.push(Output::Send {
+                to: from.clone(),
+                msg: Message::Ack {
+                    vv: self.store.version_vector(),
+                },
+            });
+            return Ok(());
+        };
+        let (missing, pins) = self
+            .store
+            .missing_chunks(&changes)
+            .map_err(store_error(from))?;
+        let p = self.peers.entry(from.clone()).or_default();
+        let ask: Vec<ChunkHash> = missing
+            .iter()
+            .filter(|h| !p.asked.contains(h))
+            .copied()
+            .collect();
+        p.asked.extend(ask.iter().copied());
+        if !ask.is_empty() {
+            p.fetch_activity_ms = now_ms;
+        }
+        p.waiting.push_back(Waiting {
+            part,
+            changes,
+            missing: missing.into_iter().collect(),
+            _pins: pins,
+        });
+        for hashes in ask.chunks(self.config.fetch_batch) {
+            out.push(Output::Send {
+                to: from.clone(),
+                msg: Message::GetChunks {
+                    hashes: hashes.to_vec(),
+                },
+            });
+        }
+        self.apply_ready(from, now_ms, out)
+    }
+
+    /// Answers every hash asked for, as a chunk or as missing, in replies of bounded
+    /// size.
+    fn on_get_chunks(
+        &mut self,
+        from: &NodeName,
+        hashes: Vec<ChunkHash>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ReplicaError> {
+        let mut chunks = Vec::new();
+        let mut missing = Vec::new();
+        let mut bytes = 0;
+        for hash in hashes.into_iter().take(self.config.fetch_batch) {
+            let Some(data) = self
+                .store
+                .chunk_if_present(&hash)
+                .map_err(store_error(from))?
+            else {
+                missing.push(hash);
+                continue;
+            };
+            if bytes + data.len() > self.config.chunk_reply_bytes && !chunks.is_empty() {
+                out.push(Output::Send {
+                    to: from.clone(),
+                    msg: Message::Chunks {
+                        chunks: std::mem::take(&mut chunks),
+                        missing: Vec::new(),
+                    },
+                });
+                bytes = 0;
+            }
+            bytes += data.len();
+            self.counters.chunks_sent += 1;
+            chunks.push(ChunkData { hash, data });
+        }
+        out.push(Output::Send {
+            to: from.clone(),
+            msg: Message::Chunks { chunks, missing },
+        });
+        Ok(())
+    }
+
+    /// Chunks asked for arrived: the parts waiting for them may now apply.
+    fn on_chunks(
+        &mut self,
+        from: &NodeName,
+        chunks: Vec<ChunkData>,
+        missing: &[ChunkHash],
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), ReplicaError> {
+        self.store
+            .repair_chunks(&chunks)
+            .map_err(store_error(from))?;
+        // Keep only chunks that something waits for (late answers to requests dropped
+        // by a resync, or unsolicited data, are not stored).
+        let p = self.peers.entry(from.clone()).or_default();
+        let chunks: Vec<ChunkData> = chunks
+            .into_iter()
+            .filter(|c| p.waits_for(&c.hash))
+            .collect();
+        let pins = self.store.put_chunks(&chunks).map_err(store_error(from))?;
+        self.counters.chunks_received += chunks.len() as u64;
+        let p = self.peers.entry(from.clone()).or_default();
+        p.fetched.push(pins);
+        p.fetch_activity_ms = now_ms;
+        for ChunkData { hash, .. } in &chunks {
+            p.asked.remove(hash);
+            for w in p.waiting.iter_mut() {
+                w.missing.remove(hash);
+            }
+        }
+        if missing.iter().any(|h| p.waits_for(h)) {
+            // The peer superseded those versions meanwhile: drop what waits and ask
+            // again from our real progress.
+            p.waiting.clear();
+            p.asked.clear();
+            out.push(self.hello(from, now_ms));
+        }
+        self.apply_ready(from, now_ms, out)?;
+        if let Some(p) = self.peers.get_mut(from) {
+            if p.waiting.is_empty() {
+                p.fetched.clear();
+            }
+        }
+        Ok(())
     }
 
     /// Applies, in order, the waiting messages from `from` whose chunks are all here.
@@ -992,134 +1139,130 @@ impl Replica {
         now_ms: u64,
         out: &mut Vec<Output>,
     ) -> Result<(), ReplicaError> {
-        let store_err = |source| ReplicaError::Store {
-            peer: from.clone(),
-            source,
-        };
         let mut changed = BTreeSet::new();
         let mut cut_off = Vec::new();
         let mut admitted = 0;
         while let Some(w) = self.next_ready(from) {
-            // Progress only once every part of the batch is applied.
-            let complete = self.peers.get_mut(from).and_then(|p| {
-                let batch = p.incoming.entry(w.batch).or_default();
-                batch.applied.insert(w.part);
-                if let (true, Some(upto)) = (w.last, &w.upto) {
-                    batch.last = Some((w.part, w.base.clone(), upto.clone()));
-                }
-                let done = match &batch.last {
-                    Some((last, base, upto))
-                        if batch.applied.len() as u64 == u64::from(*last) + 1 =>
-                    {
-                        Some((base.clone(), upto.clone()))
-                    }
-                    _ => None,
-                };
-                if done.is_some() {
-                    p.incoming.remove(&w.batch);
-                }
-                while p.incoming.len() > INCOMING_BATCHES {
-                    p.incoming.pop_first();
-                }
-                done
-            });
-            let progress = complete.as_ref().map(|(b, u)| (b, u));
-            tracing::debug!(peer = %from, batch = w.batch, part = w.part, complete = complete.is_some(), vv = ?self.store.version_vector(), "applying");
-            let applied = match self.store.apply_remote(&w.changes, progress, now_ms) {
-                Ok(a) => a,
-                Err(StoreError::Malformed(what)) => {
-                    return Err(ReplicaError::Protocol {
-                        peer: from.clone(),
-                        what,
-                    })
-                }
-                Err(e @ StoreError::AheadOfClock { .. }) => {
-                    self.counters.changes_from_the_future += 1;
-                    return Err(ReplicaError::Protocol {
-                        peer: from.clone(),
-                        what: format!(
-                            "{e}; its clock, or the clock of the node that made it, is wrong"
-                        ),
-                    });
-                }
-                Err(e) => return Err(store_err(e)),
-            };
-            if applied.unproven {
-                self.counters.progress_claims_cut += 1;
-                tracing::warn!(peer = %from, "the peer claimed progress it did not back with changes; adopted only what it backed");
-            }
-            if let Some(first) = applied.not_made_here.first() {
-                self.counters.changes_refused += applied.not_made_here.len() as u64;
-                tracing::error!(peer = %from, changes = applied.not_made_here.len(), %first, own_seq = self.store.own_seq(), "refused changes under this node's name that it did not make (forged, or lost with this store's last writes)");
-            }
-            if let Some(p) = self.peers.get_mut(from) {
-                if p.waiting.is_empty() {
-                    // Applied chunks are referenced now; fetched ones need no pins.
-                    p.fetched.clear();
-                }
-            }
+            let applied = self.apply_part(from, w, now_ms, out)?;
             admitted += applied.admitted;
-            self.counters.versions_applied += applied.admitted as u64;
-            self.counters.versions_obsolete += applied.obsolete as u64;
             changed.extend(applied.changed);
             cut_off.extend(applied.cut_off);
-            let vv = self.store.version_vector();
-            if let Some((_, upto)) = &complete {
-                if let Some(p) = self.peers.get_mut(from) {
-                    if let Some(known) = &mut p.known {
-                        known.merge(upto);
-                    }
-                }
-                if !applied.progressed {
-                    // We lacked something the sender assumed we had: ask again.
-                    out.push(self.hello(from, now_ms));
-                }
-            }
-            out.push(Output::Send {
-                to: from.clone(),
-                msg: Message::Ack { vv },
-            });
         }
         if !changed.is_empty() {
             out.push(Output::Changed(changed.into_iter().collect()));
         }
-        let mut reasserted = false;
-        if !cut_off.is_empty() && self.is_manager() {
-            tracing::warn!(peer = %from, paths = cut_off.len(), "received changes an old manager made cut off: kept as conflicts, re-asserting this manager's versions");
-            reasserted = self
-                .store
-                .reassert(&cut_off, now_ms)
-                .map_err(store_err)?
-                .is_some();
-            if reasserted {
-                // Committed here, but not by the filesystem: its caches must drop them.
-                out.push(Output::Changed(cut_off));
-            }
-        }
-        if reasserted {
+        if self.reassert_cut_off(from, cut_off, now_ms, out)? {
             // Our re-assertions go to everyone at once, the sender included.
             for peer in self.connected_peers() {
-                self.push(&peer, now_ms, out).map_err(store_err)?;
+                self.push(&peer, now_ms, out).map_err(store_error(from))?;
             }
         } else if admitted > 0 {
-            // Tell the others what we have now, and relay to them a little later: what
-            // they say they have meanwhile is left out.
-            let vv = self.store.version_vector();
-            let relay_at = now_ms + self.config.relay_delay_ms;
-            for peer in self.connected_peers() {
-                if &peer == from {
-                    continue;
-                }
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    p.relay_at_ms = Some(p.relay_at_ms.map_or(relay_at, |t| t.min(relay_at)));
-                }
-                out.push(Output::Send {
-                    to: peer,
-                    msg: Message::Progress { vv: vv.clone() },
-                });
-            }
+            self.announce_progress(from, now_ms, out);
         }
         Ok(())
+    }
+
+    /// Applies one part whose chunks are all here and acknowledges it; adopts the
+    /// sender's progress when the part completes its batch.
+    fn apply_part(
+        &mut self,
+        from: &NodeName,
+        w: Waiting,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<Applied, ReplicaError> {
+        let complete = self
+            .peers
+            .get_mut(from)
+            .and_then(|p| p.complete_part(&w.part));
+        let progress = complete.as_ref().map(|(b, u)| (b, u));
+        tracing::debug!(peer = %from, part = ?w.part, complete = complete.is_some(), vv = ?self.store.version_vector(), "applying");
+        let applied = match self.store.apply_remote(&w.changes, progress, now_ms) {
+            Ok(a) => a,
+            Err(StoreError::Malformed(what)) => return Err(protocol(from, what)),
+            Err(e @ StoreError::AheadOfClock { .. }) => {
+                self.counters.changes_from_the_future += 1;
+                return Err(protocol(
+                    from,
+                    format!("{e}; its clock, or the clock of the node that made it, is wrong"),
+                ));
+            }
+            Err(e) => return Err(store_error(from)(e)),
+        };
+        if applied.unproven {
+            self.counters.progress_claims_cut += 1;
+            tracing::warn!(peer = %from, "the peer claimed progress it did not back with changes; adopted only what it backed");
+        }
+        if let Some(first) = applied.not_made_here.first() {
+            self.counters.changes_refused += applied.not_made_here.len() as u64;
+            tracing::error!(peer = %from, changes = applied.not_made_here.len(), %first, own_seq = self.store.own_seq(), "refused changes under this node's name that it did not make (forged, or lost with this store's last writes)");
+        }
+        self.counters.versions_applied += applied.admitted as u64;
+        self.counters.versions_obsolete += applied.obsolete as u64;
+        if let Some(p) = self.peers.get_mut(from) {
+            if p.waiting.is_empty() {
+                // Applied chunks are referenced now; fetched ones need no pins.
+                p.fetched.clear();
+            }
+            if let (Some((_, upto)), Some(known)) = (&complete, &mut p.known) {
+                known.merge(upto);
+            }
+        }
+        if complete.is_some() && !applied.progressed {
+            // We lacked something the sender assumed we had: ask again.
+            out.push(self.hello(from, now_ms));
+        }
+        out.push(Output::Send {
+            to: from.clone(),
+            msg: Message::Ack {
+                vv: self.store.version_vector(),
+            },
+        });
+        Ok(applied)
+    }
+
+    /// A manager that received changes an old manager made cut off keeps them as
+    /// conflicts and re-asserts its own versions; true if it committed any.
+    fn reassert_cut_off(
+        &mut self,
+        from: &NodeName,
+        cut_off: Vec<RelPath>,
+        now_ms: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<bool, ReplicaError> {
+        if cut_off.is_empty() || !self.is_manager() {
+            return Ok(false);
+        }
+        tracing::warn!(peer = %from, paths = cut_off.len(), "received changes an old manager made cut off: kept as conflicts, re-asserting this manager's versions");
+        let reasserted = self
+            .store
+            .reassert(&cut_off, now_ms)
+            .map_err(store_error(from))?
+            .is_some();
+        if reasserted {
+            // Committed here, but not by the filesystem: its caches must drop them.
+            out.push(Output::Changed(cut_off));
+        }
+        Ok(reasserted)
+    }
+
+    /// Tells the other peers what this node has now, and schedules relaying to them a
+    /// little later: what they say they have meanwhile is left out.
+    fn announce_progress(&mut self, from: &NodeName, now_ms: u64, out: &mut Vec<Output>) {
+        let vv = self.store.version_vector();
+        let relay_at = now_ms + self.config.relay_delay_ms;
+        for peer in self.connected_peers() {
+            if &peer == from {
+                continue;
+            }
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.relay_at_ms = Some(p.relay_at_ms.map_or(relay_at, |t| t.min(relay_at)));
+            }
+            out.push(Output::Send {
+                to: peer,
+                msg: Message::Progress { vv: vv.clone() },
+            });
+        }
     }
 
     /// The first waiting message from `from`, if all its chunks are here.
@@ -1139,95 +1282,30 @@ impl Replica {
         _now_ms: u64,
         out: &mut Vec<Output>,
     ) -> Result<(), StoreError> {
-        let window = self.config.window;
-        let Some(p) = self.peers.get_mut(peer) else {
+        let Some(p) = self
+            .peers
+            .get_mut(peer)
+            .filter(|p| p.is_connected() && p.known.is_some())
+        else {
             return Ok(());
         };
-        if !p.is_connected() {
+        if p.outgoing.is_none() && !start_batch(&self.store, &self.members, p)? {
             return Ok(());
         }
-        let Some(known) = p.known.clone() else {
-            return Ok(());
-        };
-        if p.outgoing.is_none() {
-            // Read progress before listing changes: everything it covers is listed.
-            let upto = self.store.version_vector();
-            let dots: Vec<Dot> = self
-                .store
-                .dots_since(&known)?
-                .into_iter()
-                // A change already sent beyond our progress is not repeated — unless
-                // `upto` now covers it: the claim "you have everything up to `upto`"
-                // must hold even if the earlier message was lost.
-                .filter(|d| upto.covers(d) || !p.sent_beyond.contains(d))
-                // Only changes whose origin's certificate is trusted here: the peer
-                // checks each against it. A revoked member's earlier changes stay where
-                // they are and spread no further (docs/operations.md, "Revoke a certificate").
-                .filter(|d| self.members.knows(&d.node))
-                .collect();
-            if dots.is_empty() {
-                return Ok(());
-            }
-            p.sent_beyond
-                .extend(dots.iter().filter(|d| !upto.covers(d)).cloned());
-            p.batches_sent += 1;
-            p.outgoing = Some(Outgoing {
-                batch: p.batches_sent,
-                next_part: 0,
-                base: known,
-                upto,
-                dots: dots.into(),
-            });
-        }
-        while p.in_flight < window {
+        while p.in_flight < self.config.window {
             let Some(outgoing) = p.outgoing.as_mut() else {
                 break;
             };
-            let mut changes = Vec::new();
-            let mut bytes = 0;
-            while changes.len() < self.config.batch_changes && bytes < self.config.batch_bytes {
-                let Some(dot) = outgoing.dots.pop_front() else {
-                    break;
-                };
-                if let Some(change) = self.store.change(&dot)? {
-                    bytes += change_size(&change);
-                    changes.push(change);
-                }
-            }
+            let changes = next_changes(&self.store, &self.config, &mut outgoing.dots)?;
             self.counters.changes_sent += changes.len() as u64;
-            let mut certificates = Vec::new();
-            for change in &changes {
-                if p.certificates_sent.insert(change.dot.node.clone()) {
-                    certificates.extend(self.members.certificates(&change.dot.node));
-                }
-            }
-            let last = outgoing.dots.is_empty();
-            let part = outgoing.next_part;
-            outgoing.next_part += 1;
-            let msg = Message::Changes {
-                batch: outgoing.batch,
-                part,
-                last,
-                base: outgoing.base.clone(),
-                certificates,
-                changes,
-                upto: last.then(|| outgoing.upto.clone()),
+            let Some(msg) = p.next_part(changes, &self.members) else {
+                break;
             };
-            if last {
-                let upto = outgoing.upto.clone();
-                p.outgoing = None;
-                if let Some(known) = &mut p.known {
-                    known.merge(&upto);
-                }
-            }
             p.in_flight += 1;
             out.push(Output::Send {
                 to: peer.clone(),
                 msg,
             });
-            if last {
-                break;
-            }
         }
         Ok(())
     }
@@ -1267,11 +1345,12 @@ impl Replica {
         certificates: &[Certificate],
     ) -> Result<(), ReplicaError> {
         for certificate in certificates {
-            self.learn_certificate(certificate)
-                .map_err(|e| ReplicaError::Protocol {
-                    peer: from.clone(),
-                    what: format!("sent a certificate that is not accepted: {e}"),
-                })?;
+            self.learn_certificate(certificate).map_err(|e| {
+                protocol(
+                    from,
+                    format!("sent a certificate that is not accepted: {e}"),
+                )
+            })?;
         }
         Ok(())
     }
@@ -1284,13 +1363,86 @@ impl Replica {
         for change in changes.iter().filter(|c| !vv.covers(&c.dot)) {
             if let Err(forgery) = self.members.verify(change) {
                 self.counters.changes_forged += 1;
-                return Err(ReplicaError::Protocol {
-                    peer: from.clone(),
-                    what: format!("refused a change not made by its origin: {forgery}"),
-                });
+                return Err(protocol(
+                    from,
+                    format!("refused a change not made by its origin: {forgery}"),
+                ));
             }
         }
         Ok(())
+    }
+}
+
+/// Plans a new batch towards `p`: every change it lacks whose origin's certificate is
+/// trusted here. False if there is nothing to send.
+fn start_batch(store: &Store, members: &Members, p: &mut Peer) -> Result<bool, StoreError> {
+    let Some(known) = p.known.clone() else {
+        return Ok(false);
+    };
+    // Read progress before listing changes: everything it covers is listed.
+    let upto = store.version_vector();
+    let dots: Vec<Dot> = store
+        .dots_since(&known)?
+        .into_iter()
+        // A change already sent beyond our progress is not repeated — unless `upto` now
+        // covers it: the claim "you have everything up to `upto`" must hold even if the
+        // earlier message was lost.
+        .filter(|d| upto.covers(d) || !p.sent_beyond.contains(d))
+        // Only changes whose origin's certificate is trusted here: the peer checks each
+        // against it. A revoked member's earlier changes stay where they are and spread
+        // no further (docs/operations.md, "Revoke a certificate").
+        .filter(|d| members.knows(&d.node))
+        .collect();
+    if dots.is_empty() {
+        return Ok(false);
+    }
+    p.sent_beyond
+        .extend(dots.iter().filter(|d| !upto.covers(d)).cloned());
+    p.batches_sent += 1;
+    p.outgoing = Some(Outgoing {
+        batch: p.batches_sent,
+        next_part: 0,
+        base: known,
+        upto,
+        dots: dots.into(),
+    });
+    Ok(true)
+}
+
+/// Takes from `dots` the changes of the next part, within the configured count and
+/// bytes (a change the store no longer holds is skipped).
+fn next_changes(
+    store: &Store,
+    config: &ReplicaConfig,
+    dots: &mut VecDeque<Dot>,
+) -> Result<Vec<Change>, StoreError> {
+    let mut changes = Vec::new();
+    let mut bytes = 0;
+    while changes.len() < config.batch_changes && bytes < config.batch_bytes {
+        let Some(dot) = dots.pop_front() else {
+            break;
+        };
+        if let Some(change) = store.change(&dot)? {
+            bytes += change_size(&change);
+            changes.push(change);
+        }
+    }
+    Ok(changes)
+}
+
+/// A protocol violation by `peer`.
+fn protocol(peer: &NodeName, what: impl Into<String>) -> ReplicaError {
+    ReplicaError::Protocol {
+        peer: peer.clone(),
+        what: what.into(),
+    }
+}
+
+/// Wraps a store error met while handling `peer`'s message.
+fn store_error(peer: &NodeName) -> impl Fn(StoreError) -> ReplicaError + '_ {
+    move |source| ReplicaError::Store {
+        peer: peer.clone(),
+        source,
     }
 }
 

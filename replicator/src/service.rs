@@ -11,9 +11,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use depfs_proto::{Certificate, Message, NodeName, RelPath, VersionVector};
+use depfs_store::sys::now_ms;
 use depfs_store::Store;
 use parking_lot::Mutex;
 use tokio::sync::mpsc as tmpsc;
@@ -243,6 +244,21 @@ struct Shared {
     refused_slow_readers: AtomicU64,
 }
 
+impl Shared {
+    /// The state of a service of `node` that has no connection yet.
+    fn new(node: NodeName, events: mpsc::Sender<Event>) -> Self {
+        Shared {
+            node,
+            events,
+            conns: Mutex::new(HashMap::new()),
+            peers: Mutex::new(BTreeMap::new()),
+            addr_names: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            refused_slow_readers: AtomicU64::new(0),
+        }
+    }
+}
+
 /// The running replicator.
 pub struct Service {
     shared: Arc<Shared>,
@@ -252,13 +268,6 @@ pub struct Service {
     endpoint: quinn::Endpoint,
     thread: Option<std::thread::JoinHandle<()>>,
     local_addr: SocketAddr,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {
@@ -271,10 +280,70 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+/// A failure to start, as [`ServiceError::Start`].
+fn start_error(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::Start(e.to_string())
+}
+
+/// The QUIC endpoint, bound to `config.listen` inside `runtime`: it accepts peers with
+/// the server side of the node's TLS configuration and dials them with the client
+/// side. Returns it with the address it is bound to.
+fn open_endpoint(
+    runtime: &tokio::runtime::Runtime,
+    config: &ServiceConfig,
+) -> Result<(quinn::Endpoint, SocketAddr), ServiceError> {
+    let server_crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(config.tls.server.clone())
+            .map_err(start_error)?;
+    let client_crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(config.tls.client.clone())
+            .map_err(start_error)?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server_config.transport_config(transport());
+    let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client_config.transport_config(transport());
+    let mut endpoint = {
+        let _guard = runtime.enter();
+        quinn::Endpoint::server(server_config, config.listen).map_err(|e| ServiceError::Listen {
+            addr: config.listen,
+            detail: e.to_string(),
+        })?
+    };
+    endpoint.set_default_client_config(client_config);
+    let local_addr = endpoint.local_addr().map_err(start_error)?;
+    Ok((endpoint, local_addr))
+}
+
+/// Reads the deny list of revoked certificates, when the config names one, into the
+/// list the TLS verifiers share, and returns what watches its file for changes.
+fn load_revoked(config: &ServiceConfig) -> Result<Option<Watcher>, ServiceError> {
+    let Some(path) = &config.revoked else {
+        return Ok(None);
+    };
+    let list = Revoked::load(path).map_err(start_error)?;
+    *config.tls.identity.revoked.write() = list;
+    Ok(Some(Watcher::new(path.clone())))
+}
+
+/// How often the replica thread ticks: ticks drive hellos, stalls, collection and
+/// delayed relays, so at least twice per hello interval (50 ms to 1 s) and once per
+/// relay delay, and at most every 10 ms.
+fn tick_interval(replica: &ReplicaConfig) -> Duration {
+    Duration::from_millis(
+        (replica.hello_every_ms.clamp(50, 1000) / 2)
+            .min(replica.relay_delay_ms)
+            .max(10),
+    )
+}
+
 impl Service {
     /// Starts listening and dialling. Local commits must be reported with
     /// [`Service::local_commit`] (the daemon wires the store's commit hook to it);
     /// `callbacks` receive the paths changed by peers and changes of manager.
+    ///
+    /// In order: the async runtime and the QUIC endpoint ([`open_endpoint`]), the deny
+    /// list ([`load_revoked`]), the replica and its thread ([`replica_loop`]), then the
+    /// tasks accepting and dialling peers.
     pub fn start(
         config: ServiceConfig,
         store: Store,
@@ -285,51 +354,13 @@ impl Service {
             .thread_name("depfs-net")
             .enable_all()
             .build()
-            .map_err(|e| ServiceError::Start(e.to_string()))?;
-        let server_crypto =
-            quinn::crypto::rustls::QuicServerConfig::try_from(config.tls.server.clone())
-                .map_err(|e| ServiceError::Start(e.to_string()))?;
-        let client_crypto =
-            quinn::crypto::rustls::QuicClientConfig::try_from(config.tls.client.clone())
-                .map_err(|e| ServiceError::Start(e.to_string()))?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server_config.transport_config(transport());
-        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client_config.transport_config(transport());
-        let mut endpoint = {
-            let _guard = runtime.enter();
-            quinn::Endpoint::server(server_config, config.listen).map_err(|e| {
-                ServiceError::Listen {
-                    addr: config.listen,
-                    detail: e.to_string(),
-                }
-            })?
-        };
-        endpoint.set_default_client_config(client_config);
-        let local_addr = endpoint
-            .local_addr()
-            .map_err(|e| ServiceError::Start(e.to_string()))?;
-
+            .map_err(start_error)?;
+        let (endpoint, local_addr) = open_endpoint(&runtime, &config)?;
         let (events, rx) = mpsc::channel();
-        let shared = Arc::new(Shared {
-            node: store.node().clone(),
-            events,
-            conns: Mutex::new(HashMap::new()),
-            peers: Mutex::new(BTreeMap::new()),
-            addr_names: Mutex::new(HashMap::new()),
-            next_conn: AtomicU64::new(1),
-            refused_slow_readers: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(store.node().clone(), events));
 
         let status_store = store.clone();
-        let watcher = match &config.revoked {
-            Some(path) => {
-                let list = Revoked::load(path).map_err(|e| ServiceError::Start(e.to_string()))?;
-                *config.tls.identity.revoked.write() = list;
-                Some(Watcher::new(path.clone()))
-            }
-            None => None,
-        };
+        let watcher = load_revoked(&config)?;
         let revoked = config.tls.identity.revoked.clone();
         let replica = Replica::new(
             store,
@@ -337,16 +368,11 @@ impl Service {
             config.replica.clone(),
             &config.tls.identity,
         )
-        .map_err(|e| ServiceError::Start(e.to_string()))?
+        .map_err(start_error)?
         .expecting_peers(config.peers.len())
         .with_mode(config.mode);
         let thread_shared = shared.clone();
-        // Ticks drive hellos, stalls, collection and delayed relays.
-        let tick = Duration::from_millis(
-            (config.replica.hello_every_ms.clamp(50, 1000) / 2)
-                .min(config.replica.relay_delay_ms)
-                .max(10),
-        );
+        let tick = tick_interval(&config.replica);
         let thread = std::thread::Builder::new()
             .name("depfs-replica".into())
             .spawn(move || {
@@ -357,7 +383,7 @@ impl Service {
                 });
                 replica_loop(replica, rx, thread_shared, callbacks, tick, revocations)
             })
-            .map_err(|e| ServiceError::Start(e.to_string()))?;
+            .map_err(start_error)?;
 
         runtime.spawn(accept_loop(endpoint.clone(), shared.clone()));
         for peer in config.peers {
@@ -469,84 +495,34 @@ impl Revocations {
     }
 }
 
-/// The thread that owns the replica.
+/// The thread that owns the replica: it takes one event at a time (a burst of local
+/// commits counts as one), lets [`ReplicaThread`] handle it, ticks when a tick is due,
+/// and carries out what the replica asked for.
 fn replica_loop(
-    mut replica: Replica,
+    replica: Replica,
     rx: mpsc::Receiver<Event>,
     shared: Arc<Shared>,
     callbacks: Callbacks,
     tick: Duration,
-    mut revocations: Option<Revocations>,
+    revocations: Option<Revocations>,
 ) {
-    let mut links: BTreeMap<NodeName, Link> = BTreeMap::new();
+    let mut thread = ReplicaThread {
+        replica,
+        links: BTreeMap::new(),
+        shared,
+        callbacks,
+        revocations,
+    };
     let mut backlog: std::collections::VecDeque<Event> = std::collections::VecDeque::new();
     let mut next_tick = Instant::now() + tick;
     loop {
         let timeout = next_tick.saturating_duration_since(Instant::now());
-        let mut outputs = Vec::new();
         let event = match backlog.pop_front() {
             Some(ev) => Ok(ev),
             None => rx.recv_timeout(timeout),
         };
-        match event {
+        let mut outputs = match event {
             Ok(Event::Shutdown) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Ok(Event::Connected {
-                peer,
-                certificate,
-                link,
-            }) => {
-                let accepted = certificate
-                    .ok_or_else(|| "the connection carries no peer certificate".to_string())
-                    .and_then(|c| {
-                        replica
-                            .connected(&peer, &c, now_ms())
-                            .map_err(|e| e.to_string())
-                    });
-                match accepted {
-                    Ok(out) => {
-                        links.insert(peer.clone(), link);
-                        outputs = out;
-                    }
-                    Err(e) => {
-                        tracing::error!(%peer, error = %e, "a connected peer is refused");
-                        link.connection
-                            .close(quinn::VarInt::from_u32(1), b"refused");
-                    }
-                }
-            }
-            Ok(Event::Disconnected { peer, conn }) => {
-                if links.get(&peer).is_some_and(|l| l.conn == conn) {
-                    links.remove(&peer);
-                    replica.disconnected(&peer);
-                }
-            }
-            Ok(Event::Drained { peer, conn }) => {
-                if links.get(&peer).is_some_and(|l| l.conn == conn) {
-                    serve_deferred(&mut replica, &mut links, &peer, &callbacks);
-                }
-            }
-            Ok(Event::Received {
-                peer, conn, msg, ..
-            }) => {
-                let Some(link) = links.get_mut(&peer).filter(|l| l.conn == conn) else {
-                    continue;
-                };
-                let msg = match msg {
-                    Message::GetChunks { hashes } if link.full() || !link.deferred.is_empty() => {
-                        if !link.defer(hashes) {
-                            shared.refused_slow_readers.fetch_add(1, Ordering::Relaxed);
-                            let why = format!(
-                                "asked for more than {DEFERRED_CHUNK_HASHES} chunks without reading the answers"
-                            );
-                            tracing::warn!(%peer, "closing the connection to a peer that {why}");
-                            close_link(&mut replica, &mut links, &peer, &why);
-                        }
-                        continue;
-                    }
-                    msg => msg,
-                };
-                outputs = handle(&mut replica, &mut links, &peer, msg);
-            }
             Ok(Event::LocalCommit) => {
                 // Many commits may be queued: one push covers them all. Other events
                 // keep their order in the backlog.
@@ -555,42 +531,171 @@ fn replica_loop(
                         backlog.push_back(ev);
                     }
                 }
-                match replica.local_commit(now_ms()) {
-                    Ok(out) => outputs = out,
-                    Err(e) => tracing::error!(error = %e, "reading local changes to send failed"),
-                }
+                thread.local_commit()
             }
-            Ok(Event::Status(reply)) => {
-                let _ = reply.send(status(&replica, &shared));
-            }
-            Ok(Event::Promote(reply)) => {
-                let result = replica.promote(now_ms()).map(|(term, out)| {
-                    outputs = out;
-                    term
-                });
-                let _ = reply.send(result);
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
+            Ok(event) => match thread.on_event(event) {
+                Some(outputs) => outputs,
+                // A frame from a connection no longer current, or a chunk request set
+                // aside (or refused): nothing to deliver, and a due tick waits for the
+                // next turn.
+                None => continue,
+            },
+            Err(mpsc::RecvTimeoutError::Timeout) => Vec::new(),
+        };
         if Instant::now() >= next_tick {
             next_tick = Instant::now() + tick;
-            match replica.tick(now_ms()) {
-                Ok(out) => outputs.extend(out),
-                Err(e) => tracing::error!(error = %e, "periodic replication work failed"),
+            outputs.extend(thread.tick());
+        }
+        deliver(outputs, &thread.links, &thread.callbacks);
+    }
+    for (_, link) in thread.links {
+        let _ = link.tx.send(Outgoing::Close("shutting down".into()));
+    }
+}
+
+/// What the replica thread owns: the replica, its side of each connection, and what it
+/// reports to. Each handler returns what the replica asked for, for
+/// [`replica_loop`] to deliver.
+struct ReplicaThread {
+    replica: Replica,
+    links: BTreeMap<NodeName, Link>,
+    shared: Arc<Shared>,
+    callbacks: Callbacks,
+    revocations: Option<Revocations>,
+}
+
+impl ReplicaThread {
+    /// Handles an event other than `Shutdown` and `LocalCommit`. `None` means the event
+    /// was dropped or set aside before reaching the replica.
+    fn on_event(&mut self, event: Event) -> Option<Vec<Output>> {
+        match event {
+            Event::Connected {
+                peer,
+                certificate,
+                link,
+            } => Some(self.connected(peer, certificate, link)),
+            Event::Disconnected { peer, conn } => {
+                if self.links.get(&peer).is_some_and(|l| l.conn == conn) {
+                    self.links.remove(&peer);
+                    self.replica.disconnected(&peer);
+                }
+                Some(Vec::new())
             }
-            let revoked = revocations
-                .as_mut()
-                .map(|r| r.poll(&mut replica))
-                .unwrap_or_default();
-            for peer in revoked {
-                tracing::warn!(%peer, "disconnecting a peer whose certificate was revoked");
-                close_link(&mut replica, &mut links, &peer, "certificate revoked");
+            Event::Drained { peer, conn } => {
+                if self.links.get(&peer).is_some_and(|l| l.conn == conn) {
+                    serve_deferred(&mut self.replica, &mut self.links, &peer, &self.callbacks);
+                }
+                Some(Vec::new())
+            }
+            Event::Received {
+                peer, conn, msg, ..
+            } => self.received(peer, conn, msg),
+            Event::Status(reply) => {
+                let _ = reply.send(status(&self.replica, &self.shared));
+                Some(Vec::new())
+            }
+            Event::Promote(reply) => {
+                let (result, outputs) = match self.replica.promote(now_ms()) {
+                    Ok((term, out)) => (Ok(term), out),
+                    Err(e) => (Err(e), Vec::new()),
+                };
+                let _ = reply.send(result);
+                Some(outputs)
+            }
+            // Taken care of by `replica_loop` before it gets here.
+            Event::LocalCommit | Event::Shutdown => Some(Vec::new()),
+        }
+    }
+
+    /// A connection is up: the replica checks the peer's certificate (and says hello),
+    /// or the connection is closed.
+    fn connected(
+        &mut self,
+        peer: NodeName,
+        certificate: Option<Certificate>,
+        link: Link,
+    ) -> Vec<Output> {
+        let accepted = certificate
+            .ok_or_else(|| "the connection carries no peer certificate".to_string())
+            .and_then(|c| {
+                self.replica
+                    .connected(&peer, &c, now_ms())
+                    .map_err(|e| e.to_string())
+            });
+        match accepted {
+            Ok(out) => {
+                self.links.insert(peer, link);
+                out
+            }
+            Err(e) => {
+                tracing::error!(%peer, error = %e, "a connected peer is refused");
+                link.connection
+                    .close(quinn::VarInt::from_u32(1), b"refused");
+                Vec::new()
             }
         }
-        deliver(outputs, &links, &callbacks);
     }
-    for (_, link) in links {
-        let _ = link.tx.send(Outgoing::Close("shutting down".into()));
+
+    /// A message from the current connection of `peer` (others are dropped). A chunk
+    /// request while the peer's send queue is full, or others wait, waits its turn; a
+    /// peer that lets too many wait is disconnected.
+    fn received(&mut self, peer: NodeName, conn: u64, msg: Message) -> Option<Vec<Output>> {
+        let link = self.links.get_mut(&peer).filter(|l| l.conn == conn)?;
+        let msg = match msg {
+            Message::GetChunks { hashes } if link.full() || !link.deferred.is_empty() => {
+                if !link.defer(hashes) {
+                    self.shared
+                        .refused_slow_readers
+                        .fetch_add(1, Ordering::Relaxed);
+                    let why = format!(
+                        "asked for more than {DEFERRED_CHUNK_HASHES} chunks without reading the answers"
+                    );
+                    tracing::warn!(%peer, "closing the connection to a peer that {why}");
+                    close_link(&mut self.replica, &mut self.links, &peer, &why);
+                }
+                return None;
+            }
+            msg => msg,
+        };
+        Some(handle(&mut self.replica, &mut self.links, &peer, msg))
+    }
+
+    /// Pushes local commits to peers.
+    fn local_commit(&mut self) -> Vec<Output> {
+        match self.replica.local_commit(now_ms()) {
+            Ok(out) => out,
+            Err(e) => {
+                tracing::error!(error = %e, "reading local changes to send failed");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Periodic work: the replica's tick, then the deny list (peers whose certificate
+    /// it now names are disconnected).
+    fn tick(&mut self) -> Vec<Output> {
+        let outputs = match self.replica.tick(now_ms()) {
+            Ok(out) => out,
+            Err(e) => {
+                tracing::error!(error = %e, "periodic replication work failed");
+                Vec::new()
+            }
+        };
+        let revoked = self
+            .revocations
+            .as_mut()
+            .map(|r| r.poll(&mut self.replica))
+            .unwrap_or_default();
+        for peer in revoked {
+            tracing::warn!(%peer, "disconnecting a peer whose certificate was revoked");
+            close_link(
+                &mut self.replica,
+                &mut self.links,
+                &peer,
+                "certificate revoked",
+            );
+        }
+        outputs
     }
 }
 
@@ -767,44 +872,18 @@ async fn dial_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, peer: String)
     }
 }
 
-/// Serves one authenticated connection until it ends.
+/// Serves one authenticated connection until it ends: the handshake ([`peer_of`],
+/// [`register`]), then, once the stream is open, the replica thread gets its
+/// [`Link`], a [`Writer`] task writes what it queues and [`read_frames`] hands it what
+/// the peer sends; at the end, [`unregister`].
 async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>, dialled_by_us: bool) {
     let addr = conn.remote_address();
-    let Some(peer) = tls::peer_node(&conn) else {
-        tracing::warn!(%addr, "refused a peer whose certificate names no node");
-        conn.close(1u32.into(), b"no node name in certificate");
+    let Some(peer) = peer_of(&conn, &shared.node) else {
         return;
     };
-    if peer == shared.node {
-        tracing::warn!(%addr, "refused a peer presenting this node's own name");
-        conn.close(1u32.into(), b"that is my name");
-        return;
-    }
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    {
-        // One connection per pair of nodes: the one dialled by the smaller name wins.
-        let mut conns = shared.conns.lock();
-        let preferred = |dialled_by_us: bool| {
-            let dialler = if dialled_by_us { &shared.node } else { &peer };
-            *dialler == std::cmp::min(shared.node.clone(), peer.clone())
-        };
-        if let Some(existing) = conns.get(&peer) {
-            if existing.conn.close_reason().is_none()
-                && (preferred(existing.dialled_by_us) || !preferred(dialled_by_us))
-            {
-                conn.close(2u32.into(), b"duplicate connection");
-                return;
-            }
-            existing.conn.close(2u32.into(), b"duplicate connection");
-        }
-        conns.insert(
-            peer.clone(),
-            ConnHandle {
-                id,
-                conn: conn.clone(),
-                dialled_by_us,
-            },
-        );
+    if !register(&shared, &peer, id, &conn, dialled_by_us) {
+        return;
     }
     let (bytes_sent, bytes_received) = {
         let mut peers = shared.peers.lock();
@@ -822,94 +901,212 @@ async fn run_connection(conn: quinn::Connection, shared: Arc<Shared>, dialled_by
     } else {
         conn.accept_bi().await
     };
-    if let Ok((mut send, mut recv)) = streams {
-        let (tx, mut rx) = tmpsc::unbounded_channel();
-        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let waiting = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let _ = shared.events.send(Event::Connected {
-            peer: peer.clone(),
-            certificate: tls::peer_certificate(&conn),
-            link: Link {
-                conn: id,
-                connection: conn.clone(),
-                tx,
-                queued: queued.clone(),
-                waiting: waiting.clone(),
-                deferred: Default::default(),
-                deferred_hashes: 0,
-            },
-        });
-        let writer_conn = conn.clone();
-        let (writer_peer, writer_events) = (peer.clone(), shared.events.clone());
-        let writer = tokio::spawn(async move {
-            while let Some(out) = rx.recv().await {
-                match out {
-                    Outgoing::Frame(bytes) => {
-                        if send.write_all(&bytes).await.is_err() {
-                            break;
-                        }
-                        bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                        let left = queued.fetch_sub(bytes.len(), Ordering::AcqRel) - bytes.len();
-                        if left <= SEND_QUEUE_BYTES / 2 && waiting.swap(false, Ordering::AcqRel) {
-                            let _ = writer_events.send(Event::Drained {
-                                peer: writer_peer.clone(),
-                                conn: id,
-                            });
-                        }
-                    }
-                    Outgoing::Close(reason) => {
-                        let _ = send.finish();
-                        writer_conn.close(3u32.into(), reason.as_bytes());
+    if let Ok((send, mut recv)) = streams {
+        let writer = link_up(&shared, &peer, id, &conn, send, bytes_sent);
+        let writer = tokio::spawn(writer.run());
+        read_frames(&mut recv, &conn, &shared, &peer, id, &bytes_received).await;
+        writer.abort();
+    }
+    unregister(&shared, &peer, id, addr);
+    conn.close(0u32.into(), b"bye");
+}
+
+/// The node a new connection is from, named by its certificate; `None` (and the
+/// connection closed) for a certificate that names no node or names this one.
+fn peer_of(conn: &quinn::Connection, me: &NodeName) -> Option<NodeName> {
+    let addr = conn.remote_address();
+    let Some(peer) = tls::peer_node(conn) else {
+        tracing::warn!(%addr, "refused a peer whose certificate names no node");
+        conn.close(1u32.into(), b"no node name in certificate");
+        return None;
+    };
+    if &peer == me {
+        tracing::warn!(%addr, "refused a peer presenting this node's own name");
+        conn.close(1u32.into(), b"that is my name");
+        return None;
+    }
+    Some(peer)
+}
+
+/// True if the connection dialled by `dialler` is the one kept between `me` and
+/// `peer`: one connection per pair of nodes, the one dialled by the smaller name.
+fn preferred(me: &NodeName, peer: &NodeName, dialled_by_me: bool) -> bool {
+    let dialler = if dialled_by_me { me } else { peer };
+    dialler == std::cmp::min(me, peer)
+}
+
+/// Records connection `id` as the one to `peer`, closing an open connection it
+/// replaces; false (and the new connection closed) if the open one is preferred.
+fn register(
+    shared: &Shared,
+    peer: &NodeName,
+    id: u64,
+    conn: &quinn::Connection,
+    dialled_by_us: bool,
+) -> bool {
+    let mut conns = shared.conns.lock();
+    if let Some(existing) = conns.get(peer) {
+        if existing.conn.close_reason().is_none()
+            && (preferred(&shared.node, peer, existing.dialled_by_us)
+                || !preferred(&shared.node, peer, dialled_by_us))
+        {
+            conn.close(2u32.into(), b"duplicate connection");
+            return false;
+        }
+        existing.conn.close(2u32.into(), b"duplicate connection");
+    }
+    conns.insert(
+        peer.clone(),
+        ConnHandle {
+            id,
+            conn: conn.clone(),
+            dialled_by_us,
+        },
+    );
+    true
+}
+
+/// Gives the replica thread its side of connection `id` (a [`Link`], through
+/// [`Event::Connected`]) and returns the [`Writer`] that empties its send queue.
+fn link_up(
+    shared: &Shared,
+    peer: &NodeName,
+    id: u64,
+    conn: &quinn::Connection,
+    send: quinn::SendStream,
+    bytes_sent: Arc<AtomicU64>,
+) -> Writer {
+    let (tx, rx) = tmpsc::unbounded_channel();
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let waiting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _ = shared.events.send(Event::Connected {
+        peer: peer.clone(),
+        certificate: tls::peer_certificate(conn),
+        link: Link {
+            conn: id,
+            connection: conn.clone(),
+            tx,
+            queued: queued.clone(),
+            waiting: waiting.clone(),
+            deferred: Default::default(),
+            deferred_hashes: 0,
+        },
+    });
+    Writer {
+        rx,
+        send,
+        connection: conn.clone(),
+        queued,
+        waiting,
+        bytes_sent,
+        events: shared.events.clone(),
+        peer: peer.clone(),
+        conn: id,
+    }
+}
+
+/// The task writing one connection's frames, in the order the replica thread queued
+/// them, until the queue closes, a write fails or the thread asks to close.
+struct Writer {
+    rx: tmpsc::UnboundedReceiver<Outgoing>,
+    send: quinn::SendStream,
+    connection: quinn::Connection,
+    /// Shared with the [`Link`]: bytes queued and not written yet.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Shared with the [`Link`]: set while chunk requests wait for the queue to drain.
+    waiting: Arc<std::sync::atomic::AtomicBool>,
+    bytes_sent: Arc<AtomicU64>,
+    events: mpsc::Sender<Event>,
+    peer: NodeName,
+    conn: u64,
+}
+
+impl Writer {
+    /// Writes frames; reports [`Event::Drained`] once the queue is down to half of
+    /// [`SEND_QUEUE_BYTES`] while chunk requests wait.
+    async fn run(mut self) {
+        while let Some(out) = self.rx.recv().await {
+            match out {
+                Outgoing::Frame(bytes) => {
+                    if self.send.write_all(&bytes).await.is_err() {
                         break;
                     }
-                }
-            }
-        });
-        let budget = Arc::new(tokio::sync::Semaphore::new(RECEIVE_QUEUE_BYTES));
-        loop {
-            match frame::read(&mut recv).await {
-                Ok((msg, size)) => {
-                    bytes_received.fetch_add(size as u64, Ordering::Relaxed);
-                    if let Some(info) = shared.peers.lock().get_mut(&peer) {
-                        info.rtt_ms = conn.rtt().as_secs_f64() * 1000.0;
+                    self.bytes_sent
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    let left = self.queued.fetch_sub(bytes.len(), Ordering::AcqRel) - bytes.len();
+                    if left <= SEND_QUEUE_BYTES / 2 && self.waiting.swap(false, Ordering::AcqRel) {
+                        let _ = self.events.send(Event::Drained {
+                            peer: self.peer.clone(),
+                            conn: self.conn,
+                        });
                     }
-                    // Wait (not reading the next frame) while the replica thread holds
-                    // too many of this connection's frames.
-                    let share = size.clamp(1, RECEIVE_QUEUE_BYTES) as u32;
-                    let Ok(permit) = budget.clone().acquire_many_owned(share).await else {
-                        break;
-                    };
-                    let _ = shared.events.send(Event::Received {
-                        peer: peer.clone(),
-                        conn: id,
-                        msg,
-                        _budget: permit,
-                    });
                 }
-                Err(frame::FrameError::Stream(_)) => break,
-                Err(e) => {
-                    tracing::warn!(%peer, error = %e, "closing the connection to a peer that sent a bad frame");
-                    conn.close(4u32.into(), b"bad frame");
+                Outgoing::Close(reason) => {
+                    let _ = self.send.finish();
+                    self.connection.close(3u32.into(), reason.as_bytes());
                     break;
                 }
             }
         }
-        writer.abort();
     }
+}
+
+/// Reads frames from `peer` and hands them to the replica thread until the stream ends
+/// or a frame is bad (the connection is then closed). Frames wait unread while the
+/// replica thread holds [`RECEIVE_QUEUE_BYTES`] of this connection's.
+async fn read_frames(
+    recv: &mut quinn::RecvStream,
+    conn: &quinn::Connection,
+    shared: &Shared,
+    peer: &NodeName,
+    id: u64,
+    bytes_received: &AtomicU64,
+) {
+    let budget = Arc::new(tokio::sync::Semaphore::new(RECEIVE_QUEUE_BYTES));
+    loop {
+        match frame::read(recv).await {
+            Ok((msg, size)) => {
+                bytes_received.fetch_add(size as u64, Ordering::Relaxed);
+                if let Some(info) = shared.peers.lock().get_mut(peer) {
+                    info.rtt_ms = conn.rtt().as_secs_f64() * 1000.0;
+                }
+                // Wait (not reading the next frame) while the replica thread holds
+                // too many of this connection's frames.
+                let share = size.clamp(1, RECEIVE_QUEUE_BYTES) as u32;
+                let Ok(permit) = budget.clone().acquire_many_owned(share).await else {
+                    break;
+                };
+                let _ = shared.events.send(Event::Received {
+                    peer: peer.clone(),
+                    conn: id,
+                    msg,
+                    _budget: permit,
+                });
+            }
+            Err(frame::FrameError::Stream(_)) => break,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "closing the connection to a peer that sent a bad frame");
+                conn.close(4u32.into(), b"bad frame");
+                break;
+            }
+        }
+    }
+}
+
+/// Tells the replica thread connection `id` ended and, if it is still the one to
+/// `peer`, forgets it and shows the peer disconnected.
+fn unregister(shared: &Shared, peer: &NodeName, id: u64, addr: SocketAddr) {
     let _ = shared.events.send(Event::Disconnected {
         peer: peer.clone(),
         conn: id,
     });
-    {
-        let mut conns = shared.conns.lock();
-        if conns.get(&peer).is_some_and(|c| c.id == id) {
-            conns.remove(&peer);
-            if let Some(info) = shared.peers.lock().get_mut(&peer) {
-                info.connected = false;
-                info.since_ms = now_ms();
-            }
-            tracing::info!(%peer, %addr, "peer disconnected");
+    let mut conns = shared.conns.lock();
+    if conns.get(peer).is_some_and(|c| c.id == id) {
+        conns.remove(peer);
+        if let Some(info) = shared.peers.lock().get_mut(peer) {
+            info.connected = false;
+            info.since_ms = now_ms();
         }
+        tracing::info!(%peer, %addr, "peer disconnected");
     }
-    conn.close(0u32.into(), b"bye");
 }

@@ -133,10 +133,7 @@ pub fn role_of_file(cert: &Path) -> Result<Option<crate::pki::CertRole>, TlsErro
     let leaf = CertificateDer::pem_file_iter(cert)
         .map_err(file_err(cert))?
         .next()
-        .ok_or_else(|| TlsError::File {
-            path: cert.display().to_string(),
-            detail: "no certificate in file".into(),
-        })?
+        .ok_or_else(|| no_certificate(cert))?
         .map_err(file_err(cert))?;
     Ok(role_of(&leaf))
 }
@@ -173,54 +170,26 @@ fn refuse_shared_key(key: &Path) -> Result<(), TlsError> {
 
 /// Loads the CA, the node's certificate and key, checks that the certificate is for
 /// `node` and signed by the CA and valid now, and builds the TLS configurations.
+///
+/// The files are read and checked first, in the order their errors are reported (CA,
+/// certificate, key, node name, the certificate against the CA); then the server and
+/// client configurations are built ([`server_config`], [`client_config`]), both
+/// refusing the certificates of one shared deny list.
 pub fn load(ca: &Path, cert: &Path, key: &Path, node: &NodeName) -> Result<TlsConfig, TlsError> {
-    let ca_certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
-        .map_err(file_err(ca))?
-        .collect::<Result<_, _>>()
-        .map_err(file_err(ca))?;
+    let ca_certs = read_certs(ca)?;
     if ca_certs.is_empty() {
-        return Err(TlsError::File {
-            path: ca.display().to_string(),
-            detail: "no certificate in file".into(),
-        });
+        return Err(no_certificate(ca));
     }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(file_err(cert))?
-        .collect::<Result<_, _>>()
-        .map_err(file_err(cert))?;
+    let chain = read_certs(cert)?;
     let Some(leaf) = chain.first() else {
-        return Err(TlsError::File {
-            path: cert.display().to_string(),
-            detail: "no certificate in file".into(),
-        });
+        return Err(no_certificate(cert));
     };
     refuse_shared_key(key)?;
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(file_err(key))?;
-    match node_name_of(leaf) {
-        Some(name) if &name == node => {}
-        Some(name) => {
-            return Err(TlsError::Mismatch(format!(
-                "certificate {} is for node {name:?}, but the config names node {node:?}",
-                cert.display()
-            )))
-        }
-        None => {
-            return Err(TlsError::Mismatch(format!(
-                "certificate {} names no node (no DNS subject alternative name)",
-                cert.display()
-            )))
-        }
-    }
+    check_node_name(leaf, cert, node)?;
 
-    let mut roots = RootCertStore::empty();
-    for c in &ca_certs {
-        roots
-            .add(c.clone())
-            .map_err(|e| TlsError::Config(format!("CA {}: {e}", ca.display())))?;
-    }
-    let roots = Arc::new(roots);
+    let roots = root_store(&ca_certs, ca)?;
     let provider = provider();
-
     let client_verifier =
         WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
@@ -237,6 +206,82 @@ pub fn load(ca: &Path, cert: &Path, key: &Path, node: &NodeName) -> Result<TlsCo
         })?;
 
     let revoked = SharedRevoked::default();
+    let server = server_config(&provider, &client_verifier, &revoked, &chain, &key_der, key)?;
+    let signer = change_signer(&provider, &key_der, key)?;
+    let leaf_der = leaf.as_ref().to_vec();
+    let client = client_config(roots, provider, &revoked, chain, key_der, key)?;
+    Ok(TlsConfig {
+        server: Arc::new(server),
+        client: Arc::new(client),
+        identity: Identity {
+            ca: client_verifier,
+            certificate: Certificate(leaf_der),
+            signer,
+            revoked,
+        },
+    })
+}
+
+/// The certificates in a PEM file (none is not an error here).
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    CertificateDer::pem_file_iter(path)
+        .map_err(file_err(path))?
+        .collect::<Result<_, _>>()
+        .map_err(file_err(path))
+}
+
+/// The error for a PEM file without a certificate.
+fn no_certificate(path: &Path) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        detail: "no certificate in file".into(),
+    }
+}
+
+/// Fails unless the certificate `leaf` (read from `cert`) names `node`: the config
+/// and the certificate must agree on who this node is.
+fn check_node_name(
+    leaf: &CertificateDer<'_>,
+    cert: &Path,
+    node: &NodeName,
+) -> Result<(), TlsError> {
+    match node_name_of(leaf) {
+        Some(name) if &name == node => Ok(()),
+        Some(name) => Err(TlsError::Mismatch(format!(
+            "certificate {} is for node {name:?}, but the config names node {node:?}",
+            cert.display()
+        ))),
+        None => Err(TlsError::Mismatch(format!(
+            "certificate {} names no node (no DNS subject alternative name)",
+            cert.display()
+        ))),
+    }
+}
+
+/// The cluster CA's certificates (read from `ca`) as trust roots.
+fn root_store(
+    ca_certs: &[CertificateDer<'static>],
+    ca: &Path,
+) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in ca_certs {
+        roots
+            .add(c.clone())
+            .map_err(|e| TlsError::Config(format!("CA {}: {e}", ca.display())))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The configuration for accepting peers: TLS 1.3 only, client certificates the CA
+/// issued and the deny list does not name, the depfs ALPN, and no session resumption.
+fn server_config(
+    provider: &Arc<CryptoProvider>,
+    client_verifier: &Arc<dyn ClientCertVerifier>,
+    revoked: &SharedRevoked,
+    chain: &[CertificateDer<'static>],
+    key_der: &PrivateKeyDer<'static>,
+    key: &Path,
+) -> Result<rustls::ServerConfig, TlsError> {
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
@@ -244,7 +289,7 @@ pub fn load(ca: &Path, cert: &Path, key: &Path, node: &NodeName) -> Result<TlsCo
             inner: client_verifier.clone(),
             revoked: revoked.clone(),
         }))
-        .with_single_cert(chain.clone(), key_der.clone_key())
+        .with_single_cert(chain.to_vec(), key_der.clone_key())
         .map_err(|e| TlsError::Config(format!("{}: {e}", key.display())))?;
     server.alpn_protocols = vec![ALPN.to_vec()];
     // No session resumption: a resumed TLS 1.3 session skips the certificate checks,
@@ -252,10 +297,20 @@ pub fn load(ca: &Path, cert: &Path, key: &Path, node: &NodeName) -> Result<TlsCo
     // long-lived; a full handshake per connection costs nothing that matters.
     server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     server.send_tls13_tickets = 0;
+    Ok(server)
+}
 
-    let signer = change_signer(&provider, &key_der, key)?;
-    let leaf_der = leaf.as_ref().to_vec();
-    let ca_verifier: Arc<dyn ClientCertVerifier> = client_verifier;
+/// The configuration for connecting to peers: TLS 1.3 only, server certificates the
+/// CA issued for a node and the deny list does not name ([`NodeVerifier`]), this
+/// node's certificate as client certificate, the depfs ALPN, and no resumption.
+fn client_config(
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    revoked: &SharedRevoked,
+    chain: Vec<CertificateDer<'static>>,
+    key_der: PrivateKeyDer<'static>,
+    key: &Path,
+) -> Result<rustls::ClientConfig, TlsError> {
     let server_verifier =
         rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
             .build()
@@ -272,17 +327,7 @@ pub fn load(ca: &Path, cert: &Path, key: &Path, node: &NodeName) -> Result<TlsCo
         .map_err(|e| TlsError::Config(format!("{}: {e}", key.display())))?;
     client.alpn_protocols = vec![ALPN.to_vec()];
     client.resumption = rustls::client::Resumption::disabled();
-
-    Ok(TlsConfig {
-        server: Arc::new(server),
-        client: Arc::new(client),
-        identity: Identity {
-            ca: ca_verifier,
-            certificate: Certificate(leaf_der),
-            signer,
-            revoked,
-        },
-    })
+    Ok(client)
 }
 
 fn revoked_error() -> rustls::Error {
