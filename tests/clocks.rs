@@ -1,8 +1,10 @@
-//! Clocks (issue 8): a node whose wall clock is 10 minutes ahead and one 10 minutes
+//! Clocks: a node whose wall clock is 10 minutes ahead and one 10 minutes
 //! behind (libfaketime on their daemons) converge with the documented semantics
 //! (docs/reliability.md, "Clocks"): a write made after seeing another always wins,
 //! whatever the clocks say; among concurrent writes the greatest hybrid-logical time
 //! wins, so the node whose clock runs ahead wins races while it is ahead.
+
+#![cfg(test)]
 
 mod common;
 

@@ -1,7 +1,9 @@
 //! A cluster of real daemons on real mounts, replicating over QUIC with mutual TLS on
-//! loopback (issue 4): propagation, bursts, atomic replace, conflicts, catch-up after a
+//! loopback: propagation, bursts, atomic replace, conflicts, catch-up after a
 //! crash, bootstrap of an empty node, refusal of foreign certificates, and the bytes a
 //! small change in a large file costs.
+
+#![cfg(test)]
 
 mod common;
 
@@ -10,20 +12,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use common::{wait_until, Ca, Cluster, Node};
+use depfs_testkit::pattern;
 
 const T: Duration = Duration::from_secs(30);
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 #[test]
 fn a_file_closed_on_any_node_is_on_the_others() {

@@ -1,7 +1,9 @@
-//! Crashes (issue 8): `kill -9` of a daemon in the middle of a 1,000-file burst and of a
+//! Crashes: `kill -9` of a daemon in the middle of a 1,000-file burst and of a
 //! large-file write, on the writer and on a receiver. After the restart the store opens
 //! and verifies, every write whose `close` returned is there, no file is ever visible
 //! partially written, and the cluster converges.
+
+#![cfg(test)]
 
 mod common;
 

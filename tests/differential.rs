@@ -6,6 +6,8 @@
 //! `DEPFS_SEED=<seed> cargo test -p depfs --test differential`.
 //! `DEPFS_DIFF_OPS` sets the number of operations per seed.
 
+#![cfg(test)]
+
 mod common;
 
 use std::collections::{BTreeMap, HashMap};

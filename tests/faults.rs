@@ -1,5 +1,8 @@
-//! Faults (issue 8): corrupt chunks on disk. Each test prints its seed on failure where
-//! it uses one.
+//! Faults on disk: corrupt chunks (read as `EIO`, repaired from a peer, found by
+//! `depfs verify`) and a full disk (`ENOSPC`, writes work again once space is freed).
+//! Each test prints its seed on failure where it uses one.
+
+#![cfg(test)]
 
 mod common;
 
@@ -152,11 +155,9 @@ impl Tmpfs {
     }
 
     fn free_bytes(&self) -> u64 {
-        use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(self.0.as_os_str().as_bytes()).unwrap();
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
-        st.f_bavail * st.f_frsize
+        depfs_store::sys::statvfs(&self.0)
+            .unwrap()
+            .available_bytes()
     }
 }
 

@@ -1,8 +1,10 @@
-//! Hostile peers and input (issue 8): certificates that must not be accepted, and an
+//! Hostile peers and input: certificates that must not be accepted, and an
 //! authenticated member that sends garbage, oversized frames, lies about its name,
 //! names paths that escape or break the tree, or sends chunks that do not match their
 //! hash. Each is refused with a log line; the daemon keeps serving its cluster and
 //! nothing is written anywhere.
+
+#![cfg(test)]
 
 mod common;
 
@@ -13,9 +15,10 @@ use std::time::{Duration, SystemTime};
 
 use common::{wait_until, Cluster, Node};
 use depfs_proto::{
-    Change, ChangeOp, ChunkData, ChunkHash, ChunkRef, Content, Dot, Hlc, Kind, Message, Meta,
-    NodeName, RelPath, Seal, SignChanges, State, Timespec, VersionVector,
+    Change, ChunkData, ChunkHash, ChunkRef, Content, Hlc, Kind, Message, NodeName, SignChanges,
+    State, VersionVector,
 };
+use depfs_testkit::{changes_message, meta, node, signed_change};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -116,21 +119,6 @@ fn frame(msg: &Message) -> Vec<u8> {
     depfs_replicator::frame::encode(msg)
 }
 
-fn meta(kind: Kind) -> Meta {
-    Meta {
-        kind,
-        perm: 0o644,
-        uid: 0,
-        gid: 0,
-        mtime: Timespec::new(1, 0),
-        ctime: Timespec::new(1, 0),
-    }
-}
-
-fn node(n: &str) -> NodeName {
-    NodeName::new(n).unwrap()
-}
-
 /// Change `seq` of `origin`, writing `path` with `content`, sealed by `signer`.
 fn change(
     origin: &str,
@@ -139,42 +127,11 @@ fn change(
     content: Content,
     signer: &dyn SignChanges,
 ) -> Change {
-    let dot = Dot::new(node(origin), seq);
-    let mut ctx = VersionVector::new();
-    ctx.raise(&node(origin), seq);
-    let op = ChangeOp {
-        path: RelPath::parse(path.as_bytes()).unwrap(),
-        ctx,
-        state: State::Live(depfs_proto::Node {
-            meta: meta(Kind::File),
-            content,
-        }),
-    };
-    let hlc = Hlc::new(1, 0);
-    let seal = Seal::of_ops(&dot, hlc, std::slice::from_ref(&op), signer);
-    Change {
-        dot,
-        hlc,
-        ops: vec![op],
-        seal,
-    }
-}
-
-/// A `Changes` message carrying `changes`, claiming progress up to the last of them.
-fn changes_message(changes: Vec<Change>) -> Message {
-    let mut upto = VersionVector::new();
-    for c in &changes {
-        upto.raise(&c.dot.node, c.dot.seq);
-    }
-    Message::Changes {
-        batch: 1,
-        part: 0,
-        last: true,
-        base: VersionVector::new(),
-        certificates: Vec::new(),
-        changes,
-        upto: Some(upto),
-    }
+    let state = State::Live(depfs_proto::Node {
+        meta: meta(Kind::File),
+        content,
+    });
+    signed_change(origin, seq, path, state, Hlc::new(1, 0), signer)
 }
 
 /// A `Changes` message from evil, honestly signed, writing `path` with `content`.

@@ -1,5 +1,7 @@
 //! Mounting, persistence, crash recovery, import, and the refusals of `depfs mount`.
 
+#![cfg(test)]
+
 mod common;
 
 use std::io::Write;

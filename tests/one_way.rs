@@ -1,4 +1,6 @@
-//! One-way mode (issue 5): a manager writes, workers follow read-only.
+//! One-way mode: a manager writes, workers follow read-only.
+
+#![cfg(test)]
 
 mod common;
 
@@ -81,14 +83,8 @@ fn the_manager_writes_and_workers_follow_read_only() {
             assert_eq!(errno, libc::EROFS, "{what} on worker {}", w.name);
         }
         // The mount itself reports read-only.
-        let c = CString::new(w.mountpoint.as_os_str().as_bytes()).unwrap();
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
-        assert_ne!(
-            st.f_flag & libc::ST_RDONLY,
-            0,
-            "statvfs does not say read-only"
-        );
+        let st = depfs_store::sys::statvfs(&w.mountpoint).unwrap();
+        assert!(st.read_only(), "statvfs does not say read-only");
     }
     // Nothing changed anywhere.
     std::fs::write(m.path("marker.xml"), b"after").unwrap();
@@ -181,10 +177,9 @@ fn conflicts_of(node: &Node) -> Vec<(String, String, bool)> {
 }
 
 fn is_read_only_mount(node: &Node) -> bool {
-    let c = CString::new(node.mountpoint.as_os_str().as_bytes()).unwrap();
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
-    st.f_flag & libc::ST_RDONLY != 0
+    depfs_store::sys::statvfs(&node.mountpoint)
+        .unwrap()
+        .read_only()
 }
 
 #[test]

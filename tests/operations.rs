@@ -1,6 +1,8 @@
-//! Operating depfs (issue 6): `status --json` following peers, conflicts listed, shown
+//! Operating depfs: `status --json` following peers, conflicts listed, shown
 //! and restored, mounting through mount(8) with an fstab line, and the shipped systemd
 //! units.
+
+#![cfg(test)]
 
 mod common;
 

@@ -1,7 +1,9 @@
-//! Partitions (issue 8) with real network separation: nodes reach each other only
+//! Partitions with real network separation: nodes reach each other only
 //! through UDP relays that can drop everything (see `common::relay`). A node cut off
 //! while both sides write, then healed: the cluster converges, concurrent writes are
 //! recorded as conflicts, nothing is lost. Flapping links: the same.
+
+#![cfg(test)]
 
 mod common;
 

@@ -5,6 +5,8 @@
 //! Each test first checks that passthrough is really in use (the metrics count the
 //! opens it served), so a kernel without it fails here instead of passing vacuously.
 
+#![cfg(test)]
+
 mod common;
 
 use std::fs::{File, OpenOptions};

@@ -1,6 +1,8 @@
 //! Linux errnos and behaviours the differential test does not reach: name limits,
 //! rename flags, refused operations, open handles across rename and unlink.
 
+#![cfg(test)]
+
 mod common;
 
 use std::ffi::CString;
@@ -181,11 +183,9 @@ fn rename_flags_and_refused_operations() {
 fn statfs_reports_linux_name_limit() {
     let node = Node::new("gw1");
     node.mount();
-    let p = c(&node.mountpoint);
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(p.as_ptr(), &mut st) }, 0);
-    assert_eq!(st.f_namemax, 255);
-    assert!(st.f_blocks > 0 && st.f_bavail > 0);
+    let st = depfs_store::sys::statvfs(&node.mountpoint).unwrap();
+    assert_eq!(st.name_max, 255);
+    assert!(st.blocks > 0 && st.available > 0);
 }
 
 #[test]

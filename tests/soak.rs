@@ -1,4 +1,4 @@
-//! The soak (issue 8): three nodes, a seeded random multi-writer workload, `kill -9`s
+//! The soak: three nodes, a seeded random multi-writer workload, `kill -9`s
 //! and partitions at random times, then a convergence and no-loss check.
 //!
 //! CI runs it for 20 seconds. A real soak (`DEPFS_SOAK_KILLS=0` leaves the kills out,
@@ -13,6 +13,8 @@
 //! its seed — if the nodes do not converge, a store does not verify, or any
 //! acknowledged write is lost. The figures of the last long run are in
 //! docs/reliability.md.
+
+#![cfg(test)]
 
 mod common;
 

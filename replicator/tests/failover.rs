@@ -3,14 +3,14 @@
 //! cluster converges on the new manager's tree, and the old manager's cut-off changes are
 //! conflicts on every node — whichever node they reach first.
 
-use std::collections::{BTreeSet, VecDeque};
+#![cfg(test)]
 
-mod support;
+use std::collections::{BTreeSet, VecDeque};
 
 use depfs_proto::{Content, Kind, Leadership, Message, Node, NodeName, RelPath, VersionVector};
 use depfs_replicator::{Mode, Output, Replica, ReplicaConfig};
 use depfs_store::{Durability, Store, StoreOptions};
-use support::{meta, Ca};
+use depfs_testkit::{meta, Ca};
 
 fn path(p: &str) -> RelPath {
     RelPath::parse(p.as_bytes()).unwrap()

@@ -1,13 +1,13 @@
 //! One-way rules of the replica state machine: whom a worker follows, and which changes
 //! it accepts.
 
-mod support;
+#![cfg(test)]
 
 use depfs_proto::{Content, Kind, Leadership, Node, NodeName, RelPath, VersionVector};
 use depfs_replicator::pki::CertRole;
 use depfs_replicator::{Mode, Output, Replica, ReplicaConfig};
 use depfs_store::{Durability, Store, StoreOptions};
-use support::{meta, Ca};
+use depfs_testkit::{meta, Ca};
 
 /// A replica whose certificate allows `role`; `manager` starts term 1 with itself as
 /// the manager (one-way mode).

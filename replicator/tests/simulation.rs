@@ -10,7 +10,7 @@
 //! Reproduce a failing seed: `DEPFS_SIM_SEED=<seed> cargo test -p depfs-replicator --test simulation`.
 //! `DEPFS_SIM_SEEDS=<n>` runs seeds 1..=n (default 200).
 
-mod support;
+#![cfg(test)]
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -21,9 +21,9 @@ use depfs_proto::{
 };
 use depfs_replicator::{Output, Replica, ReplicaConfig};
 use depfs_store::{Durability, Store, StoreOptions};
+use depfs_testkit::Ca;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use support::Ca;
 
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 

@@ -3,12 +3,12 @@
 //! connect; until as many peers as the configuration lists have been heard from,
 //! nothing is collected.
 
-mod support;
+#![cfg(test)]
 
 use depfs_proto::{Content, Kind, Node, NodeName, RelPath};
 use depfs_replicator::{Replica, ReplicaConfig};
 use depfs_store::{Durability, Store, StoreOptions};
-use support::{meta, Ca};
+use depfs_testkit::{meta, Ca};
 
 /// A replica of `gw1` over `store`.
 fn replica(store: Store) -> Replica {

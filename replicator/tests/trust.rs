@@ -3,25 +3,20 @@
 //! it; a manager term is followed only with the signature of the manager it names, under
 //! a certificate that allows the role; a revoked certificate signs nothing any more.
 
-mod support;
+#![cfg(test)]
 
 use depfs_proto::lead::Term;
 use depfs_proto::{
-    Change, ChangeOp, Content, Hlc, Kind, Leadership, Message, NodeName, RelPath, Seal, State,
-    VersionVector,
+    Change, Content, Hlc, Kind, Leadership, Message, NodeName, State, VersionVector,
 };
 use depfs_replicator::pki::CertRole;
 use depfs_replicator::revoked::Revoked;
 use depfs_replicator::{Mode, Output, Replica, ReplicaConfig, ReplicaError};
 use depfs_store::{Durability, Store, StoreOptions};
-use support::{meta, Ca};
+use depfs_testkit::{changes_message, meta, path, signed_change, Ca};
 
 fn name(n: &str) -> NodeName {
-    NodeName::new(n).unwrap()
-}
-
-fn path(p: &str) -> RelPath {
-    RelPath::parse(p.as_bytes()).unwrap()
+    depfs_testkit::node(n)
 }
 
 struct Member {
@@ -123,38 +118,8 @@ fn disconnect(a: &mut Member, b: &mut Member) {
 
 /// Change `seq` of `origin` writing `p`, sealed by `signer`.
 fn change(origin: &str, seq: u64, p: &str, signer: &dyn depfs_proto::SignChanges) -> Change {
-    let dot = depfs_proto::Dot::new(name(origin), seq);
-    let mut ctx = VersionVector::new();
-    ctx.raise(&name(origin), seq);
-    let op = ChangeOp {
-        path: path(p),
-        ctx,
-        state: State::Live(Member::file(b"forged")),
-    };
-    let hlc = Hlc::new(1_000, 0);
-    let seal = Seal::of_ops(&dot, hlc, std::slice::from_ref(&op), signer);
-    Change {
-        dot,
-        hlc,
-        ops: vec![op],
-        seal,
-    }
-}
-
-fn changes_message(changes: Vec<Change>) -> Message {
-    let mut upto = VersionVector::new();
-    for c in &changes {
-        upto.raise(&c.dot.node, c.dot.seq);
-    }
-    Message::Changes {
-        batch: 1,
-        part: 0,
-        last: true,
-        base: VersionVector::new(),
-        certificates: Vec::new(),
-        changes,
-        upto: Some(upto),
-    }
+    let state = State::Live(Member::file(b"forged"));
+    signed_change(origin, seq, p, state, Hlc::new(1_000, 0), signer)
 }
 
 #[test]
