@@ -50,8 +50,16 @@ fn status_json_follows_a_peer_that_stops_and_starts() {
     }
     assert!(p["rtt_ms"].as_f64().is_some());
 
+    // A node that stops cleanly closes its connections: the others show it gone at
+    // once, not after the QUIC idle timeout (docs/operations.md, "Status").
     c.nodes[2].unmount();
+    let stopped = std::time::Instant::now();
     assert!(wait_until(T, || peer(&gw1.status(), "gw3")["connected"] == false));
+    assert!(
+        stopped.elapsed() < Duration::from_secs(1),
+        "gw1 showed gw3 connected for {:?} after it stopped",
+        stopped.elapsed()
+    );
     // While gw3 is away, a change is not acknowledged by it: it lags.
     std::fs::write(gw1.path("while-away.xml"), b"x").unwrap();
     assert!(wait_until(T, || peer(&gw1.status(), "gw3")["lag_changes"]

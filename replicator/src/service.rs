@@ -446,9 +446,29 @@ impl Service {
         self.stop();
     }
 
-    fn stop(&mut self) {
+    /// Closes every connection and waits (at most [`CLOSE_WAIT`]) until the peers were
+    /// told: they show this node gone at once, instead of after the idle timeout. Takes
+    /// `&self` because a daemon stopping may still share the service (control socket,
+    /// metrics) with threads that are not joined.
+    pub fn close_connections(&self) {
         let _ = self.shared.events.send(Event::Shutdown);
         self.endpoint.close(0u32.into(), b"shutting down");
+        // (Not from inside an async context, where blocking would panic: the close
+        // frames are then sent by the runtime while it runs.)
+        let in_async = tokio::runtime::Handle::try_current().is_ok();
+        if let Some(rt) = self.runtime.as_ref().filter(|_| !in_async) {
+            let endpoint = self.endpoint.clone();
+            if rt
+                .block_on(tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()))
+                .is_err()
+            {
+                tracing::debug!("peers did not acknowledge the close in time");
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.close_connections();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -470,6 +490,9 @@ struct Revocations {
     list: SharedRevoked,
     next_check: Instant,
 }
+
+/// The longest a stopping service waits for its peers to acknowledge the close.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
 
 /// How often the deny list's file is looked at (a `stat`).
 const REVOCATION_CHECK: Duration = Duration::from_secs(1);
