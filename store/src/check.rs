@@ -9,13 +9,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use depfs_proto::{ChunkHash, Dot, Kind, Node, RelPath, State, Version};
 use rocksdb::IteratorMode;
 
-use crate::db::cf;
+use crate::db::{cf, decode_node};
 use crate::error::Result;
 use crate::keys::*;
 use crate::log::LogRecord;
 use crate::merge::{decode_heads, judge};
-use crate::tree::decode_node;
-use crate::Store;
+use crate::store::Store;
 
 /// What the heads column family holds, gathered once for the checks that need it.
 #[derive(Default)]

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use depfs_proto::limits::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, INLINE_MAX, MAX_FILE_SIZE};
-use depfs_proto::{ChunkData, ChunkHash, ChunkMap, ChunkRef, ChunkSet, Content};
+use depfs_proto::{ChunkData, ChunkHash, ChunkRef, ChunkSet, Content};
 use rocksdb::WriteBatch;
 
 use crate::db::cf;
@@ -27,7 +27,8 @@ use crate::error::{Result, StoreError};
 use crate::keys::{
     damaged_key, CF_CHUNKS, CF_META, CF_PENDING, CF_REFS, META_DAMAGED_PREFIX, PENDING_UNFLUSHED,
 };
-use crate::{Inner, Store};
+use crate::pins::PinTable;
+use crate::store::{Inner, Store};
 
 /// Chunk batches are written in pieces of about this size, bounding the memory a large
 /// file's commit needs.
@@ -81,51 +82,6 @@ impl ContentSource for std::fs::File {
             done += n;
         }
         Ok(())
-    }
-}
-
-/// Pins by hash, and the zero-reference chunks whose deletion waits for an unpin.
-#[derive(Default)]
-pub(crate) struct PinTable {
-    counts: ChunkMap<u32>,
-    /// Chunks whose count reached zero while pinned.
-    deferred: ChunkSet,
-    /// Deferred chunks whose last pin has gone: to be checked by the next commit.
-    releasable: Vec<ChunkHash>,
-}
-
-impl PinTable {
-    fn pin(&mut self, hash: ChunkHash) {
-        *self.counts.entry(hash).or_insert(0) += 1;
-    }
-
-    fn unpin(&mut self, hash: &ChunkHash) {
-        if let Some(count) = self.counts.get_mut(hash) {
-            *count -= 1;
-            if *count == 0 {
-                self.counts.remove(hash);
-                if self.deferred.remove(hash) {
-                    self.releasable.push(*hash);
-                }
-            }
-        }
-    }
-
-    pub(crate) fn is_pinned(&self, hash: &ChunkHash) -> bool {
-        self.counts.contains_key(hash)
-    }
-
-    pub(crate) fn defer(&mut self, hash: ChunkHash) {
-        self.deferred.insert(hash);
-    }
-
-    /// `hash` has references again: its deletion is no longer pending on its pins.
-    pub(crate) fn undefer(&mut self, hash: &ChunkHash) {
-        self.deferred.remove(hash);
-    }
-
-    pub(crate) fn take_releasable(&mut self) -> Vec<ChunkHash> {
-        std::mem::take(&mut self.releasable)
     }
 }
 

@@ -1,25 +1,20 @@
-//! Opening RocksDB and initialising a new store.
+//! RocksDB underneath the store: opening the database, column family handles, prefix
+//! iteration, and decoding the stored entries.
 
 use std::path::Path;
 
-use depfs_proto::{
-    decode_value, encode_value, Dot, Hlc, HlcClock, Meta, NodeName, RelPath, State, Version,
-    VersionVector,
-};
-use parking_lot::Mutex;
+use depfs_proto::Node;
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options, DB};
 
-use crate::chunks::PinTable;
 use crate::error::{Result, StoreError};
 use crate::keys::*;
-use crate::lock::DirLock;
-use crate::tx::{Writer, WriterState};
-use crate::{Inner, StoreOptions};
 
-pub(crate) fn open(dir: &Path, options: &StoreOptions) -> Result<(DB, bool)> {
+/// Opens (or creates) the RocksDB database under `dir` with all column families; true
+/// if it was created by this open.
+pub(crate) fn open(dir: &Path, block_cache_bytes: usize) -> Result<(DB, bool)> {
     let path = dir.join("db");
     let created = !path.join("CURRENT").exists();
-    let cache = Cache::new_lru_cache(options.block_cache_bytes);
+    let cache = Cache::new_lru_cache(block_cache_bytes);
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(&cache);
     table.set_bloom_filter(10.0, false);
@@ -51,97 +46,6 @@ pub(crate) fn open(dir: &Path, options: &StoreOptions) -> Result<(DB, bool)> {
     });
     let db = DB::open_cf_descriptors(&db_opts, &path, cfs)?;
     Ok((db, created))
-}
-
-pub(crate) fn init(
-    db: DB,
-    dir: &Path,
-    node: &NodeName,
-    options: &StoreOptions,
-    created: bool,
-    lock: DirLock,
-) -> Result<Inner> {
-    let meta = cf(&db, CF_META);
-    match db.get_cf(meta, META_NODE)? {
-        Some(stored) if stored.as_slice() != node.as_str().as_bytes() => {
-            return Err(StoreError::WrongNode {
-                dir: dir.to_path_buf(),
-                stored: String::from_utf8_lossy(&stored).into_owned(),
-                configured: node.to_string(),
-            });
-        }
-        Some(_) => {}
-        None => write_genesis(&db, node, &options.root)?,
-    }
-    let state: WriterState = match db.get_cf(cf(&db, CF_META), META_WRITER)? {
-        Some(bytes) => decode_value(&bytes).map_err(|source| StoreError::Corrupt {
-            what: "meta/writer".into(),
-            source,
-        })?,
-        None => WriterState::default(),
-    };
-    let lead = match db.get_cf(cf(&db, CF_META), META_LEADERSHIP)? {
-        Some(bytes) => {
-            crate::lead::decode_leadership(&bytes).map_err(|source| StoreError::Corrupt {
-                what: "meta/leadership".into(),
-                source,
-            })?
-        }
-        None => depfs_proto::Leadership::default(),
-    };
-    tracing::info!(seq = state.seq, vv = ?state.vv, "store opened");
-    let writer = Writer {
-        clock: HlcClock::new(state.hlc, options.max_clock_drift_ms),
-        seq: state.seq,
-        vv: state.vv,
-    };
-    Ok(Inner {
-        db,
-        dir: dir.to_path_buf(),
-        node: node.clone(),
-        writer: Mutex::new(writer),
-        pins: Mutex::new(PinTable::default()),
-        created,
-        commit_hook: parking_lot::RwLock::new(None),
-        signer: parking_lot::RwLock::new(None),
-        min_free_bytes: options.min_free_bytes,
-        free_space: Mutex::new(None),
-        lead: parking_lot::RwLock::new(lead),
-        _lock: lock,
-    })
-}
-
-/// A new store gets its node name and a root directory. The root's version has sequence
-/// number 0 and time zero: it is dominated by every real change to the root, on this
-/// node or any other, so the first `chmod` of the root anywhere wins everywhere.
-fn write_genesis(db: &DB, node: &NodeName, root: &Meta) -> Result<()> {
-    let genesis = Version {
-        dot: Dot::new(node.clone(), 0),
-        hlc: Hlc::ZERO,
-        ctx: VersionVector::new(),
-        state: State::Live(depfs_proto::Node {
-            meta: root.clone(),
-            content: depfs_proto::Content::empty(),
-        }),
-    };
-    let mut batch = rocksdb::WriteBatch::default();
-    if let State::Live(node) = &genesis.state {
-        batch.put_cf(
-            cf(db, CF_ENTRIES),
-            RelPath::root().key(),
-            encode_value(node),
-        );
-    }
-    batch.put_cf(
-        cf(db, CF_HEADS),
-        RelPath::root().key(),
-        encode_value(&vec![genesis]),
-    );
-    batch.put_cf(cf(db, CF_META), META_NODE, node.as_str().as_bytes());
-    let mut sync = rocksdb::WriteOptions::default();
-    sync.set_sync(true);
-    db.write_opt(batch, &sync)?;
-    Ok(())
 }
 
 /// The handle of a column family that `open` created.
@@ -187,4 +91,12 @@ pub(crate) fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// Decodes the entry stored under `key` (in `entries`).
+pub(crate) fn decode_node(key: &[u8], bytes: &[u8]) -> Result<Node> {
+    depfs_proto::node_codec::decode_node(bytes).map_err(|source| StoreError::Corrupt {
+        what: format!("entries/{}", String::from_utf8_lossy(key)),
+        source,
+    })
 }

@@ -3,10 +3,13 @@
 
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use depfs_proto::codec::decode_value_or_older;
 use depfs_proto::lead::Term;
-use depfs_proto::{encode_value, DecodeError, Leadership, NodeName, RelPath, VersionVector};
+use depfs_proto::{
+    encode_value, DecodeError, Leadership, NodeName, RelPath, SignChanges, VersionVector,
+};
 use serde::Deserialize;
 
 use crate::db::cf;
@@ -14,10 +17,31 @@ use crate::error::Result;
 use crate::keys::*;
 use crate::log::read_record;
 use crate::merge::{visible, without_cut_off, Batch};
+use crate::store::Store;
 use crate::tx::{Committed, Durability};
-use crate::Store;
 
 impl Store {
+    /// Signs every change committed here from now on with this node's key, and this
+    /// node's changes the log keeps unsigned (see [`Store::seal_own_changes`]). Peers
+    /// refuse unsigned changes: a daemon sets it before anything can commit.
+    /// Setting the signer already set does nothing (the daemon sets it before its
+    /// import, the replicator again when it starts).
+    pub fn set_signer(&self, signer: Arc<dyn SignChanges>) -> Result<usize> {
+        {
+            let mut current = self.inner.signer.write();
+            if current.as_ref().is_some_and(|s| Arc::ptr_eq(s, &signer)) {
+                return Ok(0);
+            }
+            *current = Some(signer.clone());
+        }
+        let mut lead = self.leadership();
+        if lead.sign_terms_of(self.node(), signer.as_ref()) > 0 {
+            // Terms this node made before it had a key (an older store).
+            self.set_leadership(lead)?;
+        }
+        self.seal_own_changes()
+    }
+
     /// The manager terms this store follows (empty in multi-writer mode).
     pub fn leadership(&self) -> Leadership {
         self.inner.lead.read().clone()

@@ -45,8 +45,8 @@ impl LogRecord {
 }
 
 /// Decodes the stored record of `dot`; a record that does not decode is corruption.
-pub(crate) fn read_record(dot: &depfs_proto::Dot, bytes: &[u8]) -> crate::Result<LogRecord> {
-    LogRecord::decode(bytes).map_err(|source| crate::StoreError::Corrupt {
+pub(crate) fn read_record(dot: &depfs_proto::Dot, bytes: &[u8]) -> crate::error::Result<LogRecord> {
+    LogRecord::decode(bytes).map_err(|source| crate::error::StoreError::Corrupt {
         what: format!("log/{dot}"),
         source,
     })

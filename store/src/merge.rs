@@ -30,7 +30,7 @@ use crate::error::{Result, StoreError};
 use crate::keys::*;
 use crate::log::{read_record, LogRecord};
 use crate::overlay::Overlay;
-use crate::Store;
+use crate::store::Store;
 
 /// The winner-picking order: later HLC time, then greater node name.
 pub(crate) fn stamp_key(v: &Version) -> (depfs_proto::Hlc, &str) {

@@ -16,7 +16,7 @@ use rocksdb::WriteBatch;
 use crate::db::cf;
 use crate::error::Result;
 use crate::keys::CF_ENTRIES;
-use crate::Store;
+use crate::store::Store;
 
 /// Stored values by column family and key (`None`: the key was absent).
 type ReadCache = HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>>;
@@ -70,7 +70,7 @@ impl Overlay {
     pub(crate) fn stored_entry(&self, store: &Store, path: &RelPath) -> Result<Option<Node>> {
         let key = path.key();
         match self.get_stored(store, CF_ENTRIES, &key)? {
-            Some(bytes) => Ok(Some(crate::tree::decode_node(&key, &bytes)?)),
+            Some(bytes) => Ok(Some(crate::db::decode_node(&key, &bytes)?)),
             None => Ok(None),
         }
     }

@@ -3,7 +3,7 @@
 
 use depfs_proto::{
     decode_value, encode_value, Change, ChangeOp, ChunkData, ChunkHash, Content, Dot, Kind, Node,
-    NodeName, RelPath, State, VersionVector,
+    NodeName, RelPath, Seal, State, VersionVector,
 };
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
@@ -13,8 +13,9 @@ use crate::error::{Result, StoreError};
 use crate::keys::*;
 use crate::log::{read_record, LogRecord};
 use crate::merge::{arrive, Arrival, Batch, Source};
-use crate::tx::{Durability, Writer};
-use crate::Store;
+use crate::store::Store;
+use crate::tx::Durability;
+use crate::writer::Writer;
 
 /// What applying a batch of remote changes did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -265,7 +266,7 @@ impl Store {
 
     /// Refuses a file version whose chunk references claim other lengths than the
     /// stored chunks have: reading it would return short or shifted data (see
-    /// [`ContentReader::read`](crate::ContentReader::read), which checks again).
+    /// [`ContentReader::read`](crate::chunks::ContentReader::read), which checks again).
     fn check_chunk_lengths(&self, change: &Change, op: &ChangeOp) -> Result<()> {
         let State::Live(node) = &op.state else {
             return Ok(());
@@ -385,6 +386,58 @@ impl Store {
         }
         iter.status()?;
         Ok(out)
+    }
+
+    /// Signs this node's changes that the log keeps unsigned — made before a signer was
+    /// set: in a store written before changes were signed, or while the node ran alone
+    /// without TLS — so that peers accept them. Only the versions still current are
+    /// sealed: nothing else of such a change is ever sent again. Returns how many
+    /// changes were sealed.
+    ///
+    /// Only the changes after the last pass are looked at: every commit made while a
+    /// signer is set is sealed, and one made without gets a later sequence number.
+    pub fn seal_own_changes(&self) -> Result<usize> {
+        let Some(signer) = self.inner.signer.read().clone() else {
+            return Ok(0);
+        };
+        // Commits and applies rewrite log records (their live counts): not meanwhile.
+        let writer = self.inner.writer.lock();
+        let db = &self.inner.db;
+        let sealed_upto = match db.get_cf(cf(db, CF_META), META_SEALED_UPTO)? {
+            Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice()).map_or(0, u64::from_be_bytes),
+            None => 0,
+        };
+        let mut prefix = self.node().as_str().as_bytes().to_vec();
+        prefix.push(0);
+        let first = log_key(&Dot::new(
+            self.node().clone(),
+            sealed_upto.saturating_add(1),
+        ));
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut sealed = 0;
+        let start = rocksdb::IteratorMode::From(&first, rocksdb::Direction::Forward);
+        for item in db.iterator_cf(cf(db, CF_LOG), start) {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let Some(dot) = parse_log_key(&key) else {
+                continue;
+            };
+            let mut record = read_record(&dot, &value)?;
+            if record.seal.is_signed() {
+                continue;
+            }
+            let Some(change) = self.change(&dot)? else {
+                continue;
+            };
+            record.seal = Seal::of_ops(&dot, record.hlc, &change.ops, signer.as_ref());
+            batch.put_cf(cf(db, CF_LOG), &key, encode_value(&record));
+            sealed += 1;
+        }
+        batch.put_cf(cf(db, CF_META), META_SEALED_UPTO, writer.seq.to_be_bytes());
+        db.write(batch)?;
+        Ok(sealed)
     }
 
     /// The change `dot` as it is current here (its superseded parts left out), or `None`

@@ -5,10 +5,11 @@ use rocksdb::IteratorMode;
 
 use crate::chunks::PinGuard;
 use crate::db::cf;
+use crate::db::decode_node;
 use crate::error::{Result, StoreError};
 use crate::keys::*;
 use crate::merge::decode_heads;
-use crate::Store;
+use crate::store::Store;
 
 /// One child of a directory.
 #[derive(Debug, Clone)]
@@ -44,13 +45,6 @@ pub struct StoreStats {
     pub chunks: u64,
     /// Log records (changes not yet fully superseded).
     pub log_records: u64,
-}
-
-pub(crate) fn decode_node(key: &[u8], bytes: &[u8]) -> Result<Node> {
-    depfs_proto::node_codec::decode_node(bytes).map_err(|source| StoreError::Corrupt {
-        what: format!("entries/{}", String::from_utf8_lossy(key)),
-        source,
-    })
 }
 
 impl Store {

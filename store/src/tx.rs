@@ -15,11 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use depfs_proto::seal::op_digest;
 use depfs_proto::{
-    encode_value, Content, Digest, Dot, Hlc, HlcClock, Node, RelPath, Seal, State, Version,
-    VersionVector,
+    encode_value, Content, Digest, Dot, Hlc, Node, RelPath, Seal, State, Version, VersionVector,
 };
 use parking_lot::MutexGuard;
-use serde::{Deserialize, Serialize};
 
 use crate::db::cf;
 use crate::error::{Result, StoreError};
@@ -27,40 +25,12 @@ use crate::keys::*;
 use crate::log::{read_record, LogRecord};
 use crate::merge::{arrive, local_context, Arrival, Batch, RefDeltas, Source};
 use crate::overlay::Overlay;
+use crate::store::Store;
 use crate::tree::DirEntry;
-use crate::Store;
-
-/// The writer's in-memory state, persisted in every commit.
-pub(crate) struct Writer {
-    pub(crate) clock: HlcClock,
-    pub(crate) seq: u64,
-    pub(crate) vv: VersionVector,
-}
+use crate::writer::{Writer, WriterState};
 
 impl Writer {
-    /// Counts this node's commit `dot` as made (the commit's batch persists it).
-    fn record_commit(&mut self, dot: &Dot) {
-        debug_assert_eq!(dot.seq, self.seq + 1, "sequence numbers are consecutive");
-        debug_assert!(
-            !self.vv.covers(dot),
-            "progress covers {dot} before it is made (see `Store::provable`)"
-        );
-        self.seq = dot.seq;
-        self.vv.raise(&dot.node, dot.seq);
-    }
-
-    /// Adds `progress` to this node's progress.
-    pub(crate) fn adopt(&mut self, progress: &VersionVector) {
-        #[cfg(debug_assertions)]
-        let before = self.vv.clone();
-        self.vv.merge(progress);
-        #[cfg(debug_assertions)]
-        debug_assert!(
-            self.vv.dominates(&before) && self.vv.dominates(progress),
-            "progress went backwards"
-        );
-    }
-
+    /// Persists the writer's state in `batch`.
     pub(crate) fn persist(&self, batch: &mut Batch<'_>) {
         let state = WriterState {
             seq: self.seq,
@@ -71,14 +41,6 @@ impl Writer {
             .overlay
             .put(CF_META, META_WRITER.to_vec(), encode_value(&state));
     }
-}
-
-/// What `meta/writer` holds.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub(crate) struct WriterState {
-    pub(crate) seq: u64,
-    pub(crate) hlc: Hlc,
-    pub(crate) vv: VersionVector,
 }
 
 /// How durable a commit must be when it returns.
@@ -507,58 +469,6 @@ impl Store {
             Some(bytes) => Ok(Some(read_record(dot, &bytes)?)),
             None => Ok(None),
         }
-    }
-
-    /// Signs this node's changes that the log keeps unsigned — made before a signer was
-    /// set: in a store written before changes were signed, or while the node ran alone
-    /// without TLS — so that peers accept them. Only the versions still current are
-    /// sealed: nothing else of such a change is ever sent again. Returns how many
-    /// changes were sealed.
-    ///
-    /// Only the changes after the last pass are looked at: every commit made while a
-    /// signer is set is sealed, and one made without gets a later sequence number.
-    pub fn seal_own_changes(&self) -> Result<usize> {
-        let Some(signer) = self.inner.signer.read().clone() else {
-            return Ok(0);
-        };
-        // Commits and applies rewrite log records (their live counts): not meanwhile.
-        let writer = self.inner.writer.lock();
-        let db = &self.inner.db;
-        let sealed_upto = match db.get_cf(cf(db, CF_META), META_SEALED_UPTO)? {
-            Some(bytes) => <[u8; 8]>::try_from(bytes.as_slice()).map_or(0, u64::from_be_bytes),
-            None => 0,
-        };
-        let mut prefix = self.node().as_str().as_bytes().to_vec();
-        prefix.push(0);
-        let first = log_key(&Dot::new(
-            self.node().clone(),
-            sealed_upto.saturating_add(1),
-        ));
-        let mut batch = rocksdb::WriteBatch::default();
-        let mut sealed = 0;
-        let start = rocksdb::IteratorMode::From(&first, rocksdb::Direction::Forward);
-        for item in db.iterator_cf(cf(db, CF_LOG), start) {
-            let (key, value) = item?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let Some(dot) = parse_log_key(&key) else {
-                continue;
-            };
-            let mut record = read_record(&dot, &value)?;
-            if record.seal.is_signed() {
-                continue;
-            }
-            let Some(change) = self.change(&dot)? else {
-                continue;
-            };
-            record.seal = Seal::of_ops(&dot, record.hlc, &change.ops, signer.as_ref());
-            batch.put_cf(cf(db, CF_LOG), &key, encode_value(&record));
-            sealed += 1;
-        }
-        batch.put_cf(cf(db, CF_META), META_SEALED_UPTO, writer.seq.to_be_bytes());
-        db.write(batch)?;
-        Ok(sealed)
     }
 
     /// The most recent log records, newest first, at most `limit`.
