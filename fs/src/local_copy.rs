@@ -19,7 +19,7 @@ use std::os::unix::fs::MetadataExt;
 
 use depfs_proto::{Content, Timespec};
 
-use crate::owed::OwedName;
+use crate::staging::OwedName;
 
 /// What identifies the state of a local copy file without reading it: size, and the
 /// modification and change times the kernel sets on every write (fine-grained once they

@@ -5,10 +5,11 @@ use depfs_proto::{Content, Dot, Kind, Meta, Node, RelPath, Timespec};
 use depfs_store::{Durability, Tx};
 
 use crate::attr::Attr;
+use crate::depfs::DepFs;
 use crate::error::{Errno, FsResult};
-use crate::file::OpenFile;
+use crate::open_file::{CacheMode, OpenFile};
 use crate::tables::{Handle, Inode, Place, Tables, ROOT_INO};
-use crate::{new_meta, now, now_ms, CacheMode, Caller, DepFs};
+use crate::types::{new_meta, now, now_ms, tag_of, Caller};
 use std::sync::Arc;
 
 /// `d_ino` for a directory entry whose inode the kernel has not looked up yet
@@ -35,7 +36,7 @@ impl DepFs {
         let ino = tables.intern(&path, node.meta.kind);
         let file = match tables.inodes.get_mut(&ino) {
             Some(inode) => {
-                inode.attr_tag = Some(crate::file::tag_of(&node.meta, node.size()));
+                inode.attr_tag = Some(tag_of(&node.meta, node.size()));
                 inode.file.clone()
             }
             None => None,
@@ -60,7 +61,7 @@ impl DepFs {
             Place::Live(path) => {
                 let node = self.store.get(path)?.ok_or(Errno::ENOENT)?;
                 let size = node.size();
-                inode.attr_tag = Some(crate::file::tag_of(&node.meta, size));
+                inode.attr_tag = Some(tag_of(&node.meta, size));
                 let attr = Attr::new(ino, node.meta, size);
                 current = Some(node.content);
                 Some(attr)

@@ -14,8 +14,13 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use crate::attr::Attr;
+use crate::depfs::DepFs;
+use crate::error::Errno;
+use crate::local_copy::Backing;
+use crate::open_file::CacheMode;
 use crate::stats::{FsOp, FsStats};
-use crate::{Attr, Backing, CacheMode, Caller, DepFs, Errno, SetAttr};
+use crate::types::{Caller, SetAttr};
 
 /// Largest write the kernel may send in one request.
 const MAX_WRITE: u32 = 1 << 20;

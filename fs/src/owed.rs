@@ -26,8 +26,9 @@ use depfs_proto::{Dot, Meta, RelPath};
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
-use crate::file::OpenFile;
 use crate::local_copy::{Backing, Stamp};
+use crate::open_file::OpenFile;
+use crate::staging::{remove_quietly, OwedName};
 
 /// Files of this size or more are published after their `close` returns (the size at
 /// which the store writes chunks in bulk, skipping its write-ahead log).
@@ -112,14 +113,14 @@ impl Owed {
         let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = self.data_path(number);
         link_anonymous(file, &path)?;
-        Ok(OwedName { number, path })
+        Ok(OwedName::new(number, path))
     }
 
     /// Makes the file named `name` owed as `note` says, and counts it.
     pub(crate) fn record(&self, name: &OwedName, note: &Note) -> std::io::Result<()> {
-        let tmp = self.dir.join(format!("owed-{}.note.tmp", name.number));
+        let tmp = self.dir.join(format!("owed-{}.note.tmp", name.number()));
         let written = std::fs::write(&tmp, depfs_proto::codec::encode_value(note))
-            .and_then(|()| std::fs::rename(&tmp, self.note_path(name.number)));
+            .and_then(|()| std::fs::rename(&tmp, self.note_path(name.number())));
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
@@ -210,34 +211,6 @@ impl Owed {
     }
 }
 
-/// The name a staging file got when it was first owed; dropped with the file (closed,
-/// or no longer kept), it removes the name.
-#[derive(Debug)]
-pub(crate) struct OwedName {
-    number: u64,
-    path: PathBuf,
-}
-
-impl OwedName {
-    pub(crate) fn number(&self) -> u64 {
-        self.number
-    }
-}
-
-impl Drop for OwedName {
-    fn drop(&mut self) {
-        remove_quietly(&self.path);
-    }
-}
-
-fn remove_quietly(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(path = %path.display(), error = %e, "cannot remove a file of the staging directory");
-        }
-    }
-}
-
 /// An owed file found at mount.
 #[derive(Debug)]
 pub(crate) struct LeftOver {
@@ -266,80 +239,6 @@ fn link_anonymous(file: &File, to: &Path) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
-    }
-}
-
-impl crate::DepFs {
-    /// Publishes the files a previous daemon made owed and did not publish (it was
-    /// killed): run at mount, before the kernel is served. Returns how many were
-    /// published; one that cannot be (its note unreadable, its content short after a
-    /// power loss) is left in place with an error in the log.
-    pub fn publish_left_over(&self) -> std::io::Result<usize> {
-        let store_error = |e: depfs_store::StoreError| std::io::Error::other(e);
-        let mut published = 0;
-        for left in self.owed.left_over()? {
-            let span = tracing::info_span!("left_over", number = left.number);
-            let _entered = span.enter();
-            let note = match left.note {
-                Ok(note) => note,
-                Err(why) => {
-                    tracing::error!(%why, "unreadable note of a closed file; left in the staging directory");
-                    continue;
-                }
-            };
-            let file = match File::open(&left.data) {
-                Ok(file) => file,
-                Err(e) => {
-                    tracing::error!(path = %left.data.display(), error = %e, "content of a closed file missing");
-                    continue;
-                }
-            };
-            let len = file.metadata()?.len();
-            if len != note.len {
-                // Only a machine crash before the disk had the bytes (close does not
-                // promise more): publishing it would show a file never written.
-                tracing::error!(path = %note.path, len, expected = note.len, "content of a closed file incomplete; not published");
-                continue;
-            }
-            let (content, _pin) = self
-                .store
-                .write_content_from(&file, len)
-                .map_err(store_error)?;
-            let mut tx = self.store.transaction();
-            let current = tx.get(&note.path).map_err(store_error)?;
-            if current
-                .as_ref()
-                .is_some_and(|n| n.meta == note.meta && n.content == content)
-            {
-                // Published already; only the note's removal was cut short.
-                self.owed.forget(left.number);
-                remove_quietly(&left.data);
-                continue;
-            }
-            let is_file = matches!(current, Some(n) if n.meta.kind == depfs_proto::Kind::File);
-            if note.new_file || is_file {
-                let ctime = note.meta.ctime;
-                tx.put_based(
-                    note.path.clone(),
-                    depfs_proto::Node {
-                        meta: note.meta,
-                        content,
-                    },
-                    note.started_from,
-                );
-                if note.new_file {
-                    crate::namespace::touch_parent(&mut tx, &note.path, ctime)
-                        .map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
-                }
-                tx.commit(crate::now_ms(), depfs_store::Durability::Machine)
-                    .map_err(store_error)?;
-                tracing::info!(path = %note.path, len, "published a file closed before the daemon stopped");
-                published += 1;
-            }
-            self.owed.forget(left.number);
-            remove_quietly(&left.data);
-        }
-        Ok(published)
     }
 }
 

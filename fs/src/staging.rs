@@ -7,20 +7,19 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use depfs_proto::Content;
 use depfs_store::{ContentReader, PinGuard, Store};
 
 use crate::error::FsResult;
-use crate::owed::OwedName;
 
 /// Content being written.
 #[derive(Debug)]
 pub(crate) enum Staging {
     Memory(Vec<u8>),
     /// In `file`, which has the name `name` in the staging directory once the file
-    /// was owed (see [`crate::owed::OwedName`]).
+    /// was owed (see [`OwedName`]).
     Disk {
         file: File,
         len: u64,
@@ -184,6 +183,38 @@ impl Staging {
         match self {
             Staging::Memory(buf) => store.write_content_from(buf.as_slice(), buf.len() as u64),
             Staging::Disk { file, len, .. } => store.write_content_from(file, *len),
+        }
+    }
+}
+
+/// The name a staging file got when it was first owed; dropped with the file (closed,
+/// or no longer kept), it removes the name.
+#[derive(Debug)]
+pub(crate) struct OwedName {
+    number: u64,
+    path: PathBuf,
+}
+
+impl OwedName {
+    pub(crate) fn new(number: u64, path: PathBuf) -> OwedName {
+        OwedName { number, path }
+    }
+
+    pub(crate) fn number(&self) -> u64 {
+        self.number
+    }
+}
+
+impl Drop for OwedName {
+    fn drop(&mut self) {
+        remove_quietly(&self.path);
+    }
+}
+
+pub(crate) fn remove_quietly(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a file of the staging directory");
         }
     }
 }

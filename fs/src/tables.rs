@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use depfs_proto::{Kind, Meta, RelPath};
 
-use crate::file::OpenFile;
+use crate::open_file::OpenFile;
+use crate::types::VersionTag;
 
 /// The root's inode number (FUSE's fixed `FUSE_ROOT_ID`).
 pub(crate) const ROOT_INO: u64 = 1;
@@ -126,9 +127,6 @@ impl Inode {
         );
     }
 }
-
-/// Identifies a committed version of a file's content for the kernel page cache.
-pub(crate) type VersionTag = (depfs_proto::Timespec, depfs_proto::Timespec, u64);
 
 #[derive(Debug)]
 pub(crate) enum Handle {
