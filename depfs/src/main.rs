@@ -645,8 +645,14 @@ fn log(config: Option<PathBuf>, limit: u64, follow: bool) -> Result<()> {
 }
 
 /// Logs with `tracing` to stderr, or to `file` (appending) for the background daemon.
-/// The level comes from RUST_LOG (default `info`).
+/// The level comes from RUST_LOG (default `info`). A panic is logged too: the background
+/// daemon's stderr goes nowhere.
 pub(crate) fn init_logging(file: Option<&Path>) {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!("panicked: {info}");
+        default_hook(info);
+    }));
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);

@@ -795,8 +795,10 @@ impl DepFs {
             }
             Place::Detached(meta) => (meta.clone().ok_or(Errno::ENOENT)?, Vec::new()),
         };
-        drop(tables);
+        // Dirty before the tables are let go: `remote_changed` reads the flag under them
+        // and detaches a clean file's path, which would drop these writes at close.
         file.set_writes(data, Writes::Dirty(Staged::new(meta, started_from)));
+        drop(tables);
         Ok(())
     }
 
@@ -1010,9 +1012,17 @@ impl DepFs {
         if let Some(before) = read_at {
             data.stamp = Some(before);
         }
+        // Through passthrough, writers still open keep writing behind the daemon's back:
+        // the file stays dirty, from the version just committed. Read before the state
+        // changes, so that on an error it stays dirty and the next publish retries.
+        let still_written =
+            file.backing.is_some() && (data.writers > 0 || data.kernel_written().is_some());
+        let started_from = match still_written {
+            true => Some(self.head_dots(path)?),
+            false => None,
+        };
         file.set_writes(data, Writes::Clean);
-        if file.backing.is_some() && (data.writers > 0 || data.kernel_written().is_some()) {
-            let started_from = self.head_dots(path)?;
+        if let Some(started_from) = started_from {
             file.set_writes(data, Writes::Dirty(Staged::new(node.meta, started_from)));
         }
         Ok(())

@@ -458,10 +458,11 @@ impl Service {
         let in_async = tokio::runtime::Handle::try_current().is_ok();
         if let Some(rt) = self.runtime.as_ref().filter(|_| !in_async) {
             let endpoint = self.endpoint.clone();
-            if rt
-                .block_on(tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()))
-                .is_err()
-            {
+            // The timeout is made inside the runtime: made outside, its timer finds no
+            // runtime and panics.
+            let waited =
+                rt.block_on(async { tokio::time::timeout(CLOSE_WAIT, endpoint.wait_idle()).await });
+            if waited.is_err() {
                 tracing::debug!("peers did not acknowledge the close in time");
             }
         }

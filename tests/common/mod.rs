@@ -166,6 +166,20 @@ impl Node {
             wait_until(Duration::from_secs(20), || !self.daemon_alive()),
             "daemon still running after umount"
         );
+        self.assert_stopped_cleanly();
+    }
+
+    /// The daemon's log ends its last run with a clean stop, and holds no panic.
+    pub fn assert_stopped_cleanly(&self) {
+        let log = std::fs::read_to_string(self.data_dir.join("depfs.log")).unwrap_or_default();
+        assert!(!log.contains("panicked"), "{} panicked:\n{log}", self.name);
+        let lines: Vec<&str> = log.lines().collect();
+        let last = |what: &str| lines.iter().rposition(|l| l.contains(what));
+        assert!(
+            last(": unmounted") > last(": mounted node="),
+            "{} did not log a clean stop after its last mount:\n{log}",
+            self.name
+        );
     }
 
     /// `kill -9` the daemon and clear the dead mount.
