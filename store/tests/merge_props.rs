@@ -29,8 +29,7 @@
 #![cfg(test)]
 
 use depfs_proto::{
-    Content, Dot, Hlc, Kind, Leadership, Meta, Node, NodeName, State, Timespec, Version,
-    VersionVector,
+    Content, Dot, Hlc, Kind, Leadership, Node, NodeName, State, Version, VersionVector,
 };
 use depfs_store::merge::{arrive, contenders, heads_after, judge, local_context, Arrival, Source};
 use proptest::prelude::*;
@@ -417,14 +416,7 @@ fn commit(heads: &[Version], node: &str, seq: u64, time: u64) -> Version {
         dot,
         hlc: Hlc::new(time, 0),
         state: State::Live(Node {
-            meta: Meta {
-                kind: Kind::File,
-                perm: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime: Timespec::default(),
-                ctime: Timespec::default(),
-            },
+            meta: depfs_testkit::meta_at(Kind::File, 0),
             content: Content::Inline(vec![time as u8]),
         }),
     }
