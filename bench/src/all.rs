@@ -698,8 +698,8 @@ fn gluster_tree_skipped(apis: usize, tree: &Tree, done: &[TreeResult]) -> Option
         .next_back();
     Some(format!(
         "{GLUSTER}: the deployment tree of {} APIs ({} files) is not run{}: writing it would take minutes, and deleting its bricks at teardown longer still, beyond this run's time budget",
-        report::thousands(apis as f64),
-        report::thousands(tree.files.len() as f64),
+        crate::util::thousands(apis as f64),
+        crate::util::thousands(tree.files.len() as f64),
         rate.map_or(String::new(), |r| format!(" (it wrote {r:.0} files/s for the smaller trees)"))
     ))
 }

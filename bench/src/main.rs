@@ -233,9 +233,9 @@ fn local(p: workloads::LocalParams, runs: usize, depfs: PathBuf) -> Result<()> {
             "| {} | {} | {} | {} | {} | {:.2}x | {:.2}x |",
             m.label,
             m.unit,
-            report::num(v[0], m.unit),
-            report::num(v[1], m.unit),
-            report::num(v[2], m.unit),
+            util::num(v[0], m.unit),
+            util::num(v[1], m.unit),
+            util::num(v[2], m.unit),
             v[2] / v[0],
             v[2] / v[1]
         );

@@ -21,7 +21,7 @@ use crate::charts;
 use crate::replication::{Bandwidth, Burst, CpuUse, SentBytes};
 use crate::results::*;
 use crate::template::{fill, paragraph};
-use crate::util::{median, percentile};
+use crate::util::{median, num, percentile, thousands};
 use crate::workloads::{Metric, METRICS};
 
 /// Writes the report to `out`, linking the charts in `charts_dir` and naming the raw
@@ -43,51 +43,6 @@ fn chart_prefix(out: &Path, charts_dir: &Path) -> String {
     match c.strip_prefix(&out_dir) {
         Ok(rel) => rel.display().to_string(),
         Err(_) => c.display().to_string(),
-    }
-}
-
-/// A figure for a table: "–" for NaN, thousands separators for large numbers.
-pub fn num(v: f64, unit: &str) -> String {
-    if !v.is_finite() {
-        return "–".into();
-    }
-    match unit {
-        "GB/s" => format!("{v:.2}"),
-        "µs" | "s" => {
-            if v < 10.0 {
-                format!("{v:.2}")
-            } else {
-                format!("{v:.1}")
-            }
-        }
-        "ms" | "kB" | "MB" => {
-            if v < 10.0 {
-                format!("{v:.2}")
-            } else if v < 100.0 {
-                format!("{v:.1}")
-            } else {
-                thousands(v)
-            }
-        }
-        _ => thousands(v),
-    }
-}
-
-/// An integer with thousands separators: 21,506.
-pub fn thousands(v: f64) -> String {
-    let n = v.round() as i64;
-    let s = n.abs().to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 {
-        format!("-{out}")
-    } else {
-        out
     }
 }
 

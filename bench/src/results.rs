@@ -107,7 +107,7 @@ impl Converge {
         match self {
             Converge::NotReplicated => "(not replicated)".into(),
             Converge::Shared => "n/a: shared storage (one copy, on the server)".into(),
-            Converge::After(s) => crate::report::num(s, "s"),
+            Converge::After(s) => crate::util::num(s, "s"),
             Converge::NotWithin(d) => format!("not within {d:.0} s"),
         }
     }

@@ -204,6 +204,51 @@ pub fn poll_until(
     }
 }
 
+/// A figure for a table: "–" for NaN, thousands separators for large numbers.
+pub fn num(v: f64, unit: &str) -> String {
+    if !v.is_finite() {
+        return "–".into();
+    }
+    match unit {
+        "GB/s" => format!("{v:.2}"),
+        "µs" | "s" => {
+            if v < 10.0 {
+                format!("{v:.2}")
+            } else {
+                format!("{v:.1}")
+            }
+        }
+        "ms" | "kB" | "MB" => {
+            if v < 10.0 {
+                format!("{v:.2}")
+            } else if v < 100.0 {
+                format!("{v:.1}")
+            } else {
+                thousands(v)
+            }
+        }
+        _ => thousands(v),
+    }
+}
+
+/// An integer with thousands separators: 21,506.
+pub fn thousands(v: f64) -> String {
+    let n = v.round() as i64;
+    let s = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
