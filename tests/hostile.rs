@@ -45,6 +45,17 @@ struct Hostile {
 }
 
 impl Hostile {
+    /// A client with `ca`'s certificate of `name` (issued in `ca`'s `certs`).
+    fn issued_by(ca: &common::Ca, name: &str) -> Hostile {
+        let certs = ca.dir.path().join("certs");
+        Hostile::new(
+            &ca.dir.path().join("ca").join("ca.pem"),
+            &certs.join(format!("{name}.pem")),
+            &certs.join(format!("{name}.key")),
+            name,
+        )
+    }
+
     fn new(ca: &Path, cert: &Path, key: &Path, name: &str) -> Hostile {
         let tls =
             depfs_replicator::tls::load(ca, cert, key, &NodeName::new(name).unwrap()).unwrap();
@@ -173,13 +184,7 @@ fn setup() -> Setup {
     std::fs::write(c.nodes[0].path("before.xml"), b"ok").unwrap();
     assert!(c.nodes[1].wait_for("before.xml", b"ok", T));
     c.ca.issue("evil");
-    let certs = c.ca.dir.path().join("certs");
-    let evil = Hostile::new(
-        &c.ca.dir.path().join("ca").join("ca.pem"),
-        &certs.join("evil.pem"),
-        &certs.join("evil.key"),
-        "evil",
-    );
+    let evil = Hostile::issued_by(&c.ca, "evil");
     let victim = format!("127.0.0.1:{}", c.ports[0]).parse().unwrap();
     Setup { c, evil, victim }
 }
@@ -347,12 +352,7 @@ fn expired_foreign_and_borrowed_certificates_are_refused() {
     // A certificate of another CA.
     let other = common::Ca::new();
     other.issue("gw9");
-    let foreign = Hostile::new(
-        &other.dir.path().join("ca").join("ca.pem"),
-        &other.dir.path().join("certs").join("gw9.pem"),
-        &other.dir.path().join("certs").join("gw9.key"),
-        "gw9",
-    );
+    let foreign = Hostile::issued_by(&other, "gw9");
     assert!(
         foreign.handshake(victim).is_err(),
         "a foreign CA was accepted"
@@ -625,13 +625,7 @@ fn a_forged_manager_term_is_not_followed_by_real_daemons() {
     std::fs::write(manager.path("api.xml"), b"v1").unwrap();
     assert!(worker.wait_for("api.xml", b"v1", T));
     c.ca.issue_with_role("evil", Some("worker"));
-    let certs = c.ca.dir.path().join("certs");
-    let evil = Hostile::new(
-        &c.ca.dir.path().join("ca").join("ca.pem"),
-        &certs.join("evil.pem"),
-        &certs.join("evil.key"),
-        "evil",
-    );
+    let evil = Hostile::issued_by(&c.ca, "evil");
     let target: SocketAddr = format!("127.0.0.1:{}", c.ports[1]).parse().unwrap();
     let signer = evil.identity.signer.as_ref();
     // What the worker logs when it refuses each takeover's change.

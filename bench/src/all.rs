@@ -336,7 +336,7 @@ fn repl_phase(
     let mut out: Vec<ReplResult> = set
         .iter()
         .map(|(rep, _, how)| ReplResult {
-            label: label_of(&rep.label),
+            label: label_of(&rep.label).unwrap_or("?"),
             receivers: rep.receivers.len(),
             vis: Visibility::default(),
             bursts: Vec::new(),
@@ -556,24 +556,6 @@ fn repl_round(
         res.bandwidth = Some(replication::bandwidth(replica, &tag)?);
     }
     Ok(())
-}
-
-/// The `'static` label constant equal to `s`.
-fn label_of(s: &str) -> &'static str {
-    [
-        NATIVE,
-        BINDFS,
-        NFS,
-        DEPFS1,
-        DEPFS3,
-        DEPFS5,
-        LSYNCD_TUNED,
-        LSYNCD_DEFAULT,
-        GLUSTER,
-    ]
-    .into_iter()
-    .find(|l| *l == s)
-    .unwrap_or("?")
 }
 
 /// Where the deployment tree is written.

@@ -17,6 +17,24 @@ pub const LSYNCD_TUNED: &str = "lsyncd delay 0";
 pub const LSYNCD_DEFAULT: &str = "lsyncd delay 15 (default)";
 pub const GLUSTER: &str = "GlusterFS replica 2";
 
+/// Every system label.
+pub const LABELS: [&str; 9] = [
+    NATIVE,
+    BINDFS,
+    NFS,
+    DEPFS1,
+    DEPFS3,
+    DEPFS5,
+    LSYNCD_TUNED,
+    LSYNCD_DEFAULT,
+    GLUSTER,
+];
+
+/// The `'static` label constant equal to `s`, if there is one.
+pub fn label_of(s: &str) -> Option<&'static str> {
+    LABELS.into_iter().find(|l| *l == s)
+}
+
 /// Sizes and counts of the run.
 #[derive(Clone, Debug)]
 pub struct Params {

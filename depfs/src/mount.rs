@@ -456,11 +456,10 @@ fn shut_down(config: &Config, fs: &DepFs, service: Option<Arc<Service>>) {
     fs.publish_all();
     crate::control::remove(config);
     if let Some(service) = service {
-        // Peers are told now, even if another thread still holds the service.
-        service.close_connections();
         match Arc::try_unwrap(service) {
             Ok(service) => service.shutdown(),
-            Err(service) => drop(service),
+            // Another thread still holds it: peers are told now all the same.
+            Err(service) => service.close_connections(),
         }
     }
 }

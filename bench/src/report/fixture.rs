@@ -22,21 +22,9 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-const LABELS: [&str; 9] = [
-    NATIVE,
-    BINDFS,
-    NFS,
-    DEPFS1,
-    DEPFS3,
-    DEPFS5,
-    LSYNCD_TUNED,
-    LSYNCD_DEFAULT,
-    GLUSTER,
-];
-
 fn label(v: &Value) -> &'static str {
     let s = v.as_str().unwrap();
-    LABELS.into_iter().find(|l| *l == s).unwrap()
+    label_of(s).unwrap()
 }
 
 fn f(v: &Value) -> f64 {
